@@ -1,0 +1,1 @@
+"""Benchmark: simulated users, metrics, runner."""

@@ -1,0 +1,332 @@
+"""``napari-lit bench``: segment every listed object of evaluation sequences and score it.
+
+::
+
+    napari-lit bench DATA_DIR --method propagate|static --init mask|click --json OUT.json
+                     [--model lit-tiny] [--config CFG] [--device auto]
+                     [--sequences NAME ...] [--report-dir DIR] [--quiet]
+
+For each object of each sequence (layout of ``shared/data/README.md``), the simulated user
+prompts the first frame where the object appears in the ground truth: with that frame's
+ground-truth mask (``--init mask``) or one positive click at the mask's interior point
+farthest from its boundary (``--init click``, :func:`~napari_lit.bench.metrics.click_point`).
+
+``propagate`` tracks the object from there forward and backward with the model (each object
+alone: the tracker is reset between objects). ``static`` repeats the prompt frame's mask on
+every frame (for ``--init click`` the mask the model made from the click): the baseline to
+beat; ``static`` with ``--init mask`` needs no model and loads none.
+
+Every frame is scored with J and F (:mod:`napari_lit.bench.metrics`), the prompt frame
+included. The JSON result is described in :func:`run_benchmark`; a Markdown table and a
+per-frame plot are written beside it (:mod:`napari_lit.bench.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .metrics import click_point, frame_scores
+
+__all__ = ["METHODS", "INITS", "run_benchmark", "score_object", "build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("propagate", "static")
+INITS = ("mask", "click")
+
+
+def _usage_error(msg: str) -> Exception:
+    from ..cli import UsageError
+
+    return UsageError(msg)
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def first_frame(gt: np.ndarray) -> Optional[int]:
+    """Index of the first frame where a (N, Y, X) bool ground truth is non-empty, or None."""
+    present = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+    return int(present[0]) if len(present) else None
+
+
+def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> Dict:
+    """Prompt, segment and score one object through one sequence.
+
+    Parameters
+    ----------
+    gt : (N, Y, X) ndarray of bool
+        Ground truth of the object on every frame; must be non-empty somewhere.
+    method : {"propagate", "static"}
+    init : {"mask", "click"}
+    tracker : napari_lit.core.Tracker, optional
+        Over the sequence's frames; required unless ``method="static"`` and ``init="mask"``.
+        It is reset first, so only this object is tracked.
+    obj_id : int
+        Id the object gets in the tracker.
+
+    Returns
+    -------
+    dict
+        ``prompt_frame`` (int), ``click`` ((y, x) or None), ``j`` and ``f`` (lists of N
+        floats, frame by frame), ``mean_j`` and ``mean_jf`` (floats, over all N frames).
+
+    Raises
+    ------
+    ValueError
+        On an unknown method or init, a ground truth that is not (N, Y, X) or is empty on
+        every frame, or a tracker whose frames differ from the ground truth in shape.
+    """
+    _check_choice("method", method, METHODS)
+    _check_choice("init", init, INITS)
+    gt = np.asarray(gt, dtype=bool)
+    if gt.ndim != 3:
+        raise ValueError(f"ground truth must be (N, Y, X); got shape {gt.shape}")
+    prompt_frame = first_frame(gt)
+    if prompt_frame is None:
+        raise ValueError(f"object {obj_id} is absent from every frame of the ground truth")
+    needs_model = not (method == "static" and init == "mask")
+    if needs_model:
+        if tracker is None:
+            raise ValueError(f"method {method!r} with init {init!r} needs a tracker")
+        if (tracker.n_frames,) + tuple(tracker.frame_shape) != gt.shape:
+            raise ValueError(
+                f"tracker frames {(tracker.n_frames,) + tuple(tracker.frame_shape)} differ from "
+                f"the ground truth {gt.shape}"
+            )
+        tracker.reset()
+    n = len(gt)
+    click = None
+    j = np.full(n, np.nan)
+    f = np.full(n, np.nan)
+
+    if init == "mask":
+        prompt_mask = gt[prompt_frame]
+        if needs_model:
+            tracker.add_mask(prompt_frame, obj_id, prompt_mask)
+    else:
+        click = click_point(gt[prompt_frame])
+        prompt_mask = tracker.add_points(prompt_frame, obj_id, [list(click)], [1]).mask(obj_id)
+
+    if method == "static":
+        for i in range(n):
+            j[i], f[i] = frame_scores(prompt_mask, gt[i])
+    else:
+        for result in tracker.propagate(direction="both"):
+            i = result.frame_idx
+            j[i], f[i] = frame_scores(result.mask(obj_id), gt[i])
+        missing = np.flatnonzero(np.isnan(j))
+        if len(missing):  # not expected: propagation covers every frame
+            raise RuntimeError(f"propagation did not reach frames {missing.tolist()}")
+    return {
+        "prompt_frame": prompt_frame,
+        "click": None if click is None else [int(click[0]), int(click[1])],
+        "j": j.tolist(),
+        "f": f.tolist(),
+        "mean_j": float(j.mean()),
+        "mean_jf": float(((j + f) / 2).mean()),
+    }
+
+
+def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
+                  model: str = "lit-tiny", config=None, device: str = "auto",
+                  sequences: Optional[Sequence[str]] = None, predictor=None,
+                  progress: Union[bool, Callable[[int, int], None]] = True) -> Dict:
+    """Benchmark a method on the evaluation sequences under ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        A folder of sequence folders, or one sequence folder (with ``meta.json``).
+    method : {"propagate", "static"}
+    init : {"mask", "click"}
+    model, config, device
+        See :func:`napari_lit.models.load_predictor`; unused for ``static`` + ``mask``.
+    sequences : sequence of str, optional
+        Names of the sequences to run (all by default).
+    predictor : sam2.sam2_video_predictor.SAM2VideoPredictor, optional
+        An already loaded predictor (then ``model``/``config``/``device`` are only recorded).
+    progress : bool or callable
+        True: a tqdm bar over (sequence, object) pairs on stderr; a callable is called as
+        ``progress(done, total)`` after each pair instead.
+
+    Returns
+    -------
+    dict
+        ``model``, ``method``, ``init``, ``data_dir``, ``mean_j`` and ``mean_jf`` (means over
+        all (sequence, object) entries), ``seconds`` (wall time, model loading included) and
+        ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
+        ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
+        ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each). Objects absent
+        from every frame are skipped with a warning.
+
+    Raises
+    ------
+    napari_lit.cli.UsageError
+        If ``data_dir`` holds no sequence, a sequence cannot be read, a name in ``sequences``
+        does not exist, ``method``/``init`` is unknown or the model cannot be loaded.
+    """
+    from ..io import list_sequences, load_sequence
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise _usage_error(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    if init not in INITS:
+        raise _usage_error(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
+    try:
+        folders = list_sequences(data_dir)
+    except FileNotFoundError as exc:
+        raise _usage_error(str(exc)) from None
+    if sequences:
+        by_name = {p.name: p for p in folders}
+        unknown = [s for s in sequences if s not in by_name]
+        if unknown:
+            raise _usage_error(
+                f"no sequence {', '.join(unknown)} in {data_dir} (it has: {', '.join(by_name)})"
+            )
+        folders = [by_name[s] for s in dict.fromkeys(sequences)]
+    seqs = []
+    for folder in folders:
+        try:
+            seqs.append(load_sequence(folder))
+        except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+            raise _usage_error(f"{folder.name}: {exc}") from None
+
+    needs_model = not (method == "static" and init == "mask")
+    if needs_model and predictor is None:
+        predictor = _load_predictor(model, config, device)
+
+    total = sum(len(s.objects) for s in seqs)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"bench {method}/{init}", unit="object", file=sys.stderr,
+                   dynamic_ncols=True)
+    entries: List[Dict] = []
+    done = 0
+    try:
+        for seq in seqs:
+            labels = np.asarray(seq.labels[:])
+            tracker = None
+            for obj in seq.objects:
+                if bar is not None:
+                    bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
+                gt = labels == obj
+                if first_frame(gt) is None:
+                    logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
+                else:
+                    if needs_model and tracker is None:
+                        tracker = _make_tracker(predictor, seq)
+                    scores = score_object(gt, method, init, tracker, obj_id=int(obj))
+                    entries.append({
+                        "name": seq.name, "object": int(obj), "domain": seq.domain,
+                        "davis": bool(seq.is_davis), "axes": seq.axes, "frames": int(len(gt)),
+                        **scores,
+                    })
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                elif callable(progress):
+                    progress(done, total)
+            del tracker
+    finally:
+        if bar is not None:
+            bar.close()
+    mean = lambda key: float(np.mean([e[key] for e in entries])) if entries else float("nan")  # noqa: E731
+    return {
+        "model": model if needs_model else None,
+        "method": method,
+        "init": init,
+        "data_dir": str(data_dir),
+        "mean_j": mean("mean_j"),
+        "mean_jf": mean("mean_jf"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sequences": entries,
+    }
+
+
+def _load_predictor(model, config, device):
+    from ..models import ModelUnavailableError, load_predictor
+    from ..models.build import CheckpointError
+
+    try:
+        return load_predictor(model, config=config, device=device)
+    except (ModelUnavailableError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _usage_error(str(exc)) from None
+
+
+def _make_tracker(predictor, seq):
+    from ..core import FrameSource, Tracker
+
+    try:
+        source = FrameSource(seq.image, image_size=predictor.image_size)
+    except (TypeError, ValueError) as exc:
+        raise _usage_error(f"{seq.name}: {exc}") from None
+    return Tracker(predictor, source)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become a one-line :class:`~napari_lit.cli.UsageError`."""
+
+    def error(self, message):
+        raise _usage_error(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser of ``napari-lit bench`` arguments (without the word ``bench``)."""
+    p = _Parser(prog="napari-lit bench",
+                description="Benchmark segmentation through sequences with ground truth (J, F, J&F).")
+    p.add_argument("data_dir", help="folder of sequence folders (or one sequence folder)")
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="propagate: track with the model; static: repeat the prompt frame's mask")
+    p.add_argument("--init", required=True, choices=INITS,
+                   help="prompt: the ground-truth mask, or one click at its innermost point")
+    p.add_argument("--json", required=True, dest="json_path", help="output JSON file")
+    p.add_argument("--model", default="lit-tiny", help="catalogue name or a .pt file (default lit-tiny)")
+    p.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--sequences", nargs="+", metavar="NAME", help="run only these sequences")
+    p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``napari-lit bench``; returns the exit status (0).
+
+    Raises
+    ------
+    napari_lit.cli.UsageError
+        On bad arguments or input (see :func:`run_benchmark`).
+    """
+    from .report import write_reports
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not Path(args.data_dir).is_dir():
+        raise _usage_error(f"data folder not found: {args.data_dir}")
+    out = Path(args.json_path)
+    if out.is_dir():
+        raise _usage_error(f"--json {out} is a folder; expected a file name such as results.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _usage_error(f"cannot create the folder of --json {out}: {exc}") from None
+    result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
+                           device=args.device, sequences=args.sequences, progress=not args.quiet)
+    out.write_text(json.dumps(result, indent=1))
+    md, png = write_reports(result, out, report_dir=args.report_dir)
+    print(f"{args.method}/{args.init}: mean J {result['mean_j']:.3f}, mean J&F {result['mean_jf']:.3f} "
+          f"over {len(result['sequences'])} objects in {result['seconds']:.0f} s")
+    print(f"wrote {out}, {md}, {png}")
+    return 0

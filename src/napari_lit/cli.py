@@ -1,0 +1,246 @@
+"""The ``napari-lit`` command.
+
+Subcommands::
+
+    napari-lit segment IMAGE --prompts PROMPTS.csv --out LABELS.zarr [--model NAME]
+    napari-lit bench DATA_DIR --method propagate|static --init mask|click --json OUT.json
+    napari-lit train-model RUN_DIR [--steps N]
+    napari-lit models
+
+Bad input (missing file, wrong dimensions, empty or out-of-bounds prompts, unknown model)
+ends with exit status 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+__all__ = ["main", "segment", "UsageError"]
+
+logger = logging.getLogger("napari_lit")
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True)
+
+
+def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_mask=None,
+            prompt_frame: Optional[int] = None, mask_obj_id: int = 1, device: str = "auto",
+            overwrite: bool = False, progress: bool = True) -> "LabelStore":
+    """Segment a stack from click prompts and/or a mask prompt, writing a label store.
+
+    Parameters
+    ----------
+    image : str or Path
+        TIFF, zarr array or folder of frames, (N, Y, X[, C]).
+    prompts : str or Path or None
+        CSV with ``frame,y,x,label,object_id`` (see :func:`napari_lit.io.read_prompts_csv`).
+    out : str or Path
+        New ``.zarr`` label store, (N, Y, X) uint32.
+    model, config, device
+        See :func:`napari_lit.models.load_predictor`.
+    prompt_mask : str or Path, optional
+        A (Y, X) mask image (TIFF/PNG/npy; nonzero = object) used as a mask prompt.
+    prompt_frame : int, optional
+        Frame of ``prompt_mask`` (required with it).
+    mask_obj_id : int
+        Object id of the mask prompt; a label image with several ids prompts each id.
+    overwrite : bool
+        Replace an existing output store.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    LabelStore
+
+    Raises
+    ------
+    UsageError
+        On any bad input; nothing is written then.
+    """
+    import numpy as np
+
+    from .core.frames import FrameSource
+    from .core.store import LabelStore
+    from .core.tracker import Tracker
+    from .io.readers import open_image, read_prompts_csv
+    from .models import ModelUnavailableError, load_predictor
+    from .models.build import CheckpointError
+
+    if prompts is None and prompt_mask is None:
+        raise UsageError("give click prompts (--prompts FILE.csv) and/or a mask prompt (--prompt-mask FILE --prompt-frame F)")
+    if (prompt_mask is None) != (prompt_frame is None):
+        raise UsageError("--prompt-mask and --prompt-frame go together")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
+    try:
+        stack = open_image(image)
+        click_prompts = read_prompts_csv(prompts) if prompts is not None else []
+        mask = _read_mask(prompt_mask) if prompt_mask is not None else None
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    shape = tuple(stack.shape)
+    if len(shape) not in (3, 4):
+        raise UsageError(
+            f"{Path(image).name}: expected (N, Y, X) or (N, Y, X, C) frames, got shape {shape}"
+        )
+    n, h, w = shape[:3]
+    for p in click_prompts:
+        if p.frame >= n:
+            raise UsageError(f"prompt on frame {p.frame}, but {Path(image).name} has frames 0..{n - 1}")
+        bad = (p.points[:, 0] < 0) | (p.points[:, 0] > h - 1) | (p.points[:, 1] < 0) | (p.points[:, 1] > w - 1)
+        if bad.any():
+            y, x = p.points[bad][0]
+            raise UsageError(f"prompt (y={y:g}, x={x:g}) for object {p.obj_id} is outside the {h} x {w} frame")
+    if mask is not None:
+        if mask.shape != (h, w):
+            raise UsageError(f"--prompt-mask is {mask.shape}, but the frames are {(h, w)}")
+        if not 0 <= prompt_frame < n:
+            raise UsageError(f"--prompt-frame {prompt_frame} does not exist: frames are 0..{n - 1}")
+        if not mask.any():
+            raise UsageError("--prompt-mask is empty (all zero)")
+    try:
+        predictor = load_predictor(model, config=config, device=device)
+    except (ModelUnavailableError, CheckpointError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        source = FrameSource(stack, image_size=predictor.image_size)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{Path(image).name}: {exc}") from None
+    tracker = Tracker(predictor, source)
+    for p in click_prompts:
+        tracker.add_points(p.frame, p.obj_id, p.points, p.labels)
+    if mask is not None:
+        ids = [int(i) for i in np.unique(mask) if i != 0]
+        if mask.dtype == bool or ids == [1] or ids == [255]:
+            tracker.add_mask(prompt_frame, mask_obj_id, mask > 0)
+        else:
+            for i in ids:
+                tracker.add_mask(prompt_frame, i, mask == i)
+    store = LabelStore.create(out, (n, h, w), overwrite=overwrite,
+                              attrs={"model": model, "image": str(image)})
+    bar = _progress(n, "segment") if progress else None
+    try:
+        for result in tracker.propagate(direction="both"):
+            store.write_frame(result.frame_idx, result.labels())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return store
+
+
+def _read_mask(path):
+    import numpy as np
+
+    from .io.readers import open_image
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    else:
+        arr = np.asarray(open_image(path)[:]) if path.suffix.lower() != ".npy" else np.load(path)
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"mask {path.name} must be a 2D image, got shape {arr.shape}")
+    return arr
+
+
+def _cmd_segment(args) -> int:
+    store = segment(args.image, args.prompts, args.out, model=args.model, config=args.config,
+                    prompt_mask=args.prompt_mask, prompt_frame=args.prompt_frame, device=args.device,
+                    overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {len(store.frames_done)} frames of labels {store.shape} to {store.path}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models import MODELS
+    from .models.catalogue import cache_dir
+
+    for spec in MODELS.values():
+        where = "embedded" if spec.embedded else str(cache_dir() / spec.filename)
+        print(f"{spec.name:24s} {where}\n    {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-lit", description="Segment and track objects through stacks with SAM2.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment a stack from prompts into a zarr label store")
+    s.add_argument("image", help="TIFF file, frame folder or zarr array, (N, Y, X[, C])")
+    s.add_argument("--prompts", help="CSV with header frame,y,x,label,object_id")
+    s.add_argument("--prompt-mask", help="mask image used as a prompt (nonzero = object)")
+    s.add_argument("--prompt-frame", type=int, help="frame of --prompt-mask")
+    s.add_argument("--out", required=True, help="output label store (.zarr)")
+    s.add_argument("--model", default="lit-tiny", help="lit-tiny (default), sam2.1_hiera_tiny|small|base_plus|large, or a .pt file")
+    s.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_segment)
+
+    b = sub.add_parser("bench", help="benchmark on sequences with ground truth", add_help=False)
+    b.set_defaults(func=None)
+
+    t = sub.add_parser("train-model", help="train or resume the embedded lit-tiny model", add_help=False)
+    t.set_defaults(func=None)
+
+    m = sub.add_parser("models", help="list the model catalogue")
+    m.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``napari-lit``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # subcommands with their own parsers
+    if argv and argv[0] == "bench":
+        from .bench.runner import main as bench_main
+
+        return _guard(lambda: bench_main(argv[1:]))
+    if argv and argv[0] == "train-model":
+        from .training.recipe import main as train_main
+
+        return _guard(lambda: train_main(argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return _guard(lambda: args.func(args))
+
+
+def _guard(fn) -> int:
+    try:
+        return int(fn() or 0)
+    except UsageError as exc:
+        print(f"napari-lit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-lit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

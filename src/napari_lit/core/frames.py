@@ -1,0 +1,209 @@
+"""Frame source: one normalised model input at a time from a (N, Y, X[, C]) stack.
+
+The stack may be a numpy array, a dask array, a zarr array, a memory-mapped TIFF or a lazy
+frame folder (anything with ``shape``, ``dtype`` and ``__getitem__`` along the first axis).
+Frames are read, normalised and resized on demand and only a few recent ones are cached;
+nothing is written to disk and the normalised stack is never held whole.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["FrameSource", "normalise_frame", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: Normalisation sam2's loaders apply after scaling to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ContrastLimits = Union[str, Tuple[float, float]]
+
+
+def _check_stack(data) -> None:
+    shape = getattr(data, "shape", None)
+    if shape is None or not hasattr(data, "__getitem__"):
+        raise TypeError(
+            f"expected an array-like stack with .shape and indexing (numpy, dask, zarr); "
+            f"got {type(data).__name__}"
+        )
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"expected a stack of frames shaped (N, Y, X) or (N, Y, X, C); got {len(shape)} "
+            f"dimensions {tuple(shape)}. A single 2D image needs a leading frame axis; a 4D "
+            f"(T, Z, Y, X) stack needs one axis chosen."
+        )
+    if any(int(s) == 0 for s in shape):
+        raise ValueError(f"the stack is empty: shape {tuple(shape)}")
+    if len(shape) == 4 and int(shape[3]) not in (1, 2, 3, 4):
+        raise ValueError(
+            f"expected (N, Y, X, C) with C in 1..4 channels last; got shape {tuple(shape)}. "
+            f"Is the channel axis elsewhere?"
+        )
+    kind = np.dtype(data.dtype).kind
+    if kind not in "buif":
+        raise TypeError(f"expected a numeric or boolean image; got dtype {data.dtype}")
+
+
+def normalise_frame(
+    frame: np.ndarray,
+    contrast: ContrastLimits = "auto",
+    percentiles: Tuple[float, float] = (0.5, 99.8),
+) -> np.ndarray:
+    """Map one frame to float32 RGB in [0, 1].
+
+    Parameters
+    ----------
+    frame : (Y, X) or (Y, X, C) ndarray
+        Any numeric or bool dtype; C in 1..4 (a 4th channel, e.g. alpha, is dropped;
+        2 channels are shown as red/green).
+    contrast : {"auto", "percentile", "range"} or (float, float)
+        ``percentile``: robust stretch between the given percentiles of the frame's finite
+        values (for 8-/16-bit and float microscopy); ``range``: the dtype's full range
+        (uint8 -> /255); a tuple: fixed limits. ``auto`` uses ``range`` for 8-bit RGB
+        (natural images) and ``percentile`` otherwise.
+    percentiles : (float, float)
+        Lower and upper percentile for ``percentile``.
+
+    Returns
+    -------
+    (Y, X, 3) float32 ndarray
+        Values in [0, 1]; NaN and infinite pixels become 0; a constant frame becomes all 0.
+
+    Raises
+    ------
+    ValueError
+        If the frame is not 2D or 3D channels-last, or ``contrast`` is unknown.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[-1] == 1:
+        frame = frame[..., 0]
+    if frame.ndim not in (2, 3):
+        raise ValueError(f"expected a (Y, X) or (Y, X, C) frame, got shape {frame.shape}")
+    if frame.ndim == 3 and frame.shape[-1] == 4:
+        frame = frame[..., :3]
+    if isinstance(contrast, str) and contrast == "auto":
+        rgb8 = frame.ndim == 3 and frame.dtype == np.uint8
+        contrast = "range" if rgb8 else "percentile"
+    x = frame.astype(np.float32)
+    if frame.dtype == bool:
+        lo, hi = 0.0, 1.0
+    elif isinstance(contrast, str) and contrast == "range":
+        if np.issubdtype(frame.dtype, np.integer):
+            info = np.iinfo(frame.dtype)
+            lo, hi = float(max(info.min, 0)), float(info.max)
+        else:
+            lo, hi = 0.0, 1.0
+    elif isinstance(contrast, str) and contrast == "percentile":
+        finite = x[np.isfinite(x)]
+        if finite.size == 0:
+            return np.zeros(frame.shape[:2] + (3,), np.float32)
+        if finite.size > 1_000_000:  # a strided sample is enough for percentiles
+            finite = finite[:: finite.size // 1_000_000 + 1]
+        lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+    elif isinstance(contrast, (tuple, list)) and len(contrast) == 2:
+        lo, hi = float(contrast[0]), float(contrast[1])
+    else:
+        raise ValueError(f"contrast must be 'auto', 'percentile', 'range' or (lo, hi); got {contrast!r}")
+    if hi <= lo:
+        x = np.zeros_like(x)
+    else:
+        x = (x - lo) / (hi - lo)
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(x, 0.0, 1.0, out=x)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    elif x.shape[-1] == 2:
+        x = np.concatenate([x, np.zeros_like(x[..., :1])], axis=-1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class FrameSource:
+    """Lazy, normalised model inputs from a stack of frames.
+
+    Parameters
+    ----------
+    data : array-like, (N, Y, X) or (N, Y, X, C)
+        numpy, dask or zarr array, memory-mapped TIFF or lazy frame folder. N is time or z.
+    image_size : int
+        Side of the square model input in pixels (SAM2 resizes frames to a square).
+    contrast : see :func:`normalise_frame`
+    cache_size : int
+        How many model inputs to keep (most recently used).
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is not array-like or not numeric.
+    ValueError
+        If ``data`` is not 3D/4D or is empty.
+
+    Notes
+    -----
+    Indexing ``source[i]`` returns the model input of frame ``i``: a (3, S, S) float32
+    torch tensor scaled to [0, 1] and normalised with the ImageNet mean/std, exactly what
+    sam2's own frame loaders produce. ``len(source)`` is N. This is the object sam2's video
+    predictor reads frames from.
+    """
+
+    def __init__(self, data, image_size: int = 1024, contrast: ContrastLimits = "auto",
+                 cache_size: int = 4):
+        _check_stack(data)
+        self.data = data
+        self.image_size = int(image_size)
+        self.contrast = contrast
+        self.cache_size = max(1, int(cache_size))
+        self._cache: "OrderedDict[int, object]" = OrderedDict()
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(self.data.shape[0])
+
+    @property
+    def frame_shape(self) -> Tuple[int, int]:
+        """(Y, X) of the input frames in pixels."""
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def _check_index(self, index: int) -> int:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"frame index must be an integer, got {type(index).__name__}")
+        index = int(index)
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"frame {index} does not exist: the stack has frames 0..{self.n_frames - 1}")
+        return index
+
+    def raw(self, index: int) -> np.ndarray:
+        """Frame ``index`` as stored, (Y, X) or (Y, X, C) ndarray (computes dask/zarr)."""
+        index = self._check_index(index)
+        return np.asarray(self.data[index])
+
+    def normalised(self, index: int) -> np.ndarray:
+        """Frame ``index`` at input resolution as (Y, X, 3) float32 in [0, 1]."""
+        return normalise_frame(self.raw(index), self.contrast)
+
+    def __getitem__(self, index: int):
+        import torch
+        import torch.nn.functional as F
+
+        index = self._check_index(index)
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        rgb = torch.from_numpy(self.normalised(index)).permute(2, 0, 1)[None]
+        s = self.image_size
+        if rgb.shape[-2:] != (s, s):
+            down = rgb.shape[-1] > s or rgb.shape[-2] > s
+            rgb = F.interpolate(rgb, size=(s, s), mode="bilinear", align_corners=False, antialias=down)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        tensor = ((rgb - mean) / std)[0].contiguous()
+        self._cache[index] = tensor
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return tensor

@@ -1,0 +1,153 @@
+"""Label store: masks written frame by frame into a zarr array on disk.
+
+The store is a zarr (v3) array shaped (N, Y, X), dtype uint32 (0 = background, value =
+object id), with one chunk per frame, so writing frame ``t`` touches one chunk file and a
+napari Labels layer can view the array directly. Which frames hold results is recorded in
+the array's attributes after each write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["LabelStore"]
+
+
+class LabelStore:
+    """A (N, Y, X) uint32 zarr label array on disk, written one frame at a time.
+
+    Use :meth:`create` or :meth:`open`.
+
+    Attributes
+    ----------
+    array : zarr.Array
+        The underlying array; ``napari.Viewer.add_labels(store.array)`` views it.
+    path : Path
+    """
+
+    def __init__(self, array, path: Path):
+        self.array = array
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, path: Union[str, Path], shape: Sequence[int], overwrite: bool = False,
+               attrs: Optional[dict] = None) -> "LabelStore":
+        """Create an empty store.
+
+        Parameters
+        ----------
+        path : str or Path
+            A new ``.zarr`` directory.
+        shape : (N, Y, X)
+        overwrite : bool
+            Replace an existing store at ``path``.
+        attrs : dict, optional
+            Extra metadata (JSON-serialisable), e.g. the model and input.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is False.
+        ValueError
+            If ``shape`` is not three positive integers.
+        PermissionError
+            If ``path`` cannot be written.
+        """
+        import zarr
+
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"label store shape must be (N, Y, X) with positive sizes; got {shape}")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists (use overwrite to replace it)")
+        array = zarr.open_array(
+            str(path), mode="w", shape=shape, chunks=(1,) + shape[1:], dtype="uint32",
+            fill_value=0, zarr_format=3,
+        )
+        array.attrs.update({"napari_lit": {"frames_done": [], **(attrs or {})}})
+        return cls(array, path)
+
+    @classmethod
+    def open(cls, path: Union[str, Path], mode: str = "r+") -> "LabelStore":
+        """Open an existing store.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no zarr array at ``path``.
+        ValueError
+            If the array is not (N, Y, X) uint32.
+        """
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no label store at {path}")
+        array = zarr.open_array(str(path), mode=mode)
+        if array.ndim != 3 or array.dtype != np.uint32:
+            raise ValueError(f"{path} is not a label store: expected (N, Y, X) uint32, got {array.shape} {array.dtype}")
+        return cls(array, path)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def frames_done(self) -> Tuple[int, ...]:
+        """Frames written so far, sorted."""
+        return tuple(sorted(self.array.attrs.get("napari_lit", {}).get("frames_done", [])))
+
+    def write_frame(self, frame_idx: int, labels: np.ndarray) -> None:
+        """Write one frame's label image (replaces what was there).
+
+        Parameters
+        ----------
+        frame_idx : int
+        labels : (Y, X) integer ndarray
+            Object ids, 0 = background.
+
+        Raises
+        ------
+        IndexError
+            If ``frame_idx`` is outside 0..N-1.
+        ValueError
+            If ``labels`` has another shape than (Y, X) or negative values.
+        """
+        n, h, w = self.shape
+        if not 0 <= int(frame_idx) < n:
+            raise IndexError(f"frame {frame_idx} is outside the store's frames 0..{n - 1}")
+        labels = np.asarray(labels)
+        if labels.shape != (h, w):
+            raise ValueError(f"labels must be shaped {(h, w)}; got {labels.shape}")
+        if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+            raise ValueError("labels must be >= 0")
+        self.array[int(frame_idx)] = labels.astype(np.uint32, copy=False)
+        self._mark_done([int(frame_idx)])
+
+    def write_object(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> None:
+        """Set one object's mask on one frame, leaving other objects' pixels alone.
+
+        Pixels of ``obj_id`` outside ``mask`` become background.
+        """
+        current = self.read_frame(frame_idx)
+        current[current == obj_id] = 0
+        current[np.asarray(mask, bool)] = obj_id
+        self.write_frame(frame_idx, current)
+
+    def read_frame(self, frame_idx: int) -> np.ndarray:
+        """(Y, X) uint32 labels of one frame."""
+        return np.asarray(self.array[int(frame_idx)])
+
+    def _mark_done(self, frames: Iterable[int]) -> None:
+        meta = dict(self.array.attrs.get("napari_lit", {}))
+        done = set(meta.get("frames_done", []))
+        new = set(frames) - done
+        if new:
+            meta["frames_done"] = sorted(done | new)
+            self.array.attrs["napari_lit"] = meta

@@ -1,0 +1,317 @@
+"""Prompt objects on any frame and propagate them through a stack with SAM2.
+
+A thin, validated layer over ``sam2``'s own video predictor: prompts (positive/negative
+points, a box, or a mask) per object id on any frame, propagation forward, backward or both
+from any frame, several objects at once, masks at the input resolution. Objects may leave
+and re-enter the field of view; sam2's object score then gives empty masks.
+
+Coordinates follow napari: points are (y, x) and boxes (y0, x0, y1, x1) in pixels of the
+input frame; sam2's (x, y) convention stays inside this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _sam2
+from ._sam2 import init_inference_state
+from .frames import FrameSource
+
+__all__ = ["FrameResult", "Tracker", "DIRECTIONS"]
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("forward", "backward", "both")
+
+
+@dataclass
+class FrameResult:
+    """Masks of all objects on one frame.
+
+    Attributes
+    ----------
+    frame_idx : int
+        Index along the propagation axis.
+    obj_ids : tuple of int
+        Object ids, in the order of ``logits``.
+    logits : (O, Y, X) float32 ndarray
+        SAM2 mask logits at the input resolution (> 0 is inside).
+    """
+
+    frame_idx: int
+    obj_ids: Tuple[int, ...]
+    logits: np.ndarray
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(O, Y, X) bool masks."""
+        return self.logits > 0
+
+    def mask(self, obj_id: int) -> np.ndarray:
+        """(Y, X) bool mask of one object."""
+        return self.logits[self.obj_ids.index(obj_id)] > 0
+
+    def labels(self) -> np.ndarray:
+        """(Y, X) uint32 label image: each pixel gets the object with the highest positive
+        logit there (overlaps resolved by confidence), 0 elsewhere."""
+        out = np.zeros(self.logits.shape[1:], np.uint32)
+        if not self.obj_ids:
+            return out
+        best = np.argmax(self.logits, axis=0)
+        inside = np.take_along_axis(self.logits, best[None], axis=0)[0] > 0
+        ids = np.asarray(self.obj_ids, np.uint32)
+        out[inside] = ids[best[inside]]
+        return out
+
+
+def _as_result(frame_idx, obj_ids, video_res_masks) -> FrameResult:
+    logits = video_res_masks[:, 0].float().cpu().numpy()
+    return FrameResult(int(frame_idx), tuple(int(i) for i in obj_ids), logits)
+
+
+class Tracker:
+    """Segment and track objects through a stack with a SAM2 video predictor.
+
+    Parameters
+    ----------
+    predictor : sam2.sam2_video_predictor.SAM2VideoPredictor
+        E.g. from :func:`napari_lit.models.load_predictor`.
+    frames : FrameSource or array-like
+        The stack, (N, Y, X) or (N, Y, X, C); an array is wrapped in a
+        :class:`~napari_lit.core.frames.FrameSource` at the predictor's input size.
+    offload_state_to_cpu : bool
+        Keep sam2's per-frame state in CPU memory (for long stacks on a GPU).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``frames`` is not a valid stack (see :class:`FrameSource`).
+    """
+
+    def __init__(self, predictor, frames, offload_state_to_cpu: bool = False):
+        if not isinstance(frames, FrameSource):
+            frames = FrameSource(frames, image_size=predictor.image_size)
+        elif frames.image_size != predictor.image_size:
+            raise ValueError(
+                f"frame source resizes to {frames.image_size} px but the model expects "
+                f"{predictor.image_size} px"
+            )
+        self.predictor = predictor
+        self.frames = frames
+        self.state = init_inference_state(predictor, frames, offload_state_to_cpu)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return self.frames.n_frames
+
+    @property
+    def frame_shape(self) -> Tuple[int, int]:
+        """(Y, X) of the input frames."""
+        return self.frames.frame_shape
+
+    @property
+    def obj_ids(self) -> Tuple[int, ...]:
+        """Ids of the objects prompted so far."""
+        return tuple(self.state["obj_ids"])
+
+    def prompt_frames(self, obj_id: Optional[int] = None) -> List[int]:
+        """Frames that hold a prompt (for one object, or any)."""
+        frames = set()
+        for oid, idx in self.state["obj_id_to_idx"].items():
+            if obj_id is not None and oid != obj_id:
+                continue
+            frames.update(self.state["point_inputs_per_obj"][idx])
+            frames.update(self.state["mask_inputs_per_obj"][idx])
+        return sorted(frames)
+
+    # ------------------------------------------------------------------ validation
+    def _check_frame(self, frame_idx) -> int:
+        if not isinstance(frame_idx, (int, np.integer)) or isinstance(frame_idx, bool):
+            raise TypeError(f"frame index must be an integer, got {frame_idx!r}")
+        if not 0 <= int(frame_idx) < self.n_frames:
+            raise IndexError(
+                f"frame {int(frame_idx)} does not exist: the stack has frames 0..{self.n_frames - 1}"
+            )
+        return int(frame_idx)
+
+    @staticmethod
+    def _check_obj(obj_id) -> int:
+        if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool):
+            raise TypeError(f"object id must be an integer, got {obj_id!r}")
+        if int(obj_id) < 1:
+            raise ValueError(f"object id must be >= 1 (0 is the background label), got {int(obj_id)}")
+        return int(obj_id)
+
+    def _check_points(self, points, labels) -> Tuple[np.ndarray, np.ndarray]:
+        pts = np.asarray(points, dtype=np.float32)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+            raise ValueError(f"points must be a non-empty (K, 2) array of (y, x); got shape {pts.shape}")
+        lab = np.asarray(labels).astype(np.int64).ravel()
+        if lab.shape != (len(pts),):
+            raise ValueError(f"labels must have one entry per point ({len(pts)}); got {lab.shape}")
+        if not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"labels must be 1 (positive) or 0 (negative); got {sorted(set(lab.tolist()))}")
+        h, w = self.frame_shape
+        bad = ~((pts[:, 0] >= 0) & (pts[:, 0] <= h - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= w - 1))
+        if bad.any():
+            y, x = pts[bad][0]
+            raise ValueError(f"point (y={y:g}, x={x:g}) is outside the {h} x {w} frame")
+        return pts, lab
+
+    # --------------------------------------------------------------------- prompts
+    def add_points(self, frame_idx: int, obj_id: int, points, labels, clear: bool = True) -> FrameResult:
+        """Add positive/negative clicks for one object on one frame.
+
+        Parameters
+        ----------
+        frame_idx : int
+        obj_id : int
+            Object id >= 1 (the label value it gets).
+        points : (K, 2) array-like of float
+            (y, x) pixel coordinates on the input frame.
+        labels : (K,) array-like of int
+            1 positive, 0 negative.
+        clear : bool
+            Replace earlier clicks of this object on this frame (True) or add to them.
+
+        Returns
+        -------
+        FrameResult
+            Updated masks of all objects on ``frame_idx``.
+
+        Raises
+        ------
+        IndexError
+            If the frame does not exist.
+        ValueError
+            On an object id < 1, malformed points/labels, or a point outside the frame.
+        """
+        frame_idx = self._check_frame(frame_idx)
+        obj_id = self._check_obj(obj_id)
+        pts, lab = self._check_points(points, labels)
+        out = self.predictor.add_new_points_or_box(
+            self.state, frame_idx, obj_id, points=pts[:, ::-1].copy(), labels=lab.astype(np.int32),
+            clear_old_points=clear,
+        )
+        return _as_result(*out)
+
+    def add_box(self, frame_idx: int, obj_id: int, box, points=None, labels=None) -> FrameResult:
+        """Prompt one object with a box (and optional clicks) on one frame.
+
+        Parameters
+        ----------
+        box : (4,) array-like
+            (y0, x0, y1, x1) in input pixels, y0 < y1 and x0 < x1.
+        points, labels : optional
+            Extra clicks as in :meth:`add_points`.
+
+        Raises
+        ------
+        ValueError
+            If the box is malformed or outside the frame.
+        """
+        frame_idx = self._check_frame(frame_idx)
+        obj_id = self._check_obj(obj_id)
+        b = np.asarray(box, dtype=np.float32).ravel()
+        h, w = self.frame_shape
+        if b.shape != (4,) or not (b[0] < b[2] and b[1] < b[3]):
+            raise ValueError(f"box must be (y0, x0, y1, x1) with y0 < y1 and x0 < x1; got {b.tolist()}")
+        if b[0] > h - 1 or b[1] > w - 1 or b[2] < 0 or b[3] < 0:
+            raise ValueError(f"box {b.tolist()} lies outside the {h} x {w} frame")
+        b = np.clip(b, 0, [h - 1, w - 1, h - 1, w - 1])
+        kwargs = {}
+        if points is not None:
+            pts, lab = self._check_points(points, labels)
+            kwargs = dict(points=pts[:, ::-1].copy(), labels=lab.astype(np.int32))
+        out = self.predictor.add_new_points_or_box(
+            self.state, frame_idx, obj_id, box=np.array([b[1], b[0], b[3], b[2]], np.float32),
+            clear_old_points=True, **kwargs,
+        )
+        return _as_result(*out)
+
+    def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
+        """Prompt one object with a mask on one frame.
+
+        Parameters
+        ----------
+        mask : (Y, X) array-like of bool
+            At the input resolution.
+
+        Raises
+        ------
+        ValueError
+            If the mask's shape differs from the frame's or the mask is empty.
+        """
+        frame_idx = self._check_frame(frame_idx)
+        obj_id = self._check_obj(obj_id)
+        m = np.asarray(mask)
+        if m.shape != self.frame_shape:
+            raise ValueError(f"mask must have the frame's shape {self.frame_shape}; got {m.shape}")
+        m = m.astype(bool)
+        if not m.any():
+            raise ValueError(f"mask prompt for object {obj_id} on frame {frame_idx} is empty")
+        out = self.predictor.add_new_mask(self.state, frame_idx, obj_id, m)
+        return _as_result(*out)
+
+    def remove_prompts(self, frame_idx: int, obj_id: int) -> None:
+        """Remove one object's prompts on one frame."""
+        frame_idx = self._check_frame(frame_idx)
+        obj_id = self._check_obj(obj_id)
+        if obj_id in self.state["obj_id_to_idx"]:
+            self.predictor.clear_all_prompts_in_frame(self.state, frame_idx, obj_id, need_output=False)
+
+    def reset(self) -> None:
+        """Forget all objects, prompts and tracking results (keeps cached frames)."""
+        self.predictor.reset_state(self.state)
+
+    # ----------------------------------------------------------------- propagation
+    def propagate(self, start_frame: Optional[int] = None, direction: str = "both",
+                  max_frames: Optional[int] = None) -> Iterator[FrameResult]:
+        """Propagate all prompted objects frame by frame (a generator).
+
+        Parameters
+        ----------
+        start_frame : int, optional
+            Frame to start from; the earliest prompted frame by default.
+        direction : {"forward", "backward", "both"}
+            ``both`` runs forward from ``start_frame`` to the last frame, then backward from
+            it to frame 0 (``start_frame`` is yielded once).
+        max_frames : int, optional
+            Stop after this many frames in each direction.
+
+        Yields
+        ------
+        FrameResult
+            One per frame, in processing order; closing the generator stops propagation
+            after the frame in progress.
+
+        Raises
+        ------
+        ValueError
+            If no object has a prompt yet, or ``direction`` is unknown.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not self.prompt_frames():
+            raise ValueError("no object has a prompt yet: add points, a box or a mask first")
+        if start_frame is None:
+            start_frame = self.prompt_frames()[0]
+        start_frame = self._check_frame(start_frame)
+        passes = {"forward": [False], "backward": [True], "both": [False, True]}[direction]
+        seen = set()
+        for reverse in passes:
+            gen = _sam2.propagate_in_video(self.predictor, self.state, start_frame, max_frames, reverse)
+            try:
+                for frame_idx, obj_ids, masks in gen:
+                    if frame_idx in seen:
+                        continue
+                    seen.add(frame_idx)
+                    yield _as_result(frame_idx, obj_ids, masks)
+            finally:
+                gen.close()

@@ -1,0 +1,21 @@
+"""Models: the catalogue (embedded lit-tiny, official SAM2.1, custom) and builders."""
+
+from .catalogue import (
+    DEFAULT_MODEL,
+    MODELS,
+    ModelSpec,
+    ModelUnavailableError,
+    load_predictor,
+    resolve_device,
+    resolve_model,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "load_predictor",
+    "resolve_device",
+    "resolve_model",
+]

@@ -1,0 +1,280 @@
+"""Model catalogue: the embedded ``lit-tiny``, the official SAM2.1 checkpoints, custom files.
+
+``lit-tiny`` ships inside the package (no download). The official SAM2.1 checkpoints are
+downloaded on first use into a user cache directory (``pooch`` with a progress bar) and
+verified against their SHA-256; when that is impossible (offline, or the hash differs) a
+:class:`ModelUnavailableError` says which file to place where. A custom checkpoint is a
+``.pt`` file plus its Hydra config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+__all__ = [
+    "ModelSpec",
+    "MODELS",
+    "DEFAULT_MODEL",
+    "LIT_TINY_CONFIG",
+    "LIT_TINY_WEIGHTS",
+    "ModelUnavailableError",
+    "cache_dir",
+    "resolve_model",
+    "resolve_device",
+    "load_predictor",
+]
+
+logger = logging.getLogger(__name__)
+
+_HERE = Path(__file__).parent
+LIT_TINY_CONFIG = _HERE / "configs" / "lit_tiny.yaml"
+LIT_TINY_WEIGHTS = _HERE / "weights" / "lit_tiny.pt"
+DEFAULT_MODEL = "lit-tiny"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One catalogue entry.
+
+    Attributes
+    ----------
+    name : str
+    config : str
+        Hydra config: a path, or a path inside the installed ``sam2`` package.
+    filename : str
+        Checkpoint file name (in the cache directory, or the package for embedded models).
+    url : str or None
+        Download address; None for embedded models.
+    sha256 : str or None
+        Expected SHA-256 of the checkpoint; None for embedded models.
+    description : str
+    """
+
+    name: str
+    config: str
+    filename: str
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    description: str = ""
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+_FB = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+MODELS: Dict[str, ModelSpec] = {
+    "lit-tiny": ModelSpec(
+        "lit-tiny", str(LIT_TINY_CONFIG), LIT_TINY_WEIGHTS.name,
+        description="napari-lit's own small SAM2 (CNN trunk, 256 px), shipped in the package",
+    ),
+    "sam2.1_hiera_tiny": ModelSpec(
+        "sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt",
+        _FB + "sam2.1_hiera_tiny.pt",
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+        "official SAM2.1 Hiera tiny (38.9 M parameters)",
+    ),
+    "sam2.1_hiera_small": ModelSpec(
+        "sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt",
+        _FB + "sam2.1_hiera_small.pt",
+        "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+        "official SAM2.1 Hiera small (46 M parameters)",
+    ),
+    "sam2.1_hiera_base_plus": ModelSpec(
+        "sam2.1_hiera_base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt",
+        _FB + "sam2.1_hiera_base_plus.pt",
+        "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+        "official SAM2.1 Hiera base+ (80.8 M parameters)",
+    ),
+    "sam2.1_hiera_large": ModelSpec(
+        "sam2.1_hiera_large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt",
+        _FB + "sam2.1_hiera_large.pt",
+        "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+        "official SAM2.1 Hiera large (224.4 M parameters)",
+    ),
+}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights cannot be found, downloaded or verified."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$NAPARI_LIT_CACHE`` or the OS user cache."""
+    env = os.environ.get("NAPARI_LIT_CACHE")
+    if env:
+        return Path(env)
+    import pooch
+
+    return Path(pooch.os_cache("napari-lit"))
+
+
+def sha256sum(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(spec: ModelSpec, directory: Path, progress: bool) -> Path:
+    import pooch
+
+    target = directory / spec.filename
+    if target.exists():
+        digest = sha256sum(target)
+        if digest != spec.sha256:
+            raise ModelUnavailableError(
+                f"{target} has SHA-256 {digest}, but {spec.name} must have {spec.sha256}. "
+                f"Delete it and let napari-lit download it again, or place the correct file "
+                f"from {spec.url} at {target}."
+            )
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        path = pooch.retrieve(
+            spec.url, known_hash=f"sha256:{spec.sha256}", fname=spec.filename,
+            path=directory, progressbar=progress,
+        )
+    except ValueError as exc:  # pooch's hash mismatch
+        raise ModelUnavailableError(
+            f"the file downloaded from {spec.url} does not have the expected SHA-256 "
+            f"{spec.sha256} ({exc}). Place the correct {spec.filename} at {target}."
+        ) from exc
+    except Exception as exc:  # no network, proxy, HTTP error ...
+        raise ModelUnavailableError(
+            f"cannot download {spec.name} from {spec.url} ({exc.__class__.__name__}: {exc}). "
+            f"Without network access, download {spec.filename} on another machine and place "
+            f"it at {target}."
+        ) from exc
+    return Path(path)
+
+
+def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] = None,
+                  download: bool = True, progress: bool = True,
+                  directory: Optional[Union[str, Path]] = None) -> Tuple[str, Path]:
+    """Find (or download) a model's config and checkpoint.
+
+    Parameters
+    ----------
+    name : str
+        A catalogue name (see :data:`MODELS`) or the path of a custom ``.pt`` checkpoint.
+    config : str or Path, optional
+        Hydra config for a custom checkpoint (required then).
+    download : bool
+        Download missing official checkpoints; otherwise raise.
+    progress : bool
+        Show a download progress bar.
+    directory : str or Path, optional
+        Cache directory; :func:`cache_dir` by default.
+
+    Returns
+    -------
+    (config, checkpoint) : (str, Path)
+
+    Raises
+    ------
+    ModelUnavailableError
+        Unknown name, missing custom file or config, failed download or hash mismatch;
+        the message says which file to place where.
+    """
+    spec = MODELS.get(name)
+    if spec is None:
+        path = Path(name)
+        if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+            if not path.is_file():
+                raise ModelUnavailableError(f"custom checkpoint not found: {path}")
+            if config is None:
+                raise ModelUnavailableError(
+                    f"custom checkpoint {path} needs its Hydra config (--config FILE.yaml)"
+                )
+            if not Path(config).is_file():
+                try:
+                    from .build import load_config
+
+                    load_config(config)
+                except FileNotFoundError as exc:
+                    raise ModelUnavailableError(str(exc)) from exc
+            return str(config), path
+        raise ModelUnavailableError(
+            f"unknown model {name!r}: expected one of {', '.join(MODELS)} or a .pt checkpoint path"
+        )
+    if spec.embedded:
+        if not LIT_TINY_WEIGHTS.is_file():
+            raise ModelUnavailableError(
+                f"the embedded {spec.name} weights are missing from the installation "
+                f"(expected {LIT_TINY_WEIGHTS}); reinstall napari-lit"
+            )
+        return spec.config, LIT_TINY_WEIGHTS
+    directory = Path(directory) if directory else cache_dir()
+    target = directory / spec.filename
+    if not download and not target.exists():
+        raise ModelUnavailableError(
+            f"{spec.name} is not downloaded yet: place {spec.filename} (from {spec.url}) at {target}"
+        )
+    return spec.config, _download(spec, directory, progress)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` if available, else ``mps`` if available, else ``cpu``.
+
+    Raises
+    ------
+    ValueError
+        If an explicitly requested device is not available.
+    """
+    import torch
+
+    device = str(device).lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was requested but this PyTorch has no MPS support")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps; got {device!r}")
+    return device
+
+
+def load_predictor(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] = None,
+                   device: str = "auto", download: bool = True, progress: bool = True):
+    """Build sam2's video predictor for a catalogue model or a custom checkpoint.
+
+    Parameters
+    ----------
+    name, config, download, progress
+        See :func:`resolve_model`.
+    device : str
+        See :func:`resolve_device`.
+
+    Returns
+    -------
+    sam2.sam2_video_predictor.SAM2VideoPredictor
+        In eval mode on ``device``; ``predictor.image_size`` is its input size in pixels.
+
+    Raises
+    ------
+    ModelUnavailableError
+        See :func:`resolve_model`.
+    napari_lit.models.build.CheckpointError
+        If the checkpoint is corrupt or does not fit the config.
+    """
+    from .build import build_sam2_model
+
+    cfg, ckpt = resolve_model(name, config, download=download, progress=progress)
+    predictor = build_sam2_model(cfg, ckpt, target="video", device=resolve_device(device))
+    predictor.napari_lit_model = name if name in MODELS else str(ckpt)
+    return predictor

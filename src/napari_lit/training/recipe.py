@@ -1,0 +1,456 @@
+"""The recipe that trains the embedded ``lit-tiny`` model on generated sequences.
+
+Run it with ``napari-lit train-model RUN_DIR`` (see :func:`main`). It is seeded, resumable
+from the checkpoint in ``RUN_DIR`` (model, optimizer, step, random states), logs training
+losses and a validation curve on held-back generated clips to ``RUN_DIR/log.jsonl``, and
+goes through stages:
+
+1. ``image``: single-frame prompt-to-mask (points or box with simulated correction clicks,
+   as in SAM), so the trunk and decoder learn to segment;
+2. ``track-easy``: short clips with slow motion, prompted by a mask or clicks on frame 0,
+   so the memory attention learns to carry an object to the next frames;
+3. ``track``: longer clips with normal motion, divisions, occlusion and objects leaving;
+4. ``track-hard``: fast motion and more events.
+
+Tracking stages keep mixing in single-frame batches so segmentation is not forgotten.
+The model, the prompt sampling and the loss all come from the ``sam2`` package
+(``training.model.sam2.SAM2Train``, ``training.loss_fns.MultiStepMultiMasksAndIous``, with
+the loss weights of sam2's published fine-tuning config). It runs on CPU; ``--device cuda``
+continues the same run on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from .synthetic import MotionLevel, generate_clip
+
+__all__ = ["Stage", "STAGES", "RecipeConfig", "make_batch", "train", "validate", "export_weights", "main"]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule.
+
+    Parameters
+    ----------
+    name : str
+    until : float
+        Fraction of the total steps at which the stage ends.
+    n_frames : int
+        Frames per clip (1 = single-frame prompt-to-mask).
+    clips : int
+        Clips per batch.
+    motion : MotionLevel
+    image_batches : float
+        Probability that a step uses a single-frame batch instead.
+    """
+
+    name: str
+    until: float
+    n_frames: int
+    clips: int
+    motion: MotionLevel
+    image_batches: float = 0.0
+
+
+STAGES = (
+    Stage("image", 0.10, 1, 6, MotionLevel(0.0, 0.0, 0.0)),
+    Stage("track-easy", 0.35, 4, 2, MotionLevel(1.0, 0.01, 0.2), image_batches=0.2),
+    Stage("track", 0.80, 6, 2, MotionLevel(2.5, 0.02, 0.6), image_batches=0.15),
+    Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0), image_batches=0.1),
+)
+
+
+@dataclass
+class RecipeConfig:
+    """Settings of one training run (saved to ``RUN_DIR/config.json``)."""
+
+    steps: int = 12000
+    seed: int = 0
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 300
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_objects: int = 2
+    loss_mask: float = 5.0
+    loss_dice: float = 5.0
+    correction_points: int = 2
+    image_size: int = 256
+    val_every: int = 500
+    val_clips: int = 24
+    ckpt_every: int = 100
+    log_every: int = 20
+    threads: int = 2
+
+
+def stage_at(step: int, total: int, stages: Sequence[Stage] = STAGES) -> Stage:
+    """The stage that ``step`` (0-based) of ``total`` falls in."""
+    frac = step / max(total, 1)
+    for stage in stages:
+        if frac < stage.until:
+            return stage
+    return stages[-1]
+
+
+def _pick_objects(labels: np.ndarray, rng, max_objects: int, min_area: int = 40) -> List[int]:
+    ids, counts = np.unique(labels[0], return_counts=True)
+    ok = [int(i) for i, c in zip(ids, counts) if i != 0 and c >= min_area]
+    rng.shuffle(ok)
+    return ok[:max_objects]
+
+
+def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: MotionLevel,
+               max_objects: int = 3, size: int = 256):
+    """Generate a batch in sam2's training layout.
+
+    Returns
+    -------
+    training.utils.data_utils.BatchedVideoDatapoint
+        ``img_batch`` (T, B, 3, size, size) float32 normalised like sam2's loaders;
+        ``masks`` (T, O, size, size) bool for the O objects chosen (1..max_objects per
+        clip, each visible on frame 0).
+    """
+    import torch
+    from training.utils.data_utils import Frame, Object, VideoDatapoint, collate_fn
+
+    videos = []
+    while len(videos) < clips:
+        clip = generate_clip(rng, n_frames, size, motion=motion)
+        obj_ids = _pick_objects(clip.labels, rng, max_objects)
+        if not obj_ids:
+            continue
+        img = (clip.frames.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        img = torch.from_numpy(img).permute(0, 3, 1, 2).contiguous()
+        frames = [
+            Frame(
+                data=img[t],
+                objects=[Object(k, t, torch.from_numpy(clip.labels[t] == k)) for k in obj_ids],
+            )
+            for t in range(n_frames)
+        ]
+        videos.append(VideoDatapoint(frames=frames, video_id=len(videos), size=(size, size)))
+    return collate_fn(videos, dict_key="synthetic")
+
+
+def _cosine_lr(step: int, cfg: RecipeConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def build_train_model(config_path, device: str = "cpu", correction_points: int = 2):
+    """lit-tiny as ``SAM2Train`` with the prompt/correction sampling of sam2's fine-tuning."""
+    from ..models.build import build_sam2_model
+
+    return build_sam2_model(
+        config_path,
+        target="train",
+        device=device,
+        overrides=dict(
+            prob_to_use_pt_input_for_train=0.5,
+            prob_to_use_box_input_for_train=0.5,
+            prob_to_sample_from_gt_for_train=0.1,
+            num_frames_to_correct_for_train=2,
+            rand_frames_to_correct_for_train=True,
+            add_all_frames_to_correct_as_cond=True,
+            num_init_cond_frames_for_train=2,
+            rand_init_cond_frames_for_train=True,
+            num_correction_pt_per_frame=correction_points,
+            num_init_cond_frames_for_eval=1,
+            forward_backbone_per_frame_for_eval=False,
+        ),
+    )
+
+
+def make_loss(mask: float = 5.0, dice: float = 5.0):
+    """sam2's multi-step loss. sam2 weighs focal:dice 20:1 for fine-tuning; from scratch
+    that settles on empty masks (shared/FACTS.md; seen again here), so dice weighs more."""
+    from training.loss_fns import MultiStepMultiMasksAndIous
+
+    return MultiStepMultiMasksAndIous(
+        weight_dict={"loss_mask": mask, "loss_dice": dice, "loss_iou": 1, "loss_class": 1},
+        supervise_all_iou=True,
+        iou_use_l1_loss=True,
+        pred_obj_scores=True,
+        focal_gamma_obj_score=0.0,
+        focal_alpha_obj_score=-1.0,
+    )
+
+
+def _frame_j(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two boolean masks; 1 when both are empty (DAVIS convention)."""
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+def _single_frame(batch, t: int):
+    """Frame ``t`` of a batch as a one-frame batch (SAM2Train then prompts with a click)."""
+    from training.utils.data_utils import BatchedVideoDatapoint
+
+    idx = batch.obj_to_frame_idx[t : t + 1].clone()
+    idx[..., 0] = 0
+    return BatchedVideoDatapoint(
+        img_batch=batch.img_batch[t : t + 1],
+        obj_to_frame_idx=idx,
+        masks=batch.masks[t : t + 1],
+        metadata=batch.metadata[t : t + 1],
+        dict_key=batch.dict_key,
+        batch_size=[1],
+    )
+
+
+def validation_set(seed: int, n: int, size: int = 256, max_objects: int = 3):
+    """Held-back clips: 8 frames of normal motion, drawn from a seed no training step uses."""
+    rng = np.random.default_rng([seed, 10_000_019])
+    return [make_batch(rng, 8, 1, MotionLevel(2.5, 0.02, 0.6), max_objects, size) for _ in range(n)]
+
+
+def validate(model, batches) -> Dict[str, float]:
+    """Mean J of mask-prompted tracking on frames 1..T-1, beside the static baseline.
+
+    The model tracks from the ground-truth mask of frame 0 (sam2's evaluation mode); the
+    static baseline repeats that mask on every frame. Also reports single-frame J from two
+    clicks (one at the object's centre, one at the centre of the remaining error), which
+    shows whether prompt-to-mask is learned.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    j_track, j_static, j_click = [], [], []
+    n_corr = model.num_correction_pt_per_frame
+    model.num_correction_pt_per_frame = 1  # sam2 needs >= 1 on a clicked frame
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                outs = model(batch)
+                gt = batch.masks.numpy()
+                for t in range(1, len(outs)):
+                    pred = (outs[t]["pred_masks_high_res"][:, 0] > 0).numpy()
+                    for o in range(gt.shape[1]):
+                        j_track.append(_frame_j(pred[o], gt[t, o]))
+                        j_static.append(_frame_j(gt[0, o], gt[t, o]))
+                out = model(_single_frame(batch, 1))[0]  # one frame: SAM2Train clicks
+                pred = (out["pred_masks_high_res"][:, 0] > 0).numpy()
+                for o in range(gt.shape[1]):
+                    j_click.append(_frame_j(pred[o], gt[1, o]))
+    finally:
+        model.num_correction_pt_per_frame = n_corr
+        model.train(was_training)
+    return {
+        "val_track_j": float(np.mean(j_track)),
+        "val_static_j": float(np.mean(j_static)),
+        "val_click2_j": float(np.mean(j_click)),
+    }
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def export_weights(checkpoint: Path, out: Path, half: bool = True) -> Path:
+    """Write the model weights of a run checkpoint as a sam2-style ``{"model": ...}`` file.
+
+    Floating-point tensors are stored as float16 when ``half`` (the package loads them back
+    as float32), which keeps the embedded weights small.
+    """
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v) for k, v in payload["model"].items()
+    }
+    meta = {k: payload[k] for k in ("step", "config", "val") if k in payload}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic({"model": state, "meta": meta}, out)
+    return out
+
+
+def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device: str = "cpu",
+          init_weights=None, max_minutes: Optional[float] = None) -> Iterator[Dict[str, float]]:
+    """Train (or resume) a run; a generator yielding one log record per logged step.
+
+    Parameters
+    ----------
+    run_dir : path
+        Folder for ``config.json``, ``last.pt`` (resume point), ``best.pt`` and ``log.jsonl``.
+        When ``last.pt`` exists the run resumes from it with its saved settings.
+    cfg : RecipeConfig, optional
+        Settings of a new run (ignored on resume, except ``steps`` which may be raised).
+    config_path : path, optional
+        Model config; the embedded lit-tiny config by default.
+    device : str
+        ``cpu`` or ``cuda``.
+    init_weights : path, optional
+        Weights (``{"model": ...}``) to start a new run from, e.g. the shipped lit-tiny.
+    max_minutes : float, optional
+        Stop (after saving) when this much wall time has passed.
+
+    Yields
+    ------
+    dict
+        ``step``, ``stage``, ``lr``, losses, ``sec_per_step``; validation records also carry
+        ``val_track_j``, ``val_static_j`` and ``val_click2_j``.
+    """
+    import torch
+
+    from ..models.catalogue import LIT_TINY_CONFIG
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = Path(config_path) if config_path else LIT_TINY_CONFIG
+    last = run_dir / "last.pt"
+    cfg = cfg or RecipeConfig()
+    state = None
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        saved = RecipeConfig(**state["config"])
+        saved.steps = max(saved.steps, cfg.steps)
+        cfg = saved
+    torch.set_num_threads(cfg.threads)
+    model = build_train_model(config_path, device, cfg.correction_points)
+    loss_fn = make_loss(cfg.loss_mask, cfg.loss_dice)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step, best = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        model.rng.bit_generator.state = state["model_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, best = state["step"], state.get("best", -1.0)
+        logger.info("resumed %s at step %d", run_dir, step)
+    else:
+        torch.manual_seed(cfg.seed)
+        if init_weights is not None:
+            from ..models.build import load_weights
+
+            load_weights(model, init_weights)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    val_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects)
+    log = open(run_dir / "log.jsonl", "a")
+    t_start = time.time()
+    t_last, acc, n_acc = time.time(), {}, 0
+
+    def save(val=None):
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": rng.bit_generator.state,
+            "model_rng": model.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "best": best,
+            "config": asdict(cfg),
+        }
+        if val is not None:
+            payload["val"] = val
+        _save_atomic(payload, last)
+        return payload
+
+    try:
+        model.train()
+        while step < cfg.steps:
+            stage = stage_at(step, cfg.steps)
+            if stage.n_frames > 1 and rng.random() < stage.image_batches:
+                batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, cfg.max_objects, cfg.image_size)
+            else:
+                batch = make_batch(rng, stage.n_frames, stage.clips, stage.motion,
+                                   cfg.max_objects, cfg.image_size)
+            batch = batch.to(device)
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(step, cfg)
+            outs = model(batch)
+            losses = loss_fn(outs, batch.masks)
+            total = losses["core_loss"]
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in losses.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
+            n_acc += 1
+            record = None
+            if step % cfg.log_every == 0:
+                record = {"step": step, "stage": stage.name, "lr": _cosine_lr(step - 1, cfg),
+                          **{k: v / n_acc for k, v in acc.items()},
+                          "sec_per_step": (time.time() - t_last) / n_acc}
+                acc, n_acc, t_last = {}, 0, time.time()
+            val = None
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                val = validate(model, val_batches)
+                record = {**(record or {"step": step, "stage": stage.name}), **val}
+                if val["val_track_j"] > best:
+                    best = val["val_track_j"]
+                    payload = save(val)
+                    _save_atomic(payload, run_dir / "best.pt")
+            if step % cfg.ckpt_every == 0 or val is not None:
+                save(val)
+            if record is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                yield record
+            if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
+                break
+    finally:
+        save()
+        log.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``napari-lit train-model``: train or resume lit-tiny on generated sequences."""
+    p = argparse.ArgumentParser(prog="napari-lit train-model", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", help="folder for checkpoints and log (resumes if it has last.pt)")
+    p.add_argument("--steps", type=int, default=RecipeConfig.steps)
+    p.add_argument("--seed", type=int, default=RecipeConfig.seed)
+    p.add_argument("--lr", type=float, default=RecipeConfig.lr)
+    p.add_argument("--threads", type=int, default=RecipeConfig.threads)
+    p.add_argument("--val-every", type=int, default=RecipeConfig.val_every)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--init-weights", default=None, help="start a new run from these weights")
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = RecipeConfig(steps=args.steps, seed=args.seed, lr=args.lr, threads=args.threads,
+                       val_every=args.val_every)
+    for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
+                     max_minutes=args.max_minutes):
+        logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+    if args.export:
+        src = Path(args.run_dir) / "best.pt"
+        export_weights(src if src.exists() else Path(args.run_dir) / "last.pt", Path(args.export))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

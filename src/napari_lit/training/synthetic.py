@@ -1,0 +1,404 @@
+"""Synthetic image sequences with exact instance masks, for training ``lit-tiny``.
+
+Each call of :func:`generate_clip` draws one short sequence of a random *scene kind*:
+
+``nuclei``
+    fluorescent nuclei that move, grow, deform, touch and divide.
+``tissue``
+    membrane-bounded cells packed like a tissue (a moving Voronoi tessellation): the
+    objects are the cell interiors, as in electron-microscopy or membrane-stain images.
+``zstack``
+    slices through ellipsoids and tubes: objects appear, grow, shrink and vanish along z.
+``phase``
+    phase-contrast-like cells: dark bodies with a bright halo on a grey background.
+``ct``
+    a body outline with organ cross-sections of different grey levels, CT/MRI-like.
+``natural``
+    textured colour shapes over a textured moving background, with occlusion, look-alike
+    distractors and objects leaving the frame.
+
+Microscopy kinds go through an imaging model: blur, uneven illumination, intensity drift,
+photobleaching, Poisson and Gaussian noise, and a random bit depth before the same robust
+percentile contrast the frame source applies at run time.
+
+Everything is drawn from a :class:`numpy.random.Generator`, so a seed gives the same clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["SCENE_KINDS", "MotionLevel", "Clip", "generate_clip"]
+
+SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural")
+
+
+@dataclass(frozen=True)
+class MotionLevel:
+    """How hard a clip is to track.
+
+    Parameters
+    ----------
+    speed : float
+        Typical object displacement per frame, in pixels at 256 px.
+    deform : float
+        Per-frame random walk of the shape's harmonic coefficients.
+    events : float
+        Probability scale of divisions, occlusions, objects leaving the frame.
+    """
+
+    speed: float = 2.0
+    deform: float = 0.02
+    events: float = 0.5
+
+
+@dataclass
+class Clip:
+    """A generated sequence.
+
+    Attributes
+    ----------
+    frames : (T, H, W, 3) uint8 ndarray
+        RGB frames (grey scenes replicated to 3 channels).
+    labels : (T, H, W) int32 ndarray
+        Instance ids, 0 = background; an id is the same object on every frame.
+    kind : str
+        The scene kind (one of :data:`SCENE_KINDS`).
+    """
+
+    frames: np.ndarray
+    labels: np.ndarray
+    kind: str
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise scaled to zero mean, unit std."""
+    n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    return (n - n.mean()) / (n.std() + 1e-6)
+
+
+class _Star:
+    """A star-convex shape r(theta) = R (1 + sum_k a_k cos(k theta) + b_k sin(k theta))."""
+
+    def __init__(self, rng, cy, cx, radius, n_harm=4, rough=0.12, elong=1.0):
+        self.cy, self.cx = float(cy), float(cx)
+        self.radius = float(radius)
+        self.coef = rng.normal(0, rough, (n_harm, 2)) / np.arange(1, n_harm + 1)[:, None]
+        self.elong = float(elong)
+        self.angle = float(rng.uniform(0, np.pi))
+        self.vy, self.vx = 0.0, 0.0
+
+    def mask(self, h: int, w: int, scale: float = 1.0) -> np.ndarray:
+        r = self.radius * scale
+        out = np.zeros((h, w), bool)
+        if r < 0.75:
+            return out
+        rmax = r * (1 + np.abs(self.coef).sum()) * max(self.elong, 1.0) + 2
+        y0, y1 = int(max(0, np.floor(self.cy - rmax))), int(min(h, np.ceil(self.cy + rmax) + 1))
+        x0, x1 = int(max(0, np.floor(self.cx - rmax))), int(min(w, np.ceil(self.cx + rmax) + 1))
+        if y0 >= y1 or x0 >= x1:
+            return out
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy - self.cy, xx - self.cx
+        ca, sa = np.cos(self.angle), np.sin(self.angle)
+        u = (dx * ca + dy * sa) / self.elong
+        v = -dx * sa + dy * ca
+        theta = np.arctan2(v, u)
+        k = np.arange(1, self.coef.shape[0] + 1, dtype=np.float32)[:, None, None]
+        rt = r * (
+            1
+            + (self.coef[:, 0, None, None] * np.cos(k * theta)).sum(0)
+            + (self.coef[:, 1, None, None] * np.sin(k * theta)).sum(0)
+        )
+        out[y0:y1, x0:x1] = np.hypot(u, v) <= rt
+        return out
+
+    def step(self, rng, motion: MotionLevel, h: int, w: int, bounce: bool = True):
+        self.vy = 0.8 * self.vy + 0.2 * rng.normal(0, motion.speed)
+        self.vx = 0.8 * self.vx + 0.2 * rng.normal(0, motion.speed)
+        self.cy += self.vy
+        self.cx += self.vx
+        if bounce:
+            if not (0 <= self.cy < h):
+                self.vy = -self.vy
+                self.cy = float(np.clip(self.cy, 0, h - 1))
+            if not (0 <= self.cx < w):
+                self.vx = -self.vx
+                self.cx = float(np.clip(self.cx, 0, w - 1))
+        self.coef += rng.normal(0, motion.deform, self.coef.shape) / np.arange(
+            1, self.coef.shape[0] + 1
+        )[:, None]
+        self.coef *= 0.98
+        self.angle += rng.normal(0, 0.03)
+
+
+# ---------------------------------------------------------------------- imaging model
+
+
+def _imaging(rng, signal: np.ndarray, microscopy: bool = True) -> np.ndarray:
+    """(T, H, W) float signal -> (T, H, W) uint8 after blur, illumination, noise, contrast."""
+    t, h, w = signal.shape
+    out = signal.astype(np.float32)
+    sigma = rng.uniform(0.0, 1.8)
+    if sigma > 0.3:
+        out = ndi.gaussian_filter(out, (0, sigma, sigma))
+    if rng.random() < 0.6:  # uneven illumination: smooth multiplicative field
+        field = _smooth_noise(rng, (-(-h // 8), -(-w // 8)), 3)
+        field = np.kron(field, np.ones((8, 8), np.float32))[:h, :w]
+        out = out * (1 + rng.uniform(0.1, 0.5) * field)[None]
+    gain = np.ones(t, np.float32)
+    if rng.random() < 0.5:  # photobleaching
+        gain *= np.exp(-rng.uniform(0, 0.08) * np.arange(t, dtype=np.float32))
+    if rng.random() < 0.4:  # intensity drift
+        gain *= 1 + np.cumsum(rng.normal(0, 0.03, t)).astype(np.float32)
+    out = out * gain[:, None, None] + rng.uniform(0, 0.2)
+    out = np.clip(out, 0, None)
+    if microscopy and rng.random() < 0.7:  # shot noise at a random photon count
+        photons = rng.uniform(5, 200)
+        out = rng.poisson(out * photons).astype(np.float32) / photons
+    out = out + rng.normal(0, rng.uniform(0.005, 0.12), out.shape).astype(np.float32)
+    if rng.random() < 0.2:
+        out = -out  # inverted contrast
+    # robust percentile contrast per clip, as the frame source does per frame
+    lo, hi = np.percentile(out, [rng.uniform(0.1, 2.0), rng.uniform(98.0, 99.9)])
+    out = (out - lo) / max(hi - lo, 1e-6)
+    if rng.random() < 0.3:
+        out = np.clip(out, 0, 1) ** rng.uniform(0.6, 1.6)
+    return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------- scene kinds
+
+
+def _place(rng, n, h, w, margin, min_dist):
+    pts: List[Tuple[float, float]] = []
+    for _ in range(n * 30):
+        if len(pts) == n:
+            break
+        p = (rng.uniform(margin, h - margin), rng.uniform(margin, w - margin))
+        if all(np.hypot(p[0] - q[0], p[1] - q[1]) >= min_dist for q in pts):
+            pts.append(p)
+    return pts
+
+
+def _scene_blobs(rng, t, h, w, motion, kind):
+    """Nuclei, phase-contrast cells and z-stacks of ellipsoids/tubes."""
+    n = int(rng.integers(3, 14))
+    r_mean = rng.uniform(10, 30) if kind != "zstack" else rng.uniform(14, 34)
+    stars = []
+    for cy, cx in _place(rng, n, h, w, margin=r_mean * 0.5, min_dist=r_mean * 1.2):
+        s = _Star(rng, cy, cx, r_mean * rng.uniform(0.6, 1.3), rough=rng.uniform(0.03, 0.2),
+                  elong=rng.uniform(1.0, 1.8))
+        s.growth = rng.normal(0, 0.01)
+        s.brightness = rng.uniform(0.4, 1.0)
+        if kind == "zstack":  # ellipsoid (radius profile along z) or tube (constant radius)
+            s.tube = rng.random() < 0.3
+            s.zc = rng.uniform(-0.3 * t, 1.3 * t)
+            s.rz = rng.uniform(0.4 * t, 1.5 * t)
+        stars.append(s)
+    labels = np.zeros((t, h, w), np.int32)
+    signal = np.zeros((t, h, w), np.float32)
+    tex = _smooth_noise(rng, (h, w), rng.uniform(1, 3))
+    next_id = len(stars) + 1
+    for f in range(t):
+        if kind != "zstack" and rng.random() < 0.04 * motion.events and len(stars) < 20:
+            parent = stars[int(rng.integers(len(stars)))]  # division
+            if parent.radius > 8:
+                d = _Star(rng, parent.cy, parent.cx, parent.radius / 1.35, rough=0.08,
+                          elong=parent.elong)
+                d.growth, d.brightness, d.angle = parent.growth, parent.brightness, parent.angle
+                off = parent.radius * 0.7
+                ca, sa = np.cos(parent.angle), np.sin(parent.angle)
+                parent.radius /= 1.35
+                parent.cy -= off * sa
+                parent.cx -= off * ca
+                d.cy += off * sa
+                d.cx += off * ca
+                d.obj_id = next_id
+                next_id += 1
+                stars.append(d)
+        order = rng.permutation(len(stars)) if f == 0 else range(len(stars))
+        for i in order:
+            s = stars[i]
+            obj_id = getattr(s, "obj_id", i + 1)
+            scale = 1.0
+            if kind == "zstack":
+                if s.tube:
+                    scale = 1.0
+                else:
+                    q = 1 - ((f - s.zc) / s.rz) ** 2
+                    scale = float(np.sqrt(q)) if q > 0 else 0.0
+            m = s.mask(h, w, scale)
+            m &= labels[f] == 0  # touching objects: first drawn wins
+            labels[f][m] = obj_id
+            if kind == "phase":
+                ring = ndi.binary_dilation(m, iterations=2) & ~m
+                signal[f][m] = 0.2 + 0.1 * tex[m]
+                signal[f][ring] = 1.0
+            else:
+                signal[f][m] = s.brightness * (1 + 0.15 * tex[m])
+            s.step(rng, motion, h, w)
+            s.radius *= 1 + s.growth
+        if kind == "phase":
+            signal[f][labels[f] == 0] += 0.5
+    return signal, labels
+
+
+def _scene_tissue(rng, t, h, w, motion):
+    """Membrane-bounded cells from a moving Voronoi tessellation; objects = interiors."""
+    n = int(rng.integers(8, 40))
+    seeds = np.stack([rng.uniform(0, h, n), rng.uniform(0, w, n)], 1).astype(np.float32)
+    vel = rng.normal(0, motion.speed * 0.4, (n, 2)).astype(np.float32)
+    weights = rng.uniform(0.8, 1.25, n).astype(np.float32)
+    width = rng.uniform(1.0, 3.5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    labels = np.zeros((t, h, w), np.int32)
+    signal = np.zeros((t, h, w), np.float32)
+    tex = _smooth_noise(rng, (h, w), rng.uniform(0.8, 2.5))
+    organelles = _smooth_noise(rng, (h, w), 2.0) > 1.6
+    bright_membrane = rng.random() < 0.5
+    for f in range(t):
+        d = np.sqrt((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
+        d = d * weights[:, None, None]
+        part = np.partition(d, 1, axis=0)[:2]
+        nearest = np.argmin(d, axis=0)
+        membrane = (part[1] - part[0]) < width
+        lab = nearest.astype(np.int32) + 1
+        lab[membrane] = 0
+        labels[f] = lab
+        inside = 0.55 + 0.12 * tex
+        inside[organelles] -= 0.25
+        memb_val = 1.0 if bright_membrane else 0.0
+        signal[f] = np.where(membrane, memb_val, inside if not bright_membrane else 0.15 + 0.05 * tex)
+        seeds += vel + rng.normal(0, motion.speed * 0.15, seeds.shape).astype(np.float32)
+        weights *= np.exp(rng.normal(0, motion.deform, n)).astype(np.float32)
+    return signal, labels
+
+
+def _scene_ct(rng, t, h, w, motion):
+    """A body outline with organ cross-sections of different grey levels."""
+    body = _Star(rng, h / 2 + rng.normal(0, 8), w / 2 + rng.normal(0, 8), rng.uniform(0.35, 0.48) * min(h, w),
+                 rough=0.05, elong=rng.uniform(1.0, 1.4))
+    organs = []
+    for cy, cx in _place(rng, int(rng.integers(2, 7)), h, w, margin=h * 0.25, min_dist=25):
+        o = _Star(rng, cy, cx, rng.uniform(10, 32), rough=rng.uniform(0.05, 0.25), elong=rng.uniform(1.0, 2.0))
+        o.level = rng.uniform(0.2, 0.9)
+        o.zc, o.rz = rng.uniform(-0.2 * t, 1.2 * t), rng.uniform(0.5 * t, 2 * t)
+        organs.append(o)
+    labels = np.zeros((t, h, w), np.int32)
+    signal = np.zeros((t, h, w), np.float32)
+    tex = _smooth_noise(rng, (h, w), 1.5)
+    for f in range(t):
+        bm = body.mask(h, w)
+        signal[f][bm] = 0.45 + 0.03 * tex[bm]
+        for i, o in enumerate(organs):
+            q = 1 - ((f - o.zc) / o.rz) ** 2
+            m = o.mask(h, w, float(np.sqrt(q)) if q > 0 else 0.0) & bm & (labels[f] == 0)
+            labels[f][m] = i + 1
+            signal[f][m] = o.level + 0.04 * tex[m]
+            o.step(rng, MotionLevel(motion.speed * 0.5, motion.deform, 0), h, w)
+    return signal, labels
+
+
+def _color_texture(rng, h, w):
+    base = rng.uniform(0, 1, 3).astype(np.float32)
+    tex = np.stack([_smooth_noise(rng, (h, w), rng.uniform(1, 6)) for _ in range(2)], -1)
+    mix = rng.normal(0, 0.15, (2, 3)).astype(np.float32)
+    if rng.random() < 0.4:  # stripes
+        yy, xx = np.mgrid[0:h, 0:w]
+        a = rng.uniform(0, np.pi)
+        stripes = np.sin((np.cos(a) * xx + np.sin(a) * yy) * rng.uniform(0.2, 0.8))
+        tex[..., 0] += 1.5 * stripes
+    return np.clip(base + tex @ mix, 0, 1)
+
+
+def _scene_natural(rng, t, h, w, motion):
+    """Textured colour shapes over a textured, panning background."""
+    bg = _color_texture(rng, h + 64, w + 64)
+    pan = rng.normal(0, motion.speed * 0.5, 2)
+    n = int(rng.integers(2, 7))
+    stars, textures = [], []
+    shared = _color_texture(rng, h, w)
+    for i, (cy, cx) in enumerate(_place(rng, n, h, w, margin=20, min_dist=30)):
+        s = _Star(rng, cy, cx, rng.uniform(14, 50), n_harm=5, rough=rng.uniform(0.05, 0.3),
+                  elong=rng.uniform(1.0, 2.2))
+        s.vy, s.vx = rng.normal(0, motion.speed * 1.5, 2)
+        stars.append(s)
+        # look-alike distractors share one texture
+        textures.append(shared if rng.random() < 0.4 * motion.events else _color_texture(rng, h, w))
+    depth = rng.permutation(n)
+    labels = np.zeros((t, h, w), np.int32)
+    frames = np.zeros((t, h, w, 3), np.float32)
+    for f in range(t):
+        oy, ox = (32 + pan * f).astype(int).clip(0, 63)
+        frame = bg[oy:oy + h, ox:ox + w].copy()
+        lab = np.zeros((h, w), np.int32)
+        for i in np.argsort(depth):  # far to near: nearer objects occlude
+            s = stars[i]
+            m = s.mask(h, w)
+            lab[m] = i + 1
+            frame[m] = textures[i][m]
+            s.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
+        labels[f] = lab
+        frames[f] = frame
+    frames = frames * rng.uniform(0.6, 1.2) + rng.normal(0, rng.uniform(0, 0.04), frames.shape)
+    return (np.clip(frames, 0, 1) * 255).astype(np.uint8), labels
+
+
+def generate_clip(
+    rng: np.random.Generator,
+    n_frames: int = 8,
+    size: int = 256,
+    kind: Optional[str] = None,
+    motion: MotionLevel = MotionLevel(),
+) -> Clip:
+    """Draw one synthetic sequence.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness (a seeded generator gives a reproducible clip).
+    n_frames : int
+        Number of frames (time points or z slices), >= 1.
+    size : int
+        Height and width in pixels.
+    kind : str, optional
+        One of :data:`SCENE_KINDS`; drawn at random when None.
+    motion : MotionLevel
+        Difficulty: motion speed, deformation, event rate.
+
+    Returns
+    -------
+    Clip
+        ``frames`` (T, H, W, 3) uint8 and ``labels`` (T, H, W) int32.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown or ``n_frames`` < 1.
+    """
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if kind is None:
+        kind = str(rng.choice(SCENE_KINDS, p=[0.2, 0.2, 0.15, 0.1, 0.1, 0.25]))
+    if kind not in SCENE_KINDS:
+        raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
+    h = w = int(size)
+    if kind == "natural":
+        frames, labels = _scene_natural(rng, n_frames, h, w, motion)
+        return Clip(frames, labels, kind)
+    if kind == "tissue":
+        signal, labels = _scene_tissue(rng, n_frames, h, w, motion)
+    elif kind == "ct":
+        signal, labels = _scene_ct(rng, n_frames, h, w, motion)
+    else:
+        signal, labels = _scene_blobs(rng, n_frames, h, w, motion, kind)
+    grey = _imaging(rng, signal, microscopy=kind != "ct")
+    return Clip(np.repeat(grey[..., None], 3, axis=-1), labels, kind)

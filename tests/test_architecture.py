@@ -1,0 +1,56 @@
+"""House rules that keep the code's shape (see shared/STYLE.md)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import napari_lit
+
+SRC = Path(napari_lit.__file__).parent
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_core_and_bench_import_neither_qt_nor_napari():
+    banned = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui")
+    for sub in ("core", "bench", "models", "io", "training"):
+        for path in (SRC / sub).rglob("*.py"):
+            for mod in _imports(path):
+                assert mod.split(".")[0] not in banned, f"{path.relative_to(SRC)} imports {mod}"
+
+
+def test_plugin_import_is_light():
+    """Discovering the plugin must not import torch, sam2 or napari."""
+    code = (
+        "import sys, napari_lit, napari_lit.cli, napari_lit.models, napari_lit.io;"
+        "print(sorted(m for m in ('torch', 'sam2', 'napari', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(SRC / "napari.yaml")
+    assert manifest.name == "napari-lit"
+    for command in manifest.contributions.commands:
+        module, _, attr = command.python_name.partition(":")
+        assert callable(getattr(__import__(module, fromlist=[attr]), attr))
+
+
+def test_sample_data_has_ground_truth():
+    from napari_lit._sample_data import synthetic_timelapse, synthetic_zstack
+
+    for layers in (synthetic_timelapse(), synthetic_zstack()):
+        (image, _, kind_i), (labels, _, kind_l) = layers
+        assert kind_i == "image" and kind_l == "labels"
+        assert image.shape == labels.shape and image.ndim == 3 and labels.max() > 0

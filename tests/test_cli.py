@@ -1,0 +1,96 @@
+"""`napari-lit segment` end to end, and its one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_lit.cli import main
+from napari_lit.core.store import LabelStore
+
+
+@pytest.fixture()
+def stack(tmp_path, clip):
+    frames, labels = clip
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, frames.astype(np.uint16) * 50, photometric="minisblack")
+    return path, labels
+
+
+def _prompts(tmp_path, rows):
+    p = tmp_path / "prompts.csv"
+    p.write_text("frame,y,x,label,object_id\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return p
+
+
+def test_segment_clicks_writes_zarr_labels(tmp_path, stack):
+    path, labels = stack
+    obj = int(labels[2][labels[2] > 0][0])
+    ys, xs = np.nonzero(labels[2] == obj)
+    prompts = _prompts(tmp_path, [(2, int(ys.mean()), int(xs.mean()), 1, 5), (2, 0, 0, 0, 5)])
+    out = tmp_path / "out.zarr"
+    assert main(["segment", str(path), "--prompts", str(prompts), "--out", str(out), "--quiet"]) == 0
+    store = LabelStore.open(out, mode="r")
+    assert store.shape == labels.shape
+    assert store.frames_done == tuple(range(len(labels)))  # both directions from frame 2
+    assert set(np.unique(store.array[:])) <= {0, 5}
+
+
+def test_segment_mask_prompt(tmp_path, stack):
+    path, labels = stack
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    mask_path = tmp_path / "mask.tif"
+    tifffile.imwrite(mask_path, (labels[0] == obj).astype(np.uint8), photometric="minisblack")
+    out = tmp_path / "out.zarr"
+    code = main(["segment", str(path), "--prompt-mask", str(mask_path), "--prompt-frame", "0",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    first = LabelStore.open(out).read_frame(0)
+    j = ((first == 1) & (labels[0] == obj)).sum() / ((first == 1) | (labels[0] == obj)).sum()
+    assert j > 0.8  # the prompted frame keeps the prompt mask
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["segment", "{tmp}/missing.tif", "--prompts", "{prompts}", "--out", "{tmp}/o.zarr"], "image not found"),
+        (["segment", "{image}", "--prompts", "{tmp}/none.csv", "--out", "{tmp}/o.zarr"], "prompts file not found"),
+        (["segment", "{image}", "--prompts", "{empty}", "--out", "{tmp}/o.zarr"], "no prompts"),
+        (["segment", "{image}", "--prompts", "{outside}", "--out", "{tmp}/o.zarr"], "outside"),
+        (["segment", "{image}", "--prompts", "{late}", "--out", "{tmp}/o.zarr"], "frames 0..7"),
+        (["segment", "{image}", "--prompts", "{prompts}", "--out", "{tmp}/o.zarr", "--model", "nope"], "unknown model"),
+        (["segment", "{flat}", "--prompts", "{prompts}", "--out", "{tmp}/o.zarr"], "expected"),
+        (["segment", "{image}", "--out", "{tmp}/o.zarr"], "give click prompts"),
+    ],
+)
+def test_segment_bad_input_one_line_exit_2(tmp_path, stack, capsys, args, msg):
+    path, _ = stack
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((20, 20), np.uint8))
+    files = {
+        "tmp": tmp_path,
+        "image": path,
+        "flat": tmp_path / "flat.tif",
+        "prompts": _prompts(tmp_path, [(0, 5, 5, 1, 1)]),
+        "empty": tmp_path / "empty.csv",
+        "outside": tmp_path / "outside.csv",
+        "late": tmp_path / "late.csv",
+    }
+    files["empty"].write_text("frame,y,x,label,object_id\n")
+    files["outside"].write_text("frame,y,x,label,object_id\n0,5000,5,1,1\n")
+    files["late"].write_text("frame,y,x,label,object_id\n99,5,5,1,1\n")
+    argv = [a.format(**files) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-lit: error:") and msg in err[0]
+    assert not (tmp_path / "o.zarr").exists()  # nothing written on bad input
+
+
+def test_console_script_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_lit.cli", "segment", str(tmp_path / "nope.tif"), "--prompts", "x.csv",
+         "--out", str(tmp_path / "o.zarr")], capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

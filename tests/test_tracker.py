@@ -1,0 +1,129 @@
+"""The tracker drives sam2's own video predictor (real lit-tiny weights, CPU)."""
+
+import numpy as np
+import pytest
+
+from napari_lit.core import FrameSource, Tracker
+
+
+@pytest.fixture()
+def tracker(predictor, clip):
+    frames, _ = clip
+    return Tracker(predictor, frames)
+
+
+def test_mask_prompt_returns_input_resolution(tracker, clip, object_on_frame0):
+    obj, mask = object_on_frame0
+    res = tracker.add_mask(0, obj, mask)
+    assert res.frame_idx == 0 and res.obj_ids == (obj,)
+    assert res.logits.shape == (1,) + clip[0].shape[1:]
+    # sam2 feeds a mask prompt straight through on its conditioning frame
+    j = (res.mask(obj) & mask).sum() / (res.mask(obj) | mask).sum()
+    assert j > 0.8
+
+
+def test_propagate_both_directions_each_frame_once(tracker, object_on_frame0):
+    obj, mask = object_on_frame0
+    tracker.add_mask(3, obj, mask)
+    order = [r.frame_idx for r in tracker.propagate(direction="both")]
+    assert order == [3, 4, 5, 6, 7, 2, 1, 0]
+    assert [r.frame_idx for r in tracker.propagate(start_frame=5, direction="backward")] == [5, 4, 3, 2, 1, 0]
+    assert [r.frame_idx for r in tracker.propagate(start_frame=5, direction="forward", max_frames=1)] == [5, 6]
+
+
+def test_several_objects_and_labels(tracker, clip):
+    _, labels = clip
+    ids = [int(i) for i in np.unique(labels[0]) if i][:3]
+    for i in ids:
+        tracker.add_mask(0, i, labels[0] == i)
+    results = list(tracker.propagate(direction="forward"))
+    assert len(results) == len(labels)
+    lab = results[0].labels()
+    assert lab.dtype == np.uint32
+    assert set(np.unique(lab)) <= set(ids) | {0}
+    for r in results:
+        assert r.obj_ids == tuple(ids)
+        assert r.logits.shape == (len(ids),) + labels.shape[1:]
+        # labels() gives each pixel to the most confident object
+        lab = r.labels()
+        inside = r.logits.max(0) > 0
+        assert (lab[~inside] == 0).all()
+        assert np.array_equal(lab[inside], np.asarray(r.obj_ids)[r.logits.argmax(0)][inside])
+
+
+def test_points_and_box_prompts(tracker, object_on_frame0):
+    obj, mask = object_on_frame0
+    ys, xs = np.nonzero(mask)
+    res = tracker.add_points(0, obj, [[ys.mean(), xs.mean()]], [1])
+    assert res.logits.shape[0] == 1
+    res2 = tracker.add_points(0, obj, [[0, 0]], [0], clear=False)  # add a negative click
+    assert res2.obj_ids == (obj,)
+    res3 = tracker.add_box(2, obj + 1, [ys.min(), xs.min(), ys.max(), xs.max()])
+    assert res3.obj_ids == (obj, obj + 1)
+    assert tracker.prompt_frames() == [0, 2]
+    assert tracker.prompt_frames(obj + 1) == [2]
+
+
+def test_empty_mask_where_object_left(predictor):
+    """An object that leaves the field of view gets (nearly) empty masks there.
+
+    Frames 0-2 show a bright disc, frames 3-5 only noise: sam2's object score or the
+    memory must not hallucinate the disc there.
+    """
+    rng = np.random.default_rng(0)
+    frames = rng.normal(100, 3, (6, 64, 64)).astype(np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 12**2
+    frames[:3][:, disc] += 120
+    tr = Tracker(predictor, frames)
+    tr.add_mask(0, 1, disc)
+    sizes = {r.frame_idx: int(r.mask(1).sum()) for r in tr.propagate(direction="forward")}
+    assert sizes[0] == pytest.approx(disc.sum(), rel=0.1)
+    assert len(sizes) == 6
+    assert sizes[1] > 0.5 * disc.sum()
+    assert max(sizes[3], sizes[4], sizes[5]) < 0.2 * disc.sum()
+
+
+@pytest.mark.parametrize(
+    "call, exc, msg",
+    [
+        (lambda t: t.add_points(9, 1, [[1, 1]], [1]), IndexError, "frames 0..7"),
+        (lambda t: t.add_points(0, 0, [[1, 1]], [1]), ValueError, "0 is the background"),
+        (lambda t: t.add_points(0, 1, [[500, 1]], [1]), ValueError, "outside"),
+        (lambda t: t.add_points(0, 1, [[1, 1]], [2]), ValueError, "positive"),
+        (lambda t: t.add_points(0, 1, np.zeros((0, 2)), []), ValueError, "non-empty"),
+        (lambda t: t.add_box(0, 1, [10, 10, 5, 20]), ValueError, "y0 < y1"),
+        (lambda t: t.add_mask(0, 1, np.zeros((5, 5), bool)), ValueError, "shape"),
+        (lambda t: t.add_mask(0, 1, np.zeros((96, 128), bool)), ValueError, "empty"),
+        (lambda t: list(t.propagate()), ValueError, "no object has a prompt"),
+        (lambda t: t.propagate(direction="sideways").__next__(), ValueError, "direction"),
+    ],
+)
+def test_bad_prompts_raise_clear_errors(tracker, call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call(tracker)
+
+
+def test_frame_source_size_must_match_model(predictor):
+    with pytest.raises(ValueError, match="expects"):
+        Tracker(predictor, FrameSource(np.zeros((2, 8, 8)), image_size=predictor.image_size * 2))
+
+
+def test_closing_propagation_stops_early(predictor, clip):
+    frames, labels = clip
+
+    class Counting(FrameSource):
+        reads = 0
+
+        def normalised(self, index):
+            Counting.reads += 1
+            return super().normalised(index)
+
+    src = Counting(frames, image_size=predictor.image_size, cache_size=1)
+    tr = Tracker(predictor, src)
+    tr.add_mask(0, 1, labels[0] == labels[0].max())
+    gen = tr.propagate(direction="forward")
+    next(gen), next(gen)
+    gen.close()
+    reads = Counting.reads
+    assert reads <= 3  # frame 0 (init) and frame 1: nothing beyond the frame in progress
