@@ -1,0 +1,314 @@
+"""Tests of the benchmark: metrics, simulated prompts, runner, JSON, reports, CLI."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_lit.bench import metrics, report, runner
+from napari_lit.bench.metrics import (
+    boundary_tolerance,
+    click_point,
+    f_measure,
+    frame_scores,
+    jaccard,
+    sequence_scores,
+)
+from napari_lit.bench.report import comparison_table, markdown_table, write_reports
+from napari_lit.bench.runner import run_benchmark, score_object
+from napari_lit.cli import main as cli_main
+from napari_lit.training.synthetic import generate_clip
+
+N_FRAMES, SIZE = 6, 128
+TIFF_OBJECTS = [1, 2]  # object 2 is removed from frames 0-1: its prompt frame is 2
+FRAMES_OBJECTS = [3]
+
+
+# ----------------------------------------------------------------------------- fixtures
+def _iou(a, b):
+    """Independent IoU with the absent-object rule."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Two sequences: 'cells-tiff' (layout tiff, TYX) and 'davis-synth' (layout frames, TYXC)."""
+    import tifffile
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bench_data")
+    clip = generate_clip(np.random.default_rng(0), N_FRAMES, SIZE, kind="nuclei")
+    labels = clip.labels.astype(np.uint32)
+    labels[:2][labels[:2] == 2] = 0
+    seq = root / "cells-tiff"
+    seq.mkdir()
+    tifffile.imwrite(seq / "image.tif", clip.frames[..., 0])
+    tifffile.imwrite(seq / "labels.tif", labels)
+    (seq / "meta.json").write_text(json.dumps(
+        {"layout": "tiff", "axes": "TYX", "objects": TIFF_OBJECTS, "domain": "synthetic nuclei"}))
+
+    clip2 = generate_clip(np.random.default_rng(1), N_FRAMES, SIZE, kind="nuclei")
+    seq2 = root / "davis-synth"
+    (seq2 / "frames").mkdir(parents=True)
+    (seq2 / "masks").mkdir()
+    for t in range(N_FRAMES):
+        Image.fromarray(clip2.frames[t]).save(seq2 / "frames" / f"{t:05d}.jpg", quality=95)
+        Image.fromarray(clip2.labels[t].astype(np.uint8)).save(seq2 / "masks" / f"{t:05d}.png")
+    (seq2 / "meta.json").write_text(json.dumps(
+        {"layout": "frames", "axes": "TYXC", "objects": FRAMES_OBJECTS, "domain": "synthetic video"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from napari_lit.models import load_predictor
+
+    return load_predictor("lit-tiny", device="cpu")
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fail loudly if anything tries to load a model."""
+    def boom(*args, **kwargs):
+        raise AssertionError("static + mask must not load a model")
+
+    monkeypatch.setattr(runner, "_load_predictor", boom)
+    import napari_lit.models as models
+
+    monkeypatch.setattr(models, "load_predictor", boom)
+
+
+def _square(y0, y1, x0, x1, shape=(100, 100)):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_jaccard_values():
+    a = _square(20, 60, 20, 60)
+    assert jaccard(a, a) == 1.0
+    assert jaccard(a, _square(70, 90, 70, 90)) == 0.0
+    # 40x40 squares shifted by 20 px: overlap 800, union 2400
+    assert jaccard(a, _square(20, 60, 40, 80)) == pytest.approx(1 / 3)
+    small = _square(20, 40, 20, 60)  # inside a: 800 / 1600
+    assert jaccard(small, a) == pytest.approx(0.5)
+
+
+def test_absent_object_rule():
+    empty = np.zeros((50, 50), bool)
+    some = _square(10, 20, 10, 20, (50, 50))
+    assert frame_scores(empty, empty) == (1.0, 1.0)
+    assert frame_scores(some, empty) == (0.0, 0.0)
+    assert frame_scores(empty, some) == (0.0, 0.0)
+
+
+def test_f_measure_values():
+    a = _square(20, 60, 20, 60)
+    assert f_measure(a, a) == 1.0
+    # a 1 px shift stays within a 2 px tolerance: every boundary pixel is matched
+    assert f_measure(np.roll(a, 1, axis=1), a, tolerance=2) == 1.0
+    # a 10 px shift with a 1 px tolerance: only the horizontal edges overlap partly
+    far = f_measure(np.roll(a, 10, axis=1), a, tolerance=1)
+    assert 0.0 < far < 0.7
+    assert f_measure(_square(0, 5, 0, 5), _square(80, 90, 80, 90)) == 0.0
+
+
+def test_boundary_tolerance():
+    assert boundary_tolerance((480, 854)) == 8  # 0.008 * 979.6 = 7.84 -> 8
+    assert boundary_tolerance((128, 128)) == 2
+    assert boundary_tolerance((10, 10)) == 1
+
+
+def test_metrics_validate_shapes():
+    with pytest.raises(ValueError, match="differ in shape"):
+        jaccard(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"\(Y, X\)"):
+        f_measure(np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match=r"\(N, Y, X\)"):
+        sequence_scores(np.zeros((2, 4, 4)), np.zeros((3, 4, 4)))
+
+
+def test_sequence_scores_match_frame_scores():
+    rng = np.random.default_rng(0)
+    gt = rng.random((3, 32, 32)) > 0.5
+    pred = rng.random((3, 32, 32)) > 0.5
+    j, f = sequence_scores(pred, gt)
+    assert j.shape == f.shape == (3,)
+    for i in range(3):
+        assert (j[i], f[i]) == frame_scores(pred[i], gt[i])
+
+
+def test_click_point_is_distance_maximum():
+    labels = generate_clip(np.random.default_rng(3), 1, SIZE, kind="nuclei").labels[0]
+    for obj in np.unique(labels)[1:4]:
+        mask = labels == obj
+        y, x = click_point(mask)
+        assert mask[y, x]
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        assert dist[y, x] == dist.max()
+    # a mask cut by the frame edge is not clicked at the edge
+    assert click_point(_square(0, 30, 0, 100)) == (14, 14)
+    with pytest.raises(ValueError, match="empty"):
+        click_point(np.zeros((5, 5), bool))
+
+
+# ------------------------------------------------------------------------------- runner
+def test_score_object_validates():
+    gt = np.zeros((3, 8, 8), bool)
+    with pytest.raises(ValueError, match="absent from every frame"):
+        score_object(gt, "static", "mask")
+    gt[1, 2:5, 2:5] = True
+    with pytest.raises(ValueError, match="method must be one of"):
+        score_object(gt, "magic", "mask")
+    with pytest.raises(ValueError, match="needs a tracker"):
+        score_object(gt, "propagate", "mask")
+    out = score_object(gt, "static", "mask")
+    assert out["prompt_frame"] == 1
+    assert out["j"] == [0.0, 1.0, 0.0] and out["f"] == [0.0, 1.0, 0.0]
+
+
+def test_static_mask_equals_repeated_gt_and_loads_no_model(data_dir, no_model):
+    import tifffile
+    from PIL import Image
+
+    res = run_benchmark(data_dir, "static", "mask", progress=False)
+    assert res["model"] is None
+    labels = {"cells-tiff": tifffile.imread(data_dir / "cells-tiff" / "labels.tif")}
+    labels["davis-synth"] = np.stack([
+        np.asarray(Image.open(p))
+        for p in sorted((data_dir / "davis-synth" / "masks").glob("*.png"))
+    ])
+    seen = []
+    for e in res["sequences"]:
+        gt = labels[e["name"]] == e["object"]
+        pf = int(np.flatnonzero(gt.any(axis=(1, 2)))[0])
+        expected = [_iou(gt[pf], gt[i]) for i in range(len(gt))]
+        assert e["prompt_frame"] == pf
+        assert e["j"] == pytest.approx(expected)
+        seen.append((e["name"], e["object"]))
+    assert seen == [("cells-tiff", o) for o in TIFF_OBJECTS] + [("davis-synth", o) for o in FRAMES_OBJECTS]
+    assert [e["prompt_frame"] for e in res["sequences"]] == [0, 2, 0]
+
+
+def test_cli_json_keys_and_reports(data_dir, tmp_path, no_model, capsys):
+    out = tmp_path / "res" / "static.json"
+    rep = tmp_path / "reports"
+    rc = cli_main(["bench", str(data_dir), "--method", "static", "--init", "mask", "--json", str(out),
+                   "--report-dir", str(rep), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    for key in ("model", "method", "init", "mean_j", "mean_jf", "seconds", "sequences"):
+        assert key in res
+    assert (res["method"], res["init"]) == ("static", "mask")
+    for e in res["sequences"]:
+        for key in ("name", "object", "frames", "prompt_frame", "mean_j", "mean_jf", "j", "f", "domain"):
+            assert key in e
+        j, f = np.array(e["j"]), np.array(e["f"])
+        assert e["frames"] == len(j) == len(f) == N_FRAMES
+        assert ((0 <= j) & (j <= 1) & (0 <= f) & (f <= 1)).all()
+        assert e["mean_j"] == pytest.approx(j.mean())
+        assert e["mean_jf"] == pytest.approx(((j + f) / 2).mean())
+        assert j[e["prompt_frame"]] == 1.0 and f[e["prompt_frame"]] == 1.0
+    assert res["mean_j"] == pytest.approx(np.mean([e["mean_j"] for e in res["sequences"]]))
+    assert res["mean_jf"] == pytest.approx(np.mean([e["mean_jf"] for e in res["sequences"]]))
+    md = (rep / "static.md").read_text()
+    assert "cells-tiff" in md and "davis-synth" in md and "DAVIS mean" in md and "non-DAVIS mean" in md
+    assert (rep / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "static/mask" in capsys.readouterr().out
+
+
+def test_reports_beside_json(data_dir, tmp_path, no_model):
+    res = run_benchmark(data_dir, "static", "mask", sequences=["davis-synth"], progress=False)
+    assert [e["name"] for e in res["sequences"]] == ["davis-synth"]
+    md, png = write_reports(res, tmp_path / "x.json")
+    assert md == tmp_path / "x.md" and png == tmp_path / "x.png" and png.stat().st_size > 0
+    table = markdown_table(res)
+    assert table.count("\n| ") == 1 + 1 + 2  # header, one sequence, two mean rows
+
+
+@pytest.mark.parametrize("args, message", [
+    (["MISSING", "--method", "static", "--init", "mask"], "data folder not found"),
+    (["DATA", "--method", "magic", "--init", "mask"], "invalid choice"),
+    (["DATA", "--method", "static"], "--init"),
+    (["DATA", "--method", "static", "--init", "mask", "--sequences", "nope"], "no sequence nope"),
+])
+def test_cli_bad_input_exit_2_one_line(args, message, data_dir, tmp_path, capsys):
+    args = [str(tmp_path / "missing") if a == "MISSING" else str(data_dir) if a == "DATA" else a for a in args]
+    rc = cli_main(["bench", *args, "--json", str(tmp_path / "o.json")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-lit: error:") and message in err[0]
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_empty_data_dir(tmp_path, capsys):
+    rc = cli_main(["bench", str(tmp_path), "--method", "static", "--init", "mask", "--json", str(tmp_path / "o.json")])
+    assert rc == 2
+    assert "no sequence folders" in capsys.readouterr().err
+
+
+def test_comparison_table(data_dir, tmp_path, no_model):
+    a = run_benchmark(data_dir, "static", "mask", progress=False)
+    b = dict(a, method="propagate", sequences=[dict(e, mean_j=0.5) for e in a["sequences"][:2]])
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(a))
+    table = comparison_table([path, b])
+    lines = table.strip().splitlines()
+    assert "static/mask" in lines[0] and "propagate/mask" in lines[0]
+    assert any(l.startswith("| cells-tiff |") and "0.500" in l for l in lines)
+    davis = [l for l in lines if l.startswith("| davis-synth |")]
+    assert len(davis) == 1 and davis[0].rstrip().endswith("| – |")  # b lacks this sequence
+    assert lines[-2].startswith("| **DAVIS mean**") and lines[-1].startswith("| **non-DAVIS mean**")
+    with pytest.raises(ValueError, match="lacks the keys"):
+        comparison_table([{"method": "static"}])
+
+
+# ---------------------------------------------------------------------- with the model
+def test_propagate_scores_every_frame(data_dir, predictor):
+    done = []
+    res = run_benchmark(data_dir, "propagate", "mask", sequences=["cells-tiff"], predictor=predictor,
+                        progress=lambda i, n: done.append((i, n)))
+    assert done == [(1, 2), (2, 2)]
+    assert res["model"] == "lit-tiny"
+    e2 = res["sequences"][1]
+    assert e2["object"] == 2 and e2["prompt_frame"] == 2  # propagated backward to frames 0-1 too
+    for e in res["sequences"]:
+        j = np.array(e["j"])
+        assert len(j) == N_FRAMES and np.isfinite(j).all() and ((0 <= j) & (j <= 1)).all()
+        assert e["mean_j"] == pytest.approx(j.mean())
+
+
+def test_static_click_repeats_the_models_click_mask(data_dir, predictor):
+    from napari_lit.core import FrameSource, Tracker
+    from napari_lit.io import load_sequence
+
+    res = run_benchmark(data_dir, "static", "click", sequences=["davis-synth"], predictor=predictor,
+                        progress=False)
+    seq = load_sequence(data_dir / "davis-synth")
+    gt = np.asarray(seq.labels[:]) == FRAMES_OBJECTS[0]
+    (e,) = res["sequences"]
+    y, x = e["click"]
+    assert gt[e["prompt_frame"], y, x]
+    assert (y, x) == click_point(gt[e["prompt_frame"]])
+    tracker = Tracker(predictor, FrameSource(seq.image, image_size=predictor.image_size))
+    mask = tracker.add_points(e["prompt_frame"], 1, [[y, x]], [1]).mask(1)
+    assert e["j"] == pytest.approx([_iou(mask, gt[i]) for i in range(N_FRAMES)])
+
+
+# ------------------------------------------------------------------------------- style
+@pytest.mark.parametrize("func", [
+    metrics.jaccard, metrics.f_measure, metrics.frame_scores, metrics.sequence_scores,
+    metrics.click_point, metrics.boundary_tolerance, runner.score_object, runner.run_benchmark,
+    report.load_result, report.markdown_table, report.plot_per_frame, report.write_reports,
+    report.comparison_table,
+])
+def test_parameters_documented(func):
+    doc = inspect.getdoc(func) or ""
+    for name in inspect.signature(func).parameters:
+        assert name in doc, f"{func.__name__}: parameter {name!r} is not documented"
