@@ -48,7 +48,7 @@ def data_dir(tmp_path_factory):
     seq = root / "cells-tiff"
     seq.mkdir()
     tifffile.imwrite(seq / "image.tif", clip.frames[..., 0])
-    tifffile.imwrite(seq / "labels.tif", labels)
+    tifffile.imwrite(seq / "labels.tif", labels, photometric="minisblack")
     (seq / "meta.json").write_text(json.dumps(
         {"layout": "tiff", "axes": "TYX", "objects": TIFF_OBJECTS, "domain": "synthetic nuclei"}))
 
@@ -232,6 +232,21 @@ def test_reports_beside_json(data_dir, tmp_path, no_model):
     assert table.count("\n| ") == 1 + 1 + 2  # header, one sequence, two mean rows
 
 
+def test_object_absent_everywhere_is_skipped(tmp_path, no_model, caplog):
+    import tifffile
+
+    seq = tmp_path / "tiny"
+    seq.mkdir()
+    labels = np.zeros((3, 16, 16), np.uint32)
+    labels[1:, 4:9, 4:9] = 1
+    tifffile.imwrite(seq / "image.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
+    tifffile.imwrite(seq / "labels.tif", labels, photometric="minisblack")
+    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "ZYX", "objects": [1, 99]}))
+    res = run_benchmark(seq, "static", "mask", progress=False)
+    assert [(e["object"], e["prompt_frame"], e["j"]) for e in res["sequences"]] == [(1, 1, [0.0, 1.0, 1.0])]
+    assert "object 99 is absent" in caplog.text
+
+
 @pytest.mark.parametrize("args, message", [
     (["MISSING", "--method", "static", "--init", "mask"], "data folder not found"),
     (["DATA", "--method", "magic", "--init", "mask"], "invalid choice"),
@@ -304,7 +319,8 @@ def test_static_click_repeats_the_models_click_mask(data_dir, predictor):
 # ------------------------------------------------------------------------------- style
 @pytest.mark.parametrize("func", [
     metrics.jaccard, metrics.f_measure, metrics.frame_scores, metrics.sequence_scores,
-    metrics.click_point, metrics.boundary_tolerance, runner.score_object, runner.run_benchmark,
+    metrics.click_point, metrics.boundary_tolerance, runner.first_frame, runner.score_object,
+    runner.run_benchmark,
     report.load_result, report.markdown_table, report.plot_per_frame, report.write_reports,
     report.comparison_table,
 ])

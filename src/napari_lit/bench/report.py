@@ -169,9 +169,10 @@ def plot_per_frame(result: ResultLike, path: Union[str, Path], max_sequences: in
     path : str or Path
         Output ``.png``.
     max_sequences : int
-        At most this many sequences are drawn (the first ones, or those in ``sequences``).
+        At most this many sequences are drawn.
     sequences : sequence of str, optional
-        Names to draw.
+        Names to draw; by default the first sequence of each domain, then the others, in
+        the result's order.
 
     Returns
     -------
@@ -194,8 +195,12 @@ def plot_per_frame(result: ResultLike, path: Union[str, Path], max_sequences: in
         if unknown:
             raise ValueError(f"sequences {unknown} are not in the result (it has {list(names)})")
         rows = [names[s] for s in sequences]
+    else:  # one sequence per domain first, for variety; then the rest in order
+        seen = set()
+        firsts = [r for r in rows if not (r["domain"] in seen or seen.add(r["domain"]))]
+        rows = firsts + [r for r in rows if r not in firsts]
     rows = rows[:max_sequences]
-    fig = Figure(figsize=(7, 3.5), dpi=100)
+    fig = Figure(figsize=(9, 3.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for r in rows:
@@ -207,7 +212,7 @@ def plot_per_frame(result: ResultLike, path: Union[str, Path], max_sequences: in
     ax.set_title(f"per-frame J, {_label(result)}", fontsize=10)
     ax.grid(alpha=0.3)
     if rows:
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

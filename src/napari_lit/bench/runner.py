@@ -35,7 +35,7 @@ import numpy as np
 
 from .metrics import click_point, frame_scores
 
-__all__ = ["METHODS", "INITS", "run_benchmark", "score_object", "build_parser", "main"]
+__all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,18 @@ def _check_choice(name: str, value: str, choices) -> None:
 
 
 def first_frame(gt: np.ndarray) -> Optional[int]:
-    """Index of the first frame where a (N, Y, X) bool ground truth is non-empty, or None."""
+    """The frame where an object first appears: its prompt frame.
+
+    Parameters
+    ----------
+    gt : (N, Y, X) ndarray of bool
+        Ground truth of one object.
+
+    Returns
+    -------
+    int or None
+        Index of the first non-empty frame; None if the object is absent everywhere.
+    """
     present = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
     return int(present[0]) if len(present) else None
 
@@ -163,8 +174,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     Returns
     -------
     dict
-        ``model``, ``method``, ``init``, ``data_dir``, ``mean_j`` and ``mean_jf`` (means over
-        all (sequence, object) entries), ``seconds`` (wall time, model loading included) and
+        ``model`` (None for ``static`` + ``mask``, which uses no model), ``method``, ``init``,
+        ``data_dir``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
+        None if there is none), ``seconds`` (wall time, model loading included) and
         ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
         ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each). Objects absent
@@ -243,7 +255,10 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     finally:
         if bar is not None:
             bar.close()
-    mean = lambda key: float(np.mean([e[key] for e in entries])) if entries else float("nan")  # noqa: E731
+
+    def mean(key):  # None (JSON null) rather than NaN when no object could be scored
+        return float(np.mean([e[key] for e in entries])) if entries else None
+
     return {
         "model": model if needs_model else None,
         "method": method,
@@ -326,7 +341,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            device=args.device, sequences=args.sequences, progress=not args.quiet)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
-    print(f"{args.method}/{args.init}: mean J {result['mean_j']:.3f}, mean J&F {result['mean_jf']:.3f} "
-          f"over {len(result['sequences'])} objects in {result['seconds']:.0f} s")
+    if result["sequences"]:
+        print(f"{args.method}/{args.init}: mean J {result['mean_j']:.3f}, mean J&F {result['mean_jf']:.3f} "
+              f"over {len(result['sequences'])} objects in {result['seconds']:.0f} s")
+    else:
+        print(f"{args.method}/{args.init}: no listed object appears in the ground truth; nothing scored")
     print(f"wrote {out}, {md}, {png}")
     return 0

@@ -59,6 +59,9 @@ class Stage:
     motion : MotionLevel
     image_batches : float
         Probability that a step uses a single-frame batch instead.
+    max_objects : int
+        Objects prompted per clip. Several objects in one image force the model to use
+        the prompt's location rather than segment whatever looks like an object.
     """
 
     name: str
@@ -67,10 +70,11 @@ class Stage:
     clips: int
     motion: MotionLevel
     image_batches: float = 0.0
+    max_objects: int = 3
 
 
 STAGES = (
-    Stage("image", 0.10, 1, 6, MotionLevel(0.0, 0.0, 0.0)),
+    Stage("image", 0.10, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6),
     Stage("track-easy", 0.35, 4, 2, MotionLevel(1.0, 0.01, 0.2), image_batches=0.2),
     Stage("track", 0.80, 6, 2, MotionLevel(2.5, 0.02, 0.6), image_batches=0.15),
     Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0), image_batches=0.1),
@@ -88,7 +92,7 @@ class RecipeConfig:
     warmup: int = 300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    max_objects: int = 2
+    max_objects: int = 3  # validation clips
     loss_mask: float = 5.0
     loss_dice: float = 5.0
     correction_points: int = 2
@@ -381,10 +385,11 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         while step < cfg.steps:
             stage = stage_at(step, cfg.steps)
             if stage.n_frames > 1 and rng.random() < stage.image_batches:
-                batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, cfg.max_objects, cfg.image_size)
+                batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, STAGES[0].max_objects,
+                                   cfg.image_size)
             else:
                 batch = make_batch(rng, stage.n_frames, stage.clips, stage.motion,
-                                   cfg.max_objects, cfg.image_size)
+                                   stage.max_objects, cfg.image_size)
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(step, cfg)
@@ -441,6 +446,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import signal
+
+    def _stop(signum, _frame):  # `kill` saves the checkpoint (the generator's finally)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _stop)
     cfg = RecipeConfig(steps=args.steps, seed=args.seed, lr=args.lr, threads=args.threads,
                        val_every=args.val_every)
     for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
