@@ -314,17 +314,3 @@ def test_static_click_repeats_the_models_click_mask(data_dir, predictor):
     tracker = Tracker(predictor, FrameSource(seq.image, image_size=predictor.image_size))
     mask = tracker.add_points(e["prompt_frame"], 1, [[y, x]], [1]).mask(1)
     assert e["j"] == pytest.approx([_iou(mask, gt[i]) for i in range(N_FRAMES)])
-
-
-# ------------------------------------------------------------------------------- style
-@pytest.mark.parametrize("func", [
-    metrics.jaccard, metrics.f_measure, metrics.frame_scores, metrics.sequence_scores,
-    metrics.click_point, metrics.boundary_tolerance, runner.first_frame, runner.score_object,
-    runner.run_benchmark,
-    report.load_result, report.markdown_table, report.plot_per_frame, report.write_reports,
-    report.comparison_table,
-])
-def test_parameters_documented(func):
-    doc = inspect.getdoc(func) or ""
-    for name in inspect.signature(func).parameters:
-        assert name in doc, f"{func.__name__}: parameter {name!r} is not documented"

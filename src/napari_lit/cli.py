@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``napari-lit``; returns the exit status."""
+    """Entry point of ``napari-lit``: parse ``argv`` (default ``sys.argv[1:]``), return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands with their own parsers
     if argv and argv[0] == "bench":

@@ -73,7 +73,7 @@ def _is_davis(entry: Dict) -> bool:
 
 
 def sequence_summary(result: ResultLike) -> List[Dict]:
-    """One row per sequence, objects averaged.
+    """One row per sequence of ``result`` (a result dict or JSON path), objects averaged.
 
     Returns
     -------

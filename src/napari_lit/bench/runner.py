@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``napari-lit bench``; returns the exit status (0).
+    """Run ``napari-lit bench`` with ``argv`` (the arguments after ``bench``); returns 0.
 
     Raises
     ------

@@ -74,7 +74,7 @@ class LabelStore:
 
     @classmethod
     def open(cls, path: Union[str, Path], mode: str = "r+") -> "LabelStore":
-        """Open an existing store.
+        """Open an existing store at ``path`` (``mode``: ``r`` read-only, ``r+`` read-write).
 
         Raises
         ------
@@ -131,9 +131,10 @@ class LabelStore:
         self._mark_done([int(frame_idx)])
 
     def write_object(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> None:
-        """Set one object's mask on one frame, leaving other objects' pixels alone.
+        """Set the (Y, X) bool ``mask`` of object ``obj_id`` on frame ``frame_idx``.
 
-        Pixels of ``obj_id`` outside ``mask`` become background.
+        Other objects' pixels stay as they are, except where ``mask`` covers them; pixels of
+        ``obj_id`` outside ``mask`` become background.
         """
         current = self.read_frame(frame_idx)
         current[current == obj_id] = 0
@@ -141,7 +142,7 @@ class LabelStore:
         self.write_frame(frame_idx, current)
 
     def read_frame(self, frame_idx: int) -> np.ndarray:
-        """(Y, X) uint32 labels of one frame."""
+        """(Y, X) uint32 labels of frame ``frame_idx``."""
         return np.asarray(self.array[int(frame_idx)])
 
     def _mark_done(self, frames: Iterable[int]) -> None:

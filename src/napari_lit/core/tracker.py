@@ -52,7 +52,13 @@ class FrameResult:
         return self.logits > 0
 
     def mask(self, obj_id: int) -> np.ndarray:
-        """(Y, X) bool mask of one object."""
+        """(Y, X) bool mask of object ``obj_id``.
+
+        Raises
+        ------
+        ValueError
+            If ``obj_id`` is not among :attr:`obj_ids`.
+        """
         return self.logits[self.obj_ids.index(obj_id)] > 0
 
     def labels(self) -> np.ndarray:
@@ -121,7 +127,7 @@ class Tracker:
         return tuple(self.state["obj_ids"])
 
     def prompt_frames(self, obj_id: Optional[int] = None) -> List[int]:
-        """Frames that hold a prompt (for one object, or any)."""
+        """Sorted frames that hold a prompt of object ``obj_id`` (of any object when None)."""
         frames = set()
         for oid, idx in self.state["obj_id_to_idx"].items():
             if obj_id is not None and oid != obj_id:
@@ -206,6 +212,9 @@ class Tracker:
 
         Parameters
         ----------
+        frame_idx : int
+        obj_id : int
+            Object id >= 1.
         box : (4,) array-like
             (y0, x0, y1, x1) in input pixels, y0 < y1 and x0 < x1.
         points, labels : optional
@@ -240,6 +249,9 @@ class Tracker:
 
         Parameters
         ----------
+        frame_idx : int
+        obj_id : int
+            Object id >= 1.
         mask : (Y, X) array-like of bool
             At the input resolution.
 
@@ -260,7 +272,7 @@ class Tracker:
         return _as_result(*out)
 
     def remove_prompts(self, frame_idx: int, obj_id: int) -> None:
-        """Remove one object's prompts on one frame."""
+        """Remove the prompts of object ``obj_id`` on frame ``frame_idx``."""
         frame_idx = self._check_frame(frame_idx)
         obj_id = self._check_obj(obj_id)
         if obj_id in self.state["obj_id_to_idx"]:

@@ -54,7 +54,7 @@ class EvalSequence:
         return self.name.startswith("davis")
 
     def gt_mask(self, obj_id: int) -> np.ndarray:
-        """(N, Y, X) bool ground truth of one object (reads all label frames)."""
+        """(N, Y, X) bool ground truth of object ``obj_id`` (reads all label frames)."""
         return np.asarray(self.labels[:]) == obj_id
 
 

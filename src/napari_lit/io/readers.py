@@ -162,7 +162,7 @@ def open_image(path: Union[str, Path]):
 
 @dataclass
 class PointPrompt:
-    """Clicks for one object on one frame: ``points`` (K, 2) (y, x), ``labels`` (K,) 1/0."""
+    """Clicks of object ``obj_id`` on ``frame``: ``points`` (K, 2) (y, x), ``labels`` (K,) 1/0."""
 
     frame: int
     obj_id: int
@@ -174,7 +174,7 @@ PROMPT_COLUMNS = ("frame", "y", "x", "label", "object_id")
 
 
 def read_prompts_csv(path: Union[str, Path]) -> List[PointPrompt]:
-    """Read click prompts from a CSV with header ``frame,y,x,label,object_id``.
+    """Read click prompts from the CSV file at ``path`` (header ``frame,y,x,label,object_id``).
 
     ``label`` is 1 (positive) or 0 (negative); ``y``, ``x`` are pixel coordinates of the
     input. Rows are grouped per (frame, object_id) in file order.

@@ -96,6 +96,7 @@ class ConvTrunk(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Features of ``x`` (B, in_chans, H, W) at strides 4, 8, 16, 32 (see class notes)."""
         x = self.stem(x)
         outputs = []
         for stage in self.stages:

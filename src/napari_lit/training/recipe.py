@@ -83,7 +83,30 @@ STAGES = (
 
 @dataclass
 class RecipeConfig:
-    """Settings of one training run (saved to ``RUN_DIR/config.json``)."""
+    """Settings of one training run (saved to ``RUN_DIR/config.json``).
+
+    Parameters
+    ----------
+    steps : int
+        Total optimiser steps; the stages are fractions of it.
+    seed : int
+        Seeds data generation, prompt sampling and initialisation.
+    lr, min_lr_ratio, warmup, weight_decay, grad_clip : float, float, int, float, float
+        AdamW peak learning rate, cosine floor as a fraction of it, linear warm-up steps,
+        weight decay, gradient-norm clip.
+    max_objects : int
+        Objects per validation clip.
+    loss_mask, loss_dice : float
+        Weights of sam2's focal and dice mask losses (IoU and object-score losses weigh 1).
+    correction_points : int
+        Simulated correction clicks per corrected frame (sam2's ``num_correction_pt_per_frame``).
+    image_size : int
+        Model input side in pixels.
+    val_every, val_clips, ckpt_every, log_every : int
+        Validation period and set size, checkpoint and log periods, in steps.
+    threads : int
+        Torch CPU threads.
+    """
 
     steps: int = 12000
     seed: int = 0
@@ -123,6 +146,19 @@ def _pick_objects(labels: np.ndarray, rng, max_objects: int, min_area: int = 40)
 def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: MotionLevel,
                max_objects: int = 3, size: int = 256):
     """Generate a batch in sam2's training layout.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n_frames : int
+        Frames per clip.
+    clips : int
+        Clips (videos) in the batch.
+    motion : MotionLevel
+    max_objects : int
+        At most this many objects per clip, each visible on frame 0.
+    size : int
+        Frame side in pixels.
 
     Returns
     -------
@@ -233,6 +269,8 @@ def validation_set(seed: int, n: int, size: int = 256, max_objects: int = 3):
 def validate(model, batches) -> Dict[str, float]:
     """Mean J of mask-prompted tracking on frames 1..T-1, beside the static baseline.
 
+    ``model`` is a ``SAM2Train``; ``batches`` come from :func:`validation_set`.
+
     The model tracks from the ground-truth mask of frame 0 (sam2's evaluation mode); the
     static baseline repeats that mask on every frame. Also reports single-frame J from two
     clicks (one at the object's centre, one at the centre of the remaining error), which
@@ -280,7 +318,7 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def export_weights(checkpoint: Path, out: Path, half: bool = True) -> Path:
-    """Write the model weights of a run checkpoint as a sam2-style ``{"model": ...}`` file.
+    """Write the weights of run checkpoint ``checkpoint`` to ``out`` as ``{"model": ...}``.
 
     Floating-point tensors are stored as float16 when ``half`` (the package loads them back
     as float32), which keeps the embedded weights small.
@@ -432,7 +470,7 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``napari-lit train-model``: train or resume lit-tiny on generated sequences."""
+    """``napari-lit train-model``: train or resume lit-tiny; ``argv`` as after the subcommand."""
     p = argparse.ArgumentParser(prog="napari-lit train-model", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="folder for checkpoints and log (resumes if it has last.pt)")
     p.add_argument("--steps", type=int, default=RecipeConfig.steps)

@@ -1,0 +1,106 @@
+"""Propagation speed and peak memory of a model on a long uint16 stack.
+
+Writes a synthetic (N, Y, X) uint16 time-lapse to a zarr array on disk (a 50-frame generated
+clip played back and forth, so motion stays continuous), prompts two objects on frame 0 with
+their masks, propagates forward with the Tracker while writing every frame to a LabelStore
+(the CLI's path), and reports frames/s overall and in the first and last 10 % of frames, and
+the process's peak resident memory.
+
+    python benchmarks/propagation_speed.py [--frames 500] [--size 512] [--model lit-tiny]
+        [--threads 2] [--out benchmarks/results/propagation_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def make_stack(path: Path, n_frames: int, size: int, seed: int = 0):
+    import zarr
+
+    from napari_lit.training.synthetic import MotionLevel, generate_clip
+
+    clip = generate_clip(np.random.default_rng(seed), 50, size, kind="nuclei", motion=MotionLevel(2.0, 0.02, 0.0))
+    grey = clip.frames[..., 0].astype(np.uint16) * 200 + 1000
+    arr = zarr.open_array(str(path), mode="w", shape=(n_frames, size, size), chunks=(1, size, size), dtype="uint16")
+    order = np.concatenate([np.arange(50), np.arange(49, -1, -1)])
+    for t in range(n_frames):
+        arr[t] = grey[order[t % len(order)]]
+    return arr, clip.labels[0]
+
+
+def run(n_frames: int, size: int, model: str, threads: int) -> dict:
+    import torch
+
+    from napari_lit.core import FrameSource, LabelStore, Tracker
+    from napari_lit.models import load_predictor
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, labels0 = make_stack(Path(tmp) / "stack.zarr", n_frames, size)
+        rss_before = _peak_rss_mb()
+        predictor = load_predictor(model, device="cpu")
+        tracker = Tracker(predictor, FrameSource(stack, image_size=predictor.image_size))
+        ids, counts = np.unique(labels0[labels0 > 0], return_counts=True)
+        objects = ids[np.argsort(counts)[::-1][:2]]
+        for obj in objects:
+            tracker.add_mask(0, int(obj), labels0 == obj)
+        store = LabelStore.create(Path(tmp) / "labels.zarr", (n_frames, size, size))
+        times = []
+        t_prev = time.perf_counter()
+        for result in tracker.propagate(direction="forward"):
+            store.write_frame(result.frame_idx, result.labels())
+            now = time.perf_counter()
+            times.append(now - t_prev)
+            t_prev = now
+    times = np.array(times[1:])  # frame 0 is the prompt frame (no model pass)
+    k = max(1, len(times) // 10)
+    return {
+        "model": model,
+        "frames": n_frames,
+        "frame_size": [size, size],
+        "dtype": "uint16",
+        "objects": len(objects),
+        "threads": threads,
+        "frames_per_s": float(1 / times.mean()),
+        "frames_per_s_first_10pct": float(1 / times[:k].mean()),
+        "frames_per_s_last_10pct": float(1 / times[-k:].mean()),
+        "ms_per_frame_median": float(np.median(times) * 1000),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb_before_model": rss_before,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--model", default="lit-tiny")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/propagation_speed.json")
+    args = p.parse_args(argv)
+    result = run(args.frames, args.size, args.model, args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    for k, v in result.items():
+        print(f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
