@@ -64,26 +64,6 @@ def test_points_and_box_prompts(tracker, object_on_frame0):
     assert tracker.prompt_frames(obj + 1) == [2]
 
 
-def test_empty_mask_where_object_left(predictor):
-    """An object that leaves the field of view gets (nearly) empty masks there.
-
-    Frames 0-2 show a bright disc, frames 3-5 only noise: sam2's object score or the
-    memory must not hallucinate the disc there.
-    """
-    rng = np.random.default_rng(0)
-    frames = rng.normal(100, 3, (6, 64, 64)).astype(np.float32)
-    yy, xx = np.mgrid[:64, :64]
-    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 12**2
-    frames[:3][:, disc] += 120
-    tr = Tracker(predictor, frames)
-    tr.add_mask(0, 1, disc)
-    sizes = {r.frame_idx: int(r.mask(1).sum()) for r in tr.propagate(direction="forward")}
-    assert sizes[0] == pytest.approx(disc.sum(), rel=0.1)
-    assert len(sizes) == 6
-    assert sizes[1] > 0.5 * disc.sum()
-    assert max(sizes[3], sizes[4], sizes[5]) < 0.2 * disc.sum()
-
-
 @pytest.mark.parametrize(
     "call, exc, msg",
     [
