@@ -107,3 +107,20 @@ def test_closing_propagation_stops_early(predictor, clip):
     gen.close()
     reads = Counting.reads
     assert reads <= 3  # frame 0 (init) and frame 1: nothing beyond the frame in progress
+
+
+def test_correction_on_tracked_frame_is_kept_when_propagating_again(tracker, clip, object_on_frame0):
+    """A mask given on a frame that was already tracked is a correction: propagating again
+    from that frame keeps it (it becomes a conditioning frame) and later frames use it."""
+    frames, labels = clip
+    obj, mask = object_on_frame0
+    tracker.add_mask(0, obj, mask)
+    list(tracker.propagate(direction="forward"))
+    corrected = np.zeros_like(mask)
+    corrected[10:40, 10:50] = True  # deliberately unlike the tracked object
+    tracker.add_mask(4, obj, corrected)
+    again = {r.frame_idx: r.mask(obj) for r in tracker.propagate(start_frame=4, direction="forward")}
+    assert list(again) == [4, 5, 6, 7]
+    j = (again[4] & corrected).sum() / (again[4] | corrected).sum()
+    assert j > 0.8
+    assert tracker.prompt_frames(obj) == [0, 4]

@@ -23,7 +23,8 @@ TARGETS = {
     "train": "training.model.sam2.SAM2Train",
 }
 
-#: Settings that ``sam2.build_sam.build_sam2_video_predictor`` adds for interactive use.
+#: Settings for interactive use: those ``sam2.build_sam.build_sam2_video_predictor`` adds,
+#: plus corrections as conditioning frames.
 VIDEO_PREDICTOR_OVERRIDES: Dict[str, object] = {
     "sam_mask_decoder_extra_args": {
         "dynamic_multimask_via_stability": True,
@@ -32,6 +33,9 @@ VIDEO_PREDICTOR_OVERRIDES: Dict[str, object] = {
     },
     "binarize_mask_from_pts_for_mem_enc": True,
     "fill_hole_area": 8,
+    # a correction on an already tracked frame becomes a conditioning frame, so propagating
+    # again from it keeps the corrected mask instead of recomputing that frame
+    "add_all_frames_to_correct_as_cond": True,
 }
 
 

@@ -190,12 +190,19 @@ def _place(rng, n, h, w, margin, min_dist):
 
 def _scene_blobs(rng, t, h, w, motion, kind):
     """Nuclei, phase-contrast cells and z-stacks of ellipsoids/tubes."""
-    n = int(rng.integers(3, 14))
-    r_mean = rng.uniform(10, 30) if kind != "zstack" else rng.uniform(14, 34)
+    # object size: log-uniform from small cells (a few pixels across) to large nuclei
+    if kind == "phase":
+        r_mean = float(np.exp(rng.uniform(np.log(4), np.log(16))))
+    elif kind == "zstack":
+        r_mean = float(np.exp(rng.uniform(np.log(8), np.log(34))))
+    else:
+        r_mean = float(np.exp(rng.uniform(np.log(5), np.log(30))))
+    n_max = int(np.clip(0.25 * h * w / (np.pi * r_mean**2 * 4), 4, 30))
+    n = int(rng.integers(3, n_max + 1))
     stars = []
     for cy, cx in _place(rng, n, h, w, margin=r_mean * 0.5, min_dist=r_mean * 1.2):
         s = _Star(rng, cy, cx, r_mean * rng.uniform(0.6, 1.3), rough=rng.uniform(0.03, 0.2),
-                  elong=rng.uniform(1.0, 1.8))
+                  elong=rng.uniform(1.0, 2.8 if kind == "phase" else 1.8))
         s.growth = rng.normal(0, 0.01)
         s.brightness = rng.uniform(0.4, 1.0)
         if kind == "zstack":  # ellipsoid (radius profile along z) or tube (constant radius)
@@ -206,11 +213,17 @@ def _scene_blobs(rng, t, h, w, motion, kind):
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
     tex = _smooth_noise(rng, (h, w), rng.uniform(1, 3))
+    background = 0.0
+    if kind == "phase":  # textured grey background, halo width and body darkness vary
+        background = 0.5 + 0.04 * _smooth_noise(rng, (h, w), rng.uniform(2, 8))
+        halo = int(rng.integers(1, 4))
+        body = rng.uniform(0.05, 0.45)
     next_id = len(stars) + 1
+    scale_motion = motion if kind != "phase" else MotionLevel(motion.speed * 0.6, motion.deform, motion.events)
     for f in range(t):
-        if kind != "zstack" and rng.random() < 0.04 * motion.events and len(stars) < 20:
+        if kind != "zstack" and rng.random() < 0.04 * motion.events and len(stars) < 40:
             parent = stars[int(rng.integers(len(stars)))]  # division
-            if parent.radius > 8:
+            if parent.radius > 4:
                 d = _Star(rng, parent.cy, parent.cx, parent.radius / 1.35, rough=0.08,
                           elong=parent.elong)
                 d.growth, d.brightness, d.angle = parent.growth, parent.brightness, parent.angle
@@ -224,48 +237,53 @@ def _scene_blobs(rng, t, h, w, motion, kind):
                 d.obj_id = next_id
                 next_id += 1
                 stars.append(d)
-        order = rng.permutation(len(stars)) if f == 0 else range(len(stars))
-        for i in order:
+        if kind == "phase":
+            signal[f] = background
+        for i in range(len(stars)):
             s = stars[i]
             obj_id = getattr(s, "obj_id", i + 1)
             scale = 1.0
-            if kind == "zstack":
-                if s.tube:
-                    scale = 1.0
-                else:
-                    q = 1 - ((f - s.zc) / s.rz) ** 2
-                    scale = float(np.sqrt(q)) if q > 0 else 0.0
+            if kind == "zstack" and not s.tube:
+                q = 1 - ((f - s.zc) / s.rz) ** 2
+                scale = float(np.sqrt(q)) if q > 0 else 0.0
             m = s.mask(h, w, scale)
             m &= labels[f] == 0  # touching objects: first drawn wins
             labels[f][m] = obj_id
             if kind == "phase":
-                ring = ndi.binary_dilation(m, iterations=2) & ~m
-                signal[f][m] = 0.2 + 0.1 * tex[m]
+                ring = ndi.binary_dilation(m, iterations=halo) & ~m & (labels[f] == 0)
+                signal[f][m] = body + 0.1 * tex[m]
                 signal[f][ring] = 1.0
             else:
                 signal[f][m] = s.brightness * (1 + 0.15 * tex[m])
-            s.step(rng, motion, h, w)
+            s.step(rng, scale_motion, h, w)
             s.radius *= 1 + s.growth
-        if kind == "phase":
-            signal[f][labels[f] == 0] += 0.5
     return signal, labels
 
 
 def _scene_tissue(rng, t, h, w, motion):
-    """Membrane-bounded cells from a moving Voronoi tessellation; objects = interiors."""
-    n = int(rng.integers(8, 40))
+    """Membrane-bounded cells from a moving Voronoi tessellation; objects = interiors.
+
+    Membranes are wavy (distances perturbed by smooth noise) and the interiors carry
+    vesicle- and mitochondria-like dark blobs, as in electron micrographs; or membranes
+    are bright on dark interiors, as in membrane stains.
+    """
+    n = int(rng.integers(8, 45))
     seeds = np.stack([rng.uniform(0, h, n), rng.uniform(0, w, n)], 1).astype(np.float32)
     vel = rng.normal(0, motion.speed * 0.4, (n, 2)).astype(np.float32)
-    weights = rng.uniform(0.8, 1.25, n).astype(np.float32)
-    width = rng.uniform(1.0, 3.5)
+    weights = rng.uniform(0.7, 1.35, n).astype(np.float32)
+    width = rng.uniform(1.0, 4.0)
+    wobble = rng.uniform(0, 6)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
     tex = _smooth_noise(rng, (h, w), rng.uniform(0.8, 2.5))
-    organelles = _smooth_noise(rng, (h, w), 2.0) > 1.6
-    bright_membrane = rng.random() < 0.5
+    warp = [_smooth_noise(rng, (h, w), 6.0) * wobble for _ in range(2)]
+    vesicles = _smooth_noise(rng, (h, w), rng.uniform(0.8, 1.5)) > rng.uniform(1.2, 2.2)
+    mito = np.abs(_smooth_noise(rng, (h, w), 4.0)) < rng.uniform(0.0, 0.12)
+    bright_membrane = rng.random() < 0.35
     for f in range(t):
-        d = np.sqrt((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
+        wy, wx = yy + warp[0], xx + warp[1]
+        d = np.sqrt((wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2)
         d = d * weights[:, None, None]
         part = np.partition(d, 1, axis=0)[:2]
         nearest = np.argmin(d, axis=0)
@@ -273,37 +291,54 @@ def _scene_tissue(rng, t, h, w, motion):
         lab = nearest.astype(np.int32) + 1
         lab[membrane] = 0
         labels[f] = lab
-        inside = 0.55 + 0.12 * tex
-        inside[organelles] -= 0.25
-        memb_val = 1.0 if bright_membrane else 0.0
-        signal[f] = np.where(membrane, memb_val, inside if not bright_membrane else 0.15 + 0.05 * tex)
+        if bright_membrane:
+            signal[f] = np.where(membrane, 1.0, 0.15 + 0.05 * tex)
+        else:
+            inside = 0.6 + 0.1 * tex
+            inside = np.where(vesicles, inside - 0.3, inside)
+            inside = np.where(mito, inside - 0.2, inside)
+            signal[f] = np.where(membrane, 0.05, inside)
         seeds += vel + rng.normal(0, motion.speed * 0.15, seeds.shape).astype(np.float32)
         weights *= np.exp(rng.normal(0, motion.deform, n)).astype(np.float32)
     return signal, labels
 
 
 def _scene_ct(rng, t, h, w, motion):
-    """A body outline with organ cross-sections of different grey levels."""
-    body = _Star(rng, h / 2 + rng.normal(0, 8), w / 2 + rng.normal(0, 8), rng.uniform(0.35, 0.48) * min(h, w),
-                 rough=0.05, elong=rng.uniform(1.0, 1.4))
+    """CT/MRI-like slices: a body or head outline with a bright rim (skin, skull), bone-like
+    bright distractors, textured tissue, and organ or lesion cross-sections (the objects)
+    of various contrast that appear, grow, shrink and vanish along z."""
+    body = _Star(rng, h / 2 + rng.normal(0, 8), w / 2 + rng.normal(0, 8),
+                 rng.uniform(0.33, 0.47) * min(h, w), rough=0.05, elong=rng.uniform(1.0, 1.4))
+    rim = int(rng.integers(1, 6))
+    tissue_level = rng.uniform(0.3, 0.55)
     organs = []
-    for cy, cx in _place(rng, int(rng.integers(2, 7)), h, w, margin=h * 0.25, min_dist=25):
-        o = _Star(rng, cy, cx, rng.uniform(10, 32), rough=rng.uniform(0.05, 0.25), elong=rng.uniform(1.0, 2.0))
-        o.level = rng.uniform(0.2, 0.9)
-        o.zc, o.rz = rng.uniform(-0.2 * t, 1.2 * t), rng.uniform(0.5 * t, 2 * t)
+    for cy, cx in _place(rng, int(rng.integers(1, 8)), h, w, margin=h * 0.25, min_dist=20):
+        o = _Star(rng, cy, cx, float(np.exp(rng.uniform(np.log(6), np.log(34)))),
+                  rough=rng.uniform(0.05, 0.3), elong=rng.uniform(1.0, 2.2))
+        o.level = float(np.clip(tissue_level + rng.choice([-1, 1]) * rng.uniform(0.04, 0.4), 0, 1))
+        o.zc, o.rz = rng.uniform(-0.3 * t, 1.3 * t), rng.uniform(0.3 * t, 2 * t)
         organs.append(o)
+    bones = [_Star(rng, cy, cx, rng.uniform(3, 10), rough=0.1, elong=rng.uniform(1, 2.5))
+             for cy, cx in _place(rng, int(rng.integers(0, 6)), h, w, margin=h * 0.2, min_dist=10)]
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
-    tex = _smooth_noise(rng, (h, w), 1.5)
+    tex = _smooth_noise(rng, (h, w), rng.uniform(1, 3))
+    organ_motion = MotionLevel(motion.speed * 0.4, motion.deform, 0)
     for f in range(t):
         bm = body.mask(h, w)
-        signal[f][bm] = 0.45 + 0.03 * tex[bm]
+        inner = ndi.binary_erosion(bm, iterations=rim)
+        signal[f][bm] = 0.9
+        signal[f][inner] = tissue_level + 0.04 * tex[inner]
+        for bone in bones:
+            signal[f][bone.mask(h, w) & inner] = 0.95
+            bone.step(rng, organ_motion, h, w)
         for i, o in enumerate(organs):
             q = 1 - ((f - o.zc) / o.rz) ** 2
-            m = o.mask(h, w, float(np.sqrt(q)) if q > 0 else 0.0) & bm & (labels[f] == 0)
+            m = o.mask(h, w, float(np.sqrt(q)) if q > 0 else 0.0) & inner & (labels[f] == 0)
             labels[f][m] = i + 1
             signal[f][m] = o.level + 0.04 * tex[m]
-            o.step(rng, MotionLevel(motion.speed * 0.5, motion.deform, 0), h, w)
+            o.step(rng, organ_motion, h, w)
+        body.radius *= 1 + rng.normal(0, 0.01)
     return signal, labels
 
 
