@@ -33,13 +33,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .interactive import INTERACTIVE_METHODS, robustness, simulate_object
 from .metrics import click_point, frame_scores
 
 __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("propagate", "static")
+METHODS = ("propagate", "static", "frozen", "lit", "lit-always")
 INITS = ("mask", "click")
 
 
@@ -98,7 +99,7 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         On an unknown method or init, a ground truth that is not (N, Y, X) or is empty on
         every frame, or a tracker whose frames differ from the ground truth in shape.
     """
-    _check_choice("method", method, METHODS)
+    _check_choice("method", method, ("propagate", "static"))
     _check_choice("init", init, INITS)
     gt = np.asarray(gt, dtype=bool)
     if gt.ndim != 3:
@@ -152,7 +153,9 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
                   model: str = "lit-tiny", config=None, device: str = "auto",
                   sequences: Optional[Sequence[str]] = None, predictor=None,
-                  progress: Union[bool, Callable[[int, int], None]] = True) -> Dict:
+                  progress: Union[bool, Callable[[int, int], None]] = True,
+                  tau: float = 0.5, max_corrections: Optional[int] = None,
+                  adapter_config=None) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Parameters
@@ -170,6 +173,13 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     progress : bool or callable
         True: a tqdm bar over (sequence, object) pairs on stderr; a callable is called as
         ``progress(done, total)`` after each pair instead.
+    tau : float
+        Interactive methods (``frozen``, ``lit``, ``lit-always``): the simulated user
+        corrects frames with IoU < ``tau`` (:mod:`napari_lit.bench.interactive`).
+    max_corrections : int, optional
+        Interactive methods: correction events allowed per object (unlimited by default).
+    adapter_config : napari_lit.core.adaptation.AdapterConfig, optional
+        Interactive methods: LoRA settings (LIT's published ones by default).
 
     Returns
     -------
@@ -180,7 +190,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
         ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each). Objects absent
-        from every frame are skipped with a warning.
+        from every frame are skipped with a warning. Interactive methods add ``tau``,
+        ``max_corrections``, ``total_corrections``, ``total_clicks``, ``adapter_accepts``,
+        ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5) at the top
+        level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
+        ``events`` per entry.
 
     Raises
     ------
@@ -217,6 +231,12 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     needs_model = not (method == "static" and init == "mask")
     if needs_model and predictor is None:
         predictor = _load_predictor(model, config, device)
+    interactive = method in INTERACTIVE_METHODS
+    adapter = None
+    if interactive and method != "frozen":
+        from ..core.adaptation import DecoderAdapter
+
+        adapter = DecoderAdapter(predictor, adapter_config)
 
     total = sum(len(s.objects) for s in seqs)
     bar = None
@@ -226,6 +246,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         bar = tqdm(total=total, desc=f"bench {method}/{init}", unit="object", file=sys.stderr,
                    dynamic_ncols=True)
     entries: List[Dict] = []
+    presence: List[List[bool]] = []  # per entry, per frame: object in the ground truth
     done = 0
     try:
         for seq in seqs:
@@ -239,8 +260,14 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
                 else:
                     if needs_model and tracker is None:
-                        tracker = _make_tracker(predictor, seq)
-                    scores = score_object(gt, method, init, tracker, obj_id=int(obj))
+                        tracker = _make_tracker(predictor, seq, record=interactive)
+                    if interactive:
+                        scores = simulate_object(gt, tracker, adapter, method, init, tau=tau,
+                                                 max_corrections=max_corrections, obj_id=int(obj),
+                                                 backward=seq.is_volume)
+                    else:
+                        scores = score_object(gt, method, init, tracker, obj_id=int(obj))
+                    presence.append(gt.reshape(len(gt), -1).any(axis=1).tolist())
                     entries.append({
                         "name": seq.name, "object": int(obj), "domain": seq.domain,
                         "davis": bool(seq.is_davis), "axes": seq.axes, "frames": int(len(gt)),
@@ -251,15 +278,18 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     bar.update(1)
                 elif callable(progress):
                     progress(done, total)
-            del tracker
+            if tracker is not None:
+                tracker.close()
     finally:
         if bar is not None:
             bar.close()
+        if adapter is not None:
+            adapter.reset()
 
     def mean(key):  # None (JSON null) rather than NaN when no object could be scored
         return float(np.mean([e[key] for e in entries])) if entries else None
 
-    return {
+    result = {
         "model": model if needs_model else None,
         "method": method,
         "init": init,
@@ -269,6 +299,19 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "seconds": round(time.perf_counter() - t0, 3),
         "sequences": entries,
     }
+    if interactive:
+        adapt_ms = [ms for e in entries for ms in e["adapt_ms"]]
+        result.update({
+            "tau": tau,
+            "max_corrections": max_corrections,
+            "total_corrections": int(sum(e["corrections"] for e in entries)),
+            "total_clicks": int(sum(e["clicks"] for e in entries)),
+            "adapter_accepts": int(sum(e["adapter_accepts"] for e in entries)),
+            "median_adapt_ms": float(np.median(adapt_ms)) if adapt_ms else None,
+            "p95_adapt_ms": float(np.percentile(adapt_ms, 95)) if adapt_ms else None,
+            "robustness": robustness([e["j"] for e in entries], presence),
+        })
+    return result
 
 
 def _load_predictor(model, config, device):
@@ -281,14 +324,14 @@ def _load_predictor(model, config, device):
         raise _usage_error(str(exc)) from None
 
 
-def _make_tracker(predictor, seq):
+def _make_tracker(predictor, seq, record: bool = False):
     from ..core import FrameSource, Tracker
 
     try:
         source = FrameSource(seq.image, image_size=predictor.image_size)
     except (TypeError, ValueError) as exc:
         raise _usage_error(f"{seq.name}: {exc}") from None
-    return Tracker(predictor, source)
+    return Tracker(predictor, source, record_decoder_inputs=record)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -304,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Benchmark segmentation through sequences with ground truth (J, F, J&F).")
     p.add_argument("data_dir", help="folder of sequence folders (or one sequence folder)")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="propagate: track with the model; static: repeat the prompt frame's mask")
+                   help="propagate: track with the model; static: repeat the prompt frame's mask; "
+                        "frozen|lit|lit-always: a simulated user corrects frames with IoU < --tau "
+                        "(lit learns from each correction)")
+    p.add_argument("--tau", type=float, default=0.5, help="interactive methods: correct frames with IoU below this")
+    p.add_argument("--max-corrections", type=int, default=None,
+                   help="interactive methods: correction events allowed per object (default unlimited)")
     p.add_argument("--init", required=True, choices=INITS,
                    help="prompt: the ground-truth mask, or one click at its innermost point")
     p.add_argument("--json", required=True, dest="json_path", help="output JSON file")
@@ -338,12 +386,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:
         raise _usage_error(f"cannot create the folder of --json {out}: {exc}") from None
     result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
-                           device=args.device, sequences=args.sequences, progress=not args.quiet)
+                           device=args.device, sequences=args.sequences, progress=not args.quiet,
+                           tau=args.tau, max_corrections=args.max_corrections)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:
         print(f"{args.method}/{args.init}: mean J {result['mean_j']:.3f}, mean J&F {result['mean_jf']:.3f} "
               f"over {len(result['sequences'])} objects in {result['seconds']:.0f} s")
+        if "total_corrections" in result:
+            print(f"corrections {result['total_corrections']}, clicks {result['total_clicks']}, "
+                  f"adapter accepts {result['adapter_accepts']}, median adaptation "
+                  f"{result['median_adapt_ms'] or 0:.0f} ms (tau {result['tau']})")
     else:
         print(f"{args.method}/{args.init}: no listed object appears in the ground truth; nothing scored")
     print(f"wrote {out}, {md}, {png}")

@@ -86,3 +86,142 @@ def propagate_in_video(predictor, state: dict, start_frame_idx: int, max_frame_n
         yield from gen
     finally:
         gen.close()
+
+
+class DecoderInputs(dict):
+    """Keyword inputs of sam2's mask decoder for one frame and object, as sam2 passed them:
+    ``image_embeddings`` (memory-conditioned, (1, C, h, w)), ``image_pe``,
+    ``sparse_prompt_embeddings``, ``dense_prompt_embeddings``, ``high_res_features`` (list),
+    ``multimask_output``, ``repeat_image``. Tensors are detached copies."""
+
+    def nbytes(self) -> int:
+        total = 0
+        for v in self.values():
+            for t in v if isinstance(v, (list, tuple)) else [v]:
+                total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
+        return total
+
+
+def _detach(value):
+    if isinstance(value, (list, tuple)):
+        return [_detach(v) for v in value]
+    if hasattr(value, "detach"):
+        return value.detach().clone()
+    return value
+
+
+class ObjectContext:
+    """Knows which frame and object sam2 is processing, and records decoder inputs.
+
+    sam2 runs its mask decoder once per object per frame inside
+    ``SAM2VideoPredictor._run_single_frame_inference``; this wraps that method on one
+    predictor instance to note ``(frame_idx, obj_id, tracking)`` (``tracking``: a frame
+    propagated from memory, without clicks or mask), and a forward pre-hook on the mask
+    decoder module stores the decoder's keyword inputs of tracked frames in a small LRU
+    (bounded in bytes). Listeners (e.g. an adapter switching LoRA weights per object) are
+    called with that context before each decoder call.
+
+    Parameters
+    ----------
+    predictor : SAM2VideoPredictor
+    state : dict
+        sam2's inference state of the tracker.
+    budget_bytes : int
+        Upper bound of the recorded inputs' size; the least recently recorded go first.
+    """
+
+    def __init__(self, predictor, state: dict, budget_bytes: int = 256 * 2**20):
+        from collections import OrderedDict
+
+        self.predictor = predictor
+        self.state = state
+        self.budget_bytes = int(budget_bytes)
+        self.current = None
+        self.listeners = []
+        self._records: "OrderedDict[tuple, DecoderInputs]" = OrderedDict()
+        self._bytes = 0
+        decoder = predictor.sam_mask_decoder
+        if hasattr(decoder, "get_base_model"):  # already wrapped by peft: hook the base module
+            decoder = decoder.get_base_model()
+        self._decoder = decoder  # hooks on the base module survive peft wrapping/unloading
+        self._orig_run = predictor._run_single_frame_inference
+        predictor._run_single_frame_inference = self._run_single_frame_inference
+        self._hook = self._decoder.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    def _run_single_frame_inference(self, inference_state, output_dict, frame_idx, *args, **kwargs):
+        obj_id = None
+        for idx, d in inference_state["output_dict_per_obj"].items():
+            if d is output_dict:
+                obj_id = inference_state["obj_idx_to_id"][idx]
+                break
+        point_inputs = kwargs.get("point_inputs", args[2] if len(args) > 2 else None)
+        mask_inputs = kwargs.get("mask_inputs", args[3] if len(args) > 3 else None)
+        is_init = kwargs.get("is_init_cond_frame", args[1] if len(args) > 1 else False)
+        tracking = point_inputs is None and mask_inputs is None and not is_init
+        self.current = (int(frame_idx), obj_id, tracking)
+        try:
+            return self._orig_run(inference_state, output_dict, frame_idx, *args, **kwargs)
+        finally:
+            self.current = None
+
+    def _pre_hook(self, module, args, kwargs):
+        if self.current is None:
+            return None
+        for listener in self.listeners:
+            listener(*self.current)
+        frame_idx, obj_id, tracking = self.current
+        if tracking and obj_id is not None:
+            record = DecoderInputs({k: _detach(v) for k, v in kwargs.items()})
+            key = (frame_idx, obj_id)
+            old = self._records.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes()
+            self._records[key] = record
+            self._bytes += record.nbytes()
+            while self._bytes > self.budget_bytes and len(self._records) > 1:
+                _, dropped = self._records.popitem(last=False)
+                self._bytes -= dropped.nbytes()
+        return None
+
+    def decoder_inputs(self, frame_idx: int, obj_id: int):
+        """The recorded tracking inputs of (frame, object), or None if not (or no longer) held."""
+        return self._records.get((int(frame_idx), int(obj_id)))
+
+    def forget(self, frame_idx: int, obj_id: int) -> None:
+        """Drop a record (e.g. after the frame was corrected)."""
+        old = self._records.pop((int(frame_idx), int(obj_id)), None)
+        if old is not None:
+            self._bytes -= old.nbytes()
+
+    def clear(self) -> None:
+        """Drop all records."""
+        self._records.clear()
+        self._bytes = 0
+
+    def close(self) -> None:
+        """Remove the hook and restore sam2's method."""
+        self._hook.remove()
+        self.predictor._run_single_frame_inference = self._orig_run
+        self._records.clear()
+        self._bytes = 0
+
+
+def select_tracking_mask(low_res_multimasks, ious, object_score_logits, no_obj_score: float = -1024.0):
+    """Pick the output mask as sam2 does after its decoder: the highest predicted IoU when
+    several masks come out, and the "no object" score where the object score is <= 0.
+
+    Returns
+    -------
+    (low_res_masks (B, 1, h, w), best_iou (B,))
+    """
+    import torch
+
+    if low_res_multimasks.shape[1] > 1:
+        best = torch.argmax(ious, dim=-1)
+        idx = torch.arange(low_res_multimasks.shape[0], device=low_res_multimasks.device)
+        masks = low_res_multimasks[idx, best].unsqueeze(1)
+        best_iou = ious[idx, best]
+    else:
+        masks, best_iou = low_res_multimasks, ious[:, 0]
+    present = (object_score_logits > 0).view(-1, 1, 1, 1)
+    return torch.where(present, masks, torch.full_like(masks, no_obj_score)), best_iou

@@ -91,6 +91,9 @@ class Tracker:
         :class:`~napari_lit.core.frames.FrameSource` at the predictor's input size.
     offload_state_to_cpu : bool
         Keep sam2's per-frame state in CPU memory (for long stacks on a GPU).
+    record_decoder_inputs : bool
+        Keep the mask decoder's inputs of recently tracked frames (per object), which
+        learning from corrections needs (:mod:`napari_lit.core.adaptation`).
 
     Raises
     ------
@@ -98,7 +101,8 @@ class Tracker:
         If ``frames`` is not a valid stack (see :class:`FrameSource`).
     """
 
-    def __init__(self, predictor, frames, offload_state_to_cpu: bool = False):
+    def __init__(self, predictor, frames, offload_state_to_cpu: bool = False,
+                 record_decoder_inputs: bool = False):
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         elif frames.image_size != predictor.image_size:
@@ -109,6 +113,38 @@ class Tracker:
         self.predictor = predictor
         self.frames = frames
         self.state = init_inference_state(predictor, frames, offload_state_to_cpu)
+        self.context = _sam2.ObjectContext(predictor, self.state) if record_decoder_inputs else None
+
+    def close(self) -> None:
+        """Detach from the predictor (restores what recording decoder inputs changed)."""
+        if self.context is not None:
+            self.context.close()
+            self.context = None
+
+    def decoder_inputs(self, frame_idx: int, obj_id: int):
+        """Mask-decoder inputs recorded when ``frame_idx`` of ``obj_id`` was last tracked.
+
+        Returns
+        -------
+        napari_lit.core._sam2.DecoderInputs or None
+            None when not recorded (never tracked, or evicted from the bounded record).
+
+        Raises
+        ------
+        RuntimeError
+            If the tracker was made without ``record_decoder_inputs``.
+        """
+        if self.context is None:
+            raise RuntimeError("this Tracker does not record decoder inputs (record_decoder_inputs=False)")
+        return self.context.decoder_inputs(frame_idx, obj_id)
+
+    def to_input_resolution(self, low_res_logits) -> np.ndarray:
+        """Resize ``low_res_logits``, (1, 1, h, w) decoder logits, to (Y, X) float32 logits
+        at the input size, as sam2 does for its outputs."""
+        import torch.nn.functional as F
+
+        logits = F.interpolate(low_res_logits.float(), size=self.frame_shape, mode="bilinear", align_corners=False)
+        return logits[0, 0].cpu().numpy()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -253,12 +289,13 @@ class Tracker:
         obj_id : int
             Object id >= 1.
         mask : (Y, X) array-like of bool
-            At the input resolution.
+            At the input resolution. An empty mask says "the object is not on this frame";
+            it is accepted for an object that already has a prompt elsewhere.
 
         Raises
         ------
         ValueError
-            If the mask's shape differs from the frame's or the mask is empty.
+            If the mask's shape differs from the frame's, or it is empty for a new object.
         """
         frame_idx = self._check_frame(frame_idx)
         obj_id = self._check_obj(obj_id)
@@ -266,8 +303,11 @@ class Tracker:
         if m.shape != self.frame_shape:
             raise ValueError(f"mask must have the frame's shape {self.frame_shape}; got {m.shape}")
         m = m.astype(bool)
-        if not m.any():
-            raise ValueError(f"mask prompt for object {obj_id} on frame {frame_idx} is empty")
+        if not m.any() and obj_id not in self.obj_ids:
+            raise ValueError(
+                f"mask prompt for new object {obj_id} on frame {frame_idx} is empty: prompt it "
+                f"where it is visible first"
+            )
         out = self.predictor.add_new_mask(self.state, frame_idx, obj_id, m)
         return _as_result(*out)
 
@@ -281,6 +321,8 @@ class Tracker:
     def reset(self) -> None:
         """Forget all objects, prompts and tracking results (keeps cached frames)."""
         self.predictor.reset_state(self.state)
+        if self.context is not None:
+            self.context.clear()
 
     # ----------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "both",

@@ -1,0 +1,239 @@
+"""A simulated user who corrects the tracker, with and without learning from corrections.
+
+Protocol (LIT, Yang et al. 2026, as in ``shared/DESIGN.md``), for one object:
+
+1. prompt on the first frame where the object appears (its ground-truth mask, or one click
+   at its innermost point);
+2. propagate forward (for z-stacks also backward from the prompt);
+3. at the first frame in propagation order whose IoU < ``tau``, one *correction event*:
+
+   - ``lit``: if the object has an adapter, its adapted decoder's prediction for that frame
+     is tried first; if its IoU >= ``tau`` it is accepted (counted in ``adapter_accepts``,
+     not as a correction) and written to SAM2's memory like a correction;
+   - otherwise up to 3 clicks at the centre of the largest error region (sam2's
+     ``get_next_point(method="center")``: positive on a missed region, negative on a false
+     one), then the full ground-truth mask if the IoU is still < ``tau``; that whole event
+     is one correction;
+   - ``lit`` and ``lit-always``: the adapter trains on the corrected frame;
+
+4. propagation resumes from the corrected frame.
+
+``frozen`` never learns; ``lit-always`` applies the adapted decoder on every frame (the
+ablation LIT reports as worse than no adaptation). Robustness R@tau is eq. 7 of Lazy-XMem
+(Vujasinovic et al. 2024).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .metrics import frame_scores, jaccard
+
+__all__ = ["INTERACTIVE_METHODS", "simulate_object", "error_click", "robustness", "MAX_CLICKS"]
+
+INTERACTIVE_METHODS = ("frozen", "lit", "lit-always")
+MAX_CLICKS = 3
+
+
+def error_click(pred: np.ndarray, gt: np.ndarray):
+    """The correction click a simulated user gives: the centre of the largest error region.
+
+    Uses sam2's own ``get_next_point(method="center")``: the point farthest from the
+    boundary of the error region (false negatives -> positive click, false positives ->
+    negative click).
+
+    Parameters
+    ----------
+    pred, gt : (Y, X) bool ndarray
+
+    Returns
+    -------
+    ((y, x), label) : ((int, int), int)
+        Label 1 for a positive click, 0 for a negative one.
+    """
+    import torch
+    from sam2.modeling.sam2_utils import get_next_point
+
+    g = torch.from_numpy(np.ascontiguousarray(gt, dtype=bool))[None, None]
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=bool))[None, None]
+    points, labels = get_next_point(gt_masks=g, pred_masks=p, method="center")
+    x, y = points[0, 0].tolist()
+    return (int(round(y)), int(round(x))), int(labels[0, 0])
+
+
+def robustness(j_per_object: Sequence[Sequence[float]], present: Sequence[Sequence[bool]],
+               thresholds=(0.1, 0.25, 0.5)) -> Dict[str, float]:
+    """R@tau (Lazy-XMem eq. 7): mean over objects of the fraction of frames where the object
+    is present and its IoU >= tau.
+
+    Parameters
+    ----------
+    j_per_object : sequence of sequences of float
+        Per object, per frame IoU.
+    present : sequence of sequences of bool
+        Per object, per frame: the object is in the ground truth.
+    thresholds : sequence of float
+
+    Returns
+    -------
+    dict
+        ``{"R@0.1": ..., ...}``; NaN-free (objects never present are skipped).
+    """
+    out = {}
+    for tau in thresholds:
+        ratios = []
+        for j, p in zip(j_per_object, present):
+            j, p = np.asarray(j, float), np.asarray(p, bool)
+            if p.any():
+                ratios.append(float((j[p] >= tau).mean()))
+        out[f"R@{tau:g}"] = float(np.mean(ratios)) if ratios else None
+    return out
+
+
+def _prompt(tracker, frame, obj_id, gt_frame, init):
+    """Initial prompt; returns (clicks used, the prompt frame's resulting mask)."""
+    if init == "mask":
+        tracker.add_mask(frame, obj_id, gt_frame)
+        return 0, gt_frame.copy()
+    from .metrics import click_point
+
+    res = tracker.add_points(frame, obj_id, [list(click_point(gt_frame))], [1])
+    return 1, res.mask(obj_id)
+
+
+def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask", tau: float = 0.5,
+                    max_corrections: Optional[int] = None, obj_id: int = 1,
+                    backward: bool = False) -> Dict:
+    """Run the simulated user on one object through one sequence.
+
+    Parameters
+    ----------
+    gt : (N, Y, X) bool ndarray
+        Ground truth of the object; non-empty on some frame.
+    tracker : napari_lit.core.Tracker
+        Made with ``record_decoder_inputs=True``; it is reset first.
+    adapter : napari_lit.core.adaptation.DecoderAdapter or None
+        Required for ``lit`` and ``lit-always``; reset first (one adapter per object).
+    method : {"frozen", "lit", "lit-always"}
+    init : {"mask", "click"}
+    tau : float
+        IoU below which the user corrects a frame.
+    max_corrections : int, optional
+        Correction events allowed for this object (unlimited by default); after that the
+        tracker's masks are kept as they are.
+    obj_id : int
+    backward : bool
+        Also propagate backward from the prompt frame (z-stacks).
+
+    Returns
+    -------
+    dict
+        ``prompt_frame``, ``corrections``, ``clicks`` (correction clicks plus the initial
+        click for ``init="click"``), ``adapter_accepts``, ``adapt_ms`` (list, one per
+        training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
+        ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown method/init, a missing adapter for ``lit``/``lit-always``, or an
+        object absent from every frame.
+    """
+    if method not in INTERACTIVE_METHODS:
+        raise ValueError(f"method must be one of {INTERACTIVE_METHODS}; got {method!r}")
+    if init not in ("mask", "click"):
+        raise ValueError(f"init must be 'mask' or 'click'; got {init!r}")
+    if method != "frozen" and adapter is None:
+        raise ValueError(f"method {method!r} needs an adapter")
+    gt = np.asarray(gt, dtype=bool)
+    present = gt.reshape(len(gt), -1).any(axis=1)
+    if not present.any():
+        raise ValueError(f"object {obj_id} is absent from every frame")
+    n = len(gt)
+    t0 = int(np.flatnonzero(present)[0])
+    tracker.reset()
+    if adapter is not None:
+        adapter.reset()
+        adapter.always = method == "lit-always"
+        if tracker.context is not None and adapter.on_decoder_call not in tracker.context.listeners:
+            tracker.context.listeners.append(adapter.on_decoder_call)
+    final = np.zeros(gt.shape, dtype=bool)  # frames never reached stay empty
+    clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
+    corrections, accepts, adapt_ms, events = 0, 0, [], []
+    budget = np.inf if max_corrections is None else int(max_corrections)
+
+    def correct(frame, pred):
+        nonlocal clicks
+        mask, before = pred, jaccard(pred, gt[frame])
+        for _ in range(MAX_CLICKS):
+            (y, x), label = error_click(mask, gt[frame])
+            mask = tracker.add_points(frame, obj_id, [[y, x]], [label], clear=False).mask(obj_id)
+            clicks += 1
+            if jaccard(mask, gt[frame]) >= tau:
+                return mask, "clicks", before
+        tracker.add_mask(frame, obj_id, gt[frame])
+        return gt[frame].copy(), "mask", before
+
+    directions = ["forward"] + (["backward"] if backward else [])
+    for direction in directions:
+        start = t0
+        while True:
+            stopped_at = None
+            for result in tracker.propagate(start_frame=start, direction=direction):
+                f = result.frame_idx
+                if f == start:  # the prompt or corrected frame: keep what the user gave
+                    continue
+                pred = result.mask(obj_id)
+                final[f] = pred
+                if corrections >= budget:
+                    continue
+                if jaccard(pred, gt[f]) < tau:
+                    stopped_at = (f, pred)
+                    break
+            if stopped_at is None:
+                break
+            f, pred = stopped_at
+            inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
+            if method == "lit" and inputs is not None and adapter.has_adapter(obj_id):
+                low, _, _ = adapter.predict(obj_id, inputs)
+                adapted = tracker.to_input_resolution(low) > 0
+                iou_adapted = jaccard(adapted, gt[f])
+                if iou_adapted >= tau and adapted.any():
+                    tracker.add_mask(f, obj_id, adapted)
+                    final[f] = adapted
+                    accepts += 1
+                    events.append({"frame": f, "kind": "adapter", "iou_before": jaccard(pred, gt[f]),
+                                   "iou_after": iou_adapted})
+                    start = f
+                    continue
+            mask, kind, before = correct(f, pred)
+            final[f] = mask
+            corrections += 1
+            events.append({"frame": f, "kind": kind, "iou_before": before, "iou_after": jaccard(mask, gt[f])})
+            if method != "frozen" and inputs is not None and mask.any():
+                t_start = time.perf_counter()
+                for _ in adapter.train(obj_id, inputs, mask):
+                    pass
+                adapt_ms.append(1000 * (time.perf_counter() - t_start))
+            start = f
+    if adapter is not None:
+        adapter.always = False
+    j = np.empty(n)
+    fm = np.empty(n)
+    for i in range(n):
+        j[i], fm[i] = frame_scores(final[i], gt[i])
+    return {
+        "prompt_frame": t0,
+        "corrections": corrections,
+        "clicks": clicks,
+        "adapter_accepts": accepts,
+        "adapt_ms": adapt_ms,
+        "events": events,
+        "j": j.tolist(),
+        "f": fm.tolist(),
+        "mean_j": float(j.mean()),
+        "mean_jf": float(((j + fm) / 2).mean()),
+    }

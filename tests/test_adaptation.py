@@ -1,0 +1,157 @@
+"""LIT-LoRA adapters on sam2's mask decoder (peft), with the real lit-tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lit.core import Tracker
+from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter, dice_loss, focal_loss
+
+
+@pytest.fixture()
+def session(predictor, clip):
+    """A tracker recording decoder inputs, an adapter, one object propagated forward."""
+    frames, labels = clip
+    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+    adapter = DecoderAdapter(predictor, AdapterConfig(lr=5e-3, max_steps=40, patience=40))
+    tracker.context.listeners.append(adapter.on_decoder_call)
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    tracker.add_mask(0, obj, labels[0] == obj)
+    frozen = {r.frame_idx: r.logits[0].copy() for r in tracker.propagate(direction="forward")}
+    yield tracker, adapter, obj, labels, frozen
+    adapter.reset()
+    tracker.close()
+    assert type(predictor.sam_mask_decoder).__name__ == "MaskDecoder"  # left as found
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_decoder_inputs_recorded_for_tracked_frames(session):
+    tracker, _, obj, labels, _ = session
+    assert tracker.decoder_inputs(0, obj) is None  # prompt frame: no tracking pass
+    rec = tracker.decoder_inputs(3, obj)
+    assert rec["image_embeddings"].shape[-2:] == (16, 16)  # memory-conditioned embedding
+    assert len(rec["high_res_features"]) == 2
+    assert not rec["image_embeddings"].requires_grad
+
+
+def test_record_budget_evicts_oldest(predictor, clip):
+    frames, labels = clip
+    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+    tracker.context.budget_bytes = 1  # keeps only the newest record
+    tracker.add_mask(0, 1, labels[0] == labels[0].max())
+    list(tracker.propagate(direction="forward"))
+    held = [f for f in range(8) if tracker.decoder_inputs(f, 1) is not None]
+    tracker.close()
+    assert held == [7]
+
+
+def test_training_learns_the_correction_and_leaves_sam2_frozen(session, predictor):
+    tracker, adapter, obj, labels, frozen = session
+    base_before = {k: v.clone() for k, v in predictor.sam_mask_decoder.state_dict().items()}
+    target = labels[3] == obj
+    inputs = tracker.decoder_inputs(3, obj)
+    steps = list(adapter.train(obj, inputs, target))
+    assert 1 <= len(steps) <= 40 and [s.step for s in steps] == list(range(1, len(steps) + 1))
+    assert min(s.loss for s in steps) < steps[0].loss  # it learns
+    low, _, _ = adapter.predict(obj, inputs)
+    adapted = tracker.to_input_resolution(low) > 0
+    assert _iou(adapted, target) > _iou(frozen[3] > 0, target)
+    # sam2's own weights are untouched: only LoRA weights changed
+    after = {k.replace(".base_layer", ""): v
+             for k, v in predictor.sam_mask_decoder.get_base_model().state_dict().items() if "lora_" not in k}
+    assert after.keys() == base_before.keys()
+    for k, v in base_before.items():
+        assert torch.equal(after[k], v), k
+    # and propagation without the adapter gives exactly the frozen result
+    again = {r.frame_idx: r.logits[0] for r in tracker.propagate(start_frame=1, direction="forward")}
+    for f in range(2, 8):
+        assert np.allclose(again[f], frozen[f], atol=1e-5)
+
+
+def test_adapter_keeps_best_step(session):
+    tracker, adapter, obj, labels, _ = session
+    adapter.config.max_steps, adapter.config.lr = 15, 0.05  # large steps: the loss bounces
+    steps = list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+    best = min(s.loss for s in steps)
+    again = list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+    # training again starts from the kept (best) step; replay adds the earlier example
+    assert again[0].loss <= best * 1.5 + 1e-3
+
+
+def test_early_stopping_and_cancel(session):
+    tracker, adapter, obj, labels, _ = session
+    adapter.config.lr, adapter.config.patience = 1e-12, 2
+    steps = list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+    assert len(steps) < 10  # no improvement: stopped after `patience` steps
+    gen = adapter.train(obj, tracker.decoder_inputs(4, obj), labels[4] == obj)
+    next(gen)
+    gen.close()  # cancel: adapters are switched off again, the object keeps its adapter
+    assert adapter.has_adapter(obj)
+    assert adapter.peft_model.base_model.model.transformer.layers[0].self_attn.q_proj.disable_adapters
+
+
+def test_objects_have_their_own_adapters(session, clip):
+    tracker, adapter, obj, labels, _ = session
+    other = int([i for i in np.unique(labels[0]) if i and i != obj][0])
+    tracker.add_mask(0, other, labels[0] == other)
+    list(tracker.propagate(direction="forward"))
+    list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+    w_obj = adapter.snapshot()["weights"][f"obj{obj}"]
+    list(adapter.train(other, tracker.decoder_inputs(3, other), labels[3] == other))
+    snap = adapter.snapshot()
+    assert set(snap["weights"]) == {f"obj{obj}", f"obj{other}"}
+    for k, v in w_obj.items():
+        assert torch.equal(snap["weights"][f"obj{obj}"][k], v)
+    assert adapter.n_corrections == {obj: 1, other: 1}
+
+
+def test_snapshot_restore_reset_save_load(session, tmp_path):
+    tracker, adapter, obj, labels, _ = session
+    inputs = tracker.decoder_inputs(3, obj)
+    list(adapter.train(obj, inputs, labels[3] == obj))
+    snap = adapter.snapshot()
+    ref, _, _ = adapter.predict(obj, inputs)
+    list(adapter.train(obj, tracker.decoder_inputs(5, obj), labels[5] == obj))
+    assert not torch.allclose(adapter.predict(obj, inputs)[0], ref)
+    adapter.restore(snap)  # undo the second correction
+    assert torch.allclose(adapter.predict(obj, inputs)[0], ref) and adapter.n_corrections[obj] == 1
+    adapter.save(tmp_path / "a", obj)
+    cfg = (tmp_path / "a" / "adapter_config.json").read_text()
+    assert '"r": 4' in cfg and "q_proj" in cfg
+    adapter.reset()
+    assert not adapter.has_adapter(obj)
+    with pytest.raises(KeyError):
+        adapter.predict(obj, inputs)
+    adapter.load(tmp_path / "a", obj)
+    assert torch.allclose(adapter.predict(obj, inputs)[0], ref)
+    other = DecoderAdapter(adapter.predictor, AdapterConfig(rank=8))
+    with pytest.raises(ValueError, match="rank 4"):
+        other.load(tmp_path / "a", obj)
+    with pytest.raises(FileNotFoundError):
+        adapter.load(tmp_path / "nothing", obj)
+
+
+def test_always_mode_uses_the_adapter_during_propagation(session):
+    tracker, adapter, obj, labels, frozen = session
+    list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+    adapter.always = True
+    always = {r.frame_idx: r.logits[0] for r in tracker.propagate(start_frame=1, direction="forward")}
+    adapter.always = False
+    assert any(not np.allclose(always[f], frozen[f], atol=1e-4) for f in range(2, 8))
+
+
+def test_losses():
+    t = torch.zeros(1, 1, 8, 8)
+    t[..., 2:6, 2:6] = 1
+    good, bad = (t * 20 - 10), (10 - t * 20)
+    assert focal_loss(good, t).item() < 1e-3 < focal_loss(bad, t).item()
+    assert dice_loss(good, t).item() < 0.01 and dice_loss(bad, t).item() > 0.9
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(target_modules=("nope",)), dict(lr=0)])
+def test_bad_adapter_config(kwargs):
+    with pytest.raises(ValueError):
+        AdapterConfig(**kwargs)

@@ -1,0 +1,112 @@
+"""The simulated user of the correction benchmark (frozen / lit / lit-always)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_lit.bench.interactive import error_click, robustness, simulate_object
+from napari_lit.bench.metrics import jaccard
+from napari_lit.bench.runner import run_benchmark
+from napari_lit.core import Tracker
+from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
+
+
+def test_error_click_positive_on_miss_negative_on_false():
+    gt = np.zeros((40, 40), bool)
+    gt[5:25, 5:25] = True
+    pred = gt.copy()
+    pred[5:25, 5:15] = False  # a missed half
+    (y, x), label = error_click(pred, gt)
+    assert label == 1 and gt[y, x] and not pred[y, x]
+    pred = gt.copy()
+    pred[28:38, 28:38] = True  # a false region
+    (y, x), label = error_click(pred, gt)
+    assert label == 0 and pred[y, x] and not gt[y, x]
+
+
+def test_robustness_eq7():
+    j = [[1.0, 0.3, 0.05, 1.0], [0.6, 0.6]]
+    present = [[True, True, True, False], [True, True]]
+    r = robustness(j, present)
+    assert r["R@0.1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert r["R@0.5"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+@pytest.fixture()
+def setup(predictor, clip):
+    frames, labels = clip
+    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+    adapter = DecoderAdapter(predictor, AdapterConfig(max_steps=5))
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    yield tracker, adapter, labels == obj
+    adapter.reset()
+    tracker.close()
+
+
+def test_no_corrections_when_tau_is_zero(setup):
+    tracker, adapter, gt = setup
+    res = simulate_object(gt, tracker, adapter, "lit", "mask", tau=0.0)
+    assert res["corrections"] == 0 and res["clicks"] == 0 and res["adapt_ms"] == []
+    assert res["j"][0] == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.parametrize("method", ["frozen", "lit", "lit-always"])
+def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
+    """With tau above 1 every frame fails: the budget caps the events, each event is up to
+    3 clicks and then the ground-truth mask, and lit trains once per correction."""
+    tracker, adapter, gt = setup
+    res = simulate_object(gt, tracker, adapter, method, "mask", tau=1.01, max_corrections=3)
+    assert res["corrections"] == 3 and res["adapter_accepts"] == 0
+    assert 3 <= res["clicks"] <= 9
+    frames = [e["frame"] for e in res["events"]]
+    assert frames == [1, 2, 3]  # propagation resumes right after each corrected frame
+    for e in res["events"]:
+        assert e["kind"] == "mask" and e["iou_after"] == pytest.approx(1.0)
+        assert res["j"][e["frame"]] == pytest.approx(1.0)
+    assert len(res["adapt_ms"]) == (0 if method == "frozen" else 3)
+
+
+def test_adapter_prediction_is_offered_first(setup):
+    """lit: once an adapter exists, a failing frame first gets the adapted prediction; with
+    a tau it can meet (0 < tau) and a frame that fails, it is accepted, not corrected."""
+    tracker, adapter, gt = setup
+    res = simulate_object(gt, tracker, adapter, "lit", "mask", tau=1.01, max_corrections=1)
+    assert res["corrections"] == 1
+    # after the first correction (frame 1) the adapter exists; any frame whose adapted
+    # prediction scores >= tau would be accepted; with tau > 1 none is
+    assert res["adapter_accepts"] == 0
+    res2 = simulate_object(gt, tracker, adapter, "frozen", "click", tau=0.0)
+    assert res2["clicks"] == 1 and res2["corrections"] == 0
+
+
+def test_bad_arguments(setup):
+    tracker, adapter, gt = setup
+    with pytest.raises(ValueError, match="method"):
+        simulate_object(gt, tracker, adapter, "magic")
+    with pytest.raises(ValueError, match="needs an adapter"):
+        simulate_object(gt, tracker, None, "lit")
+    with pytest.raises(ValueError, match="absent"):
+        simulate_object(np.zeros_like(gt), tracker, adapter, "frozen")
+
+
+def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
+    frames, labels = clip
+    seq = tmp_path / "synth-zstack"
+    seq.mkdir()
+    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
+    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
+    objs = [int(i) for i in np.unique(labels[0]) if i][:2]
+    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "ZYX", "objects": objs}))
+    res = run_benchmark(tmp_path, "lit", "mask", predictor=predictor, progress=False, tau=1.01,
+                        max_corrections=2, adapter_config=AdapterConfig(max_steps=3))
+    for key in ("total_corrections", "total_clicks", "adapter_accepts", "median_adapt_ms",
+                "p95_adapt_ms", "robustness", "tau", "max_corrections"):
+        assert key in res
+    assert res["total_corrections"] == sum(e["corrections"] for e in res["sequences"]) == 4
+    assert set(res["robustness"]) == {"R@0.1", "R@0.25", "R@0.5"}
+    for e in res["sequences"]:
+        assert len(e["adapt_ms"]) == e["corrections"]
+        assert len(e["j"]) == len(labels)
+    assert res["median_adapt_ms"] > 0
