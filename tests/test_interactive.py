@@ -110,3 +110,30 @@ def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
         assert len(e["adapt_ms"]) == e["corrections"]
         assert len(e["j"]) == len(labels)
     assert res["median_adapt_ms"] > 0
+
+
+def test_correction_reports(tmp_path, predictor, clip):
+    from napari_lit.bench.correction_report import correction_summary, correction_table, plot_corrections
+
+    frames, labels = clip
+    seq = tmp_path / "data" / "synth-t"
+    seq.mkdir(parents=True)
+    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
+    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [obj]}))
+    kw = dict(predictor=predictor, progress=False, tau=0.99, adapter_config=AdapterConfig(max_steps=2))
+    frozen = run_benchmark(tmp_path / "data", "frozen", "mask", max_corrections=3, **kw)
+    lit = run_benchmark(tmp_path / "data", "lit", "mask", max_corrections=2, **kw)
+    s = correction_summary(lit)["synth-t"]
+    assert s["corrections"] + s["adapter_accepts"] >= 1 and s["objects"] == 1
+    table = correction_table([frozen, lit])
+    f, l = frozen["total_corrections"], lit["total_corrections"]
+    assert f"| synth-t | {f} |" in table and f"{100 * (f - l) / f:.0f} %" in table
+    png = plot_corrections([frozen, lit], "synth-t", tmp_path / "c.png")
+    assert png.stat().st_size > 5000
+    with pytest.raises(ValueError, match="none of the results"):
+        plot_corrections([frozen], "nope", tmp_path / "d.png")
+    static = run_benchmark(tmp_path / "data", "static", "mask", progress=False)
+    with pytest.raises(ValueError, match="not interactive"):
+        correction_summary(static)

@@ -1,0 +1,112 @@
+"""Time LIT-LoRA adaptation per correction for lit-tiny and the sam2.1_hiera_tiny architecture.
+
+For each model: propagate one object through a short generated sequence with decoder-input
+recording, then train the adapter on K corrections (one per frame, target = the ground
+truth) exactly as the simulated user does, and report the median and 95th percentile of the
+wall time per correction and of the time per optimisation step. sam2.1_hiera_tiny cannot be
+downloaded here, so its weights are random (created by this script): the timing depends on
+the architecture and input size (1024 px), not on the weights; its early stopping is
+disabled (``patience = max_steps``) so it always runs the full 40 steps (the worst case).
+
+    python benchmarks/adaptation_speed.py [--corrections 5] [--threads 2]
+        [--out benchmarks/results/adaptation_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def time_model(predictor, name: str, corrections: int, size: int, full_steps: bool) -> dict:
+    from napari_lit.core import Tracker
+    from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
+    from napari_lit.training.synthetic import generate_clip
+
+    clip = generate_clip(np.random.default_rng(0), corrections + 1, size, kind="nuclei")
+    frames, labels = clip.frames[..., 0], clip.labels
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+    cfg = AdapterConfig()
+    if full_steps:
+        cfg.patience = cfg.max_steps
+    adapter = DecoderAdapter(predictor, cfg)
+    tracker.add_mask(0, obj, labels[0] == obj)
+    t0 = time.perf_counter()
+    list(tracker.propagate(direction="forward"))
+    propagate_s = time.perf_counter() - t0
+    per_correction, per_step, n_steps = [], [], []
+    for f in range(1, corrections + 1):
+        t = time.perf_counter()
+        steps = list(adapter.train(obj, tracker.decoder_inputs(f, obj), labels[f] == obj))
+        dt = time.perf_counter() - t
+        per_correction.append(dt * 1000)
+        per_step.append(dt * 1000 / len(steps))
+        n_steps.append(len(steps))
+    adapter.reset()
+    tracker.close()
+    return {
+        "model": name,
+        "image_size": predictor.image_size,
+        "trainable_parameters": None,
+        "corrections": corrections,
+        "steps_per_correction": n_steps,
+        "median_adapt_ms": float(np.median(per_correction)),
+        "p95_adapt_ms": float(np.percentile(per_correction, 95)),
+        "median_ms_per_step": float(np.median(per_step)),
+        "propagate_s_per_frame": propagate_s / (corrections + 1),
+    }
+
+
+def count_lora_parameters(predictor) -> int:
+    from napari_lit.core.adaptation import AdapterConfig
+
+    from peft import get_peft_model
+    import copy
+
+    wrapped = get_peft_model(copy.deepcopy(predictor.sam_mask_decoder), AdapterConfig().lora_config())
+    return sum(p.numel() for n, p in wrapped.named_parameters() if "lora_" in n)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_lit.models import MODELS, load_predictor
+    from napari_lit.models.build import build_sam2_model
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corrections", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-hiera", action="store_true", help="only lit-tiny")
+    p.add_argument("--out", default="benchmarks/results/adaptation_speed.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    lit = load_predictor("lit-tiny", device="cpu")
+    r = time_model(lit, "lit-tiny", args.corrections, 256, full_steps=False)
+    r["trainable_parameters"] = count_lora_parameters(lit)
+    results.append(r)
+    if not args.skip_hiera:
+        torch.manual_seed(0)
+        hiera = build_sam2_model(MODELS["sam2.1_hiera_tiny"].config, target="video", device="cpu")
+        r = time_model(hiera, "sam2.1_hiera_tiny (random weights, 1024 px)", max(2, args.corrections // 2),
+                       512, full_steps=True)
+        r["trainable_parameters"] = count_lora_parameters(hiera)
+        results.append(r)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "results": results}, indent=2))
+    for r in results:
+        print(f"{r['model']:45s} LoRA params {r['trainable_parameters']:6d}  median {r['median_adapt_ms']:7.0f} ms"
+              f"  p95 {r['p95_adapt_ms']:7.0f} ms per correction  ({r['median_ms_per_step']:.1f} ms/step,"
+              f" steps {r['steps_per_correction']})")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

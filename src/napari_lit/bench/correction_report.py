@@ -1,0 +1,172 @@
+"""Reports of the correction benchmark: corrections per sequence and a per-frame plot.
+
+Inputs are results of :func:`napari_lit.bench.runner.run_benchmark` with an interactive
+method (``frozen``, ``lit``, ``lit-always``), as dicts or JSON paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .report import load_result
+
+__all__ = ["correction_summary", "correction_table", "plot_corrections"]
+
+ResultLike = Union[str, Path, Dict]
+
+
+def correction_summary(result: ResultLike) -> Dict[str, Dict]:
+    """Per sequence: corrections, clicks, adapter accepts and mean J (objects averaged).
+
+    Parameters
+    ----------
+    result : dict or path
+        An interactive benchmark result.
+
+    Returns
+    -------
+    dict
+        ``{sequence name: {"corrections", "clicks", "adapter_accepts", "mean_j", "objects"}}``.
+
+    Raises
+    ------
+    ValueError
+        If ``result`` is not from an interactive method.
+    """
+    result = load_result(result)
+    if "total_corrections" not in result:
+        raise ValueError(f"result of method {result['method']!r} has no corrections (not interactive)")
+    out: Dict[str, Dict] = {}
+    for e in result["sequences"]:
+        row = out.setdefault(e["name"], {"corrections": 0, "clicks": 0, "adapter_accepts": 0, "j": [], "objects": 0})
+        row["corrections"] += e["corrections"]
+        row["clicks"] += e["clicks"]
+        row["adapter_accepts"] += e["adapter_accepts"]
+        row["j"].append(e["mean_j"])
+        row["objects"] += 1
+    for row in out.values():
+        row["mean_j"] = float(np.mean(row.pop("j")))
+    return out
+
+
+def correction_table(results: Sequence[ResultLike], labels: Optional[Sequence[str]] = None) -> str:
+    """Markdown table comparing interactive methods run at the same tau.
+
+    One row per sequence with each method's corrections (adapter accepts in brackets) and
+    mean J, then a total row; the last column gives the reduction in corrections of the
+    second result relative to the first (e.g. lit vs frozen).
+
+    Parameters
+    ----------
+    results : sequence of dict or path
+        Two or more interactive results (first = the reference, e.g. ``frozen``).
+    labels : sequence of str, optional
+        Column names; the methods by default.
+
+    Returns
+    -------
+    str
+    """
+    loaded = [load_result(r) for r in results]
+    summaries = [correction_summary(r) for r in loaded]
+    labels = list(labels) if labels else [r["method"] for r in loaded]
+    names = sorted({n for s in summaries for n in s})
+    head = "| sequence | " + " | ".join(f"{l} corrections | {l} J" for l in labels) + " | reduction |"
+    sep = "|---|" + "---:|---:|" * len(labels) + "---:|"
+    lines = [head, sep]
+
+    def cell(s, name):
+        row = s.get(name)
+        if row is None:
+            return "–", "–"
+        acc = f" ({row['adapter_accepts']})" if row["adapter_accepts"] else ""
+        return f"{row['corrections']}{acc}", f"{row['mean_j']:.3f}"
+
+    def reduction(a, b):
+        return "–" if not a else f"{100 * (a - b) / a:.0f} %"
+
+    for name in names:
+        cells = [c for s in summaries for c in cell(s, name)]
+        a = summaries[0].get(name, {}).get("corrections")
+        b = summaries[1].get(name, {}).get("corrections") if len(summaries) > 1 else None
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reduction(a, b) if b is not None else '–'} |")
+    totals = [r["total_corrections"] for r in loaded]
+    total_cells = []
+    for r in loaded:
+        acc = f" ({r['adapter_accepts']})" if r["adapter_accepts"] else ""
+        total_cells += [f"**{r['total_corrections']}{acc}**", f"**{r['mean_j']:.3f}**"]
+    lines.append("| **all** | " + " | ".join(total_cells) + f" | **{reduction(totals[0], totals[1]) if len(totals) > 1 else '–'}** |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_corrections(results: Sequence[ResultLike], sequence: str, path: Union[str, Path],
+                     obj: Optional[int] = None, labels: Optional[Sequence[str]] = None) -> Path:
+    """Per-frame IoU of the final masks and the correction events, one panel per method.
+
+    Parameters
+    ----------
+    results : sequence of dict or path
+        Interactive results (e.g. frozen and lit at one tau).
+    sequence : str
+        Sequence name.
+    path : str or Path
+        PNG to write.
+    obj : int, optional
+        Object id; the one with the most corrections in the first result by default.
+    labels : sequence of str, optional
+        Panel titles; the methods by default.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If the sequence (or object) is in none of the results.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    loaded = [load_result(r) for r in results]
+    labels = list(labels) if labels else [r["method"] for r in loaded]
+    entries = [[e for e in r["sequences"] if e["name"] == sequence] for r in loaded]
+    if not any(entries):
+        raise ValueError(f"sequence {sequence!r} is in none of the results")
+    if obj is None:
+        obj = max(entries[0], key=lambda e: e["corrections"])["object"]
+    fig = Figure(figsize=(10, 2.2 * len(loaded) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(loaded), 1, sharex=True, squeeze=False)[:, 0]
+    style = {"clicks": ("v", "tab:orange", "clicks"), "mask": ("x", "tab:red", "mask"),
+             "adapter": ("o", "tab:green", "adapter accepted")}
+    for ax, es, label, r in zip(axes, entries, labels, loaded):
+        e = next((e for e in es if e["object"] == obj), None)
+        if e is None:
+            ax.set_title(f"{label}: object {obj} not in this result")
+            continue
+        j = np.asarray(e["j"])
+        ax.plot(np.arange(len(j)), j, "-", color="tab:blue", lw=1.2)
+        ax.axhline(r.get("tau", 0.5), color="grey", ls=":", lw=1)
+        seen = set()
+        for ev in e["events"]:
+            marker, color, name = style[ev["kind"]]
+            ax.plot(ev["frame"], ev["iou_before"], marker, color=color, ms=7,
+                    label=None if name in seen else name)
+            seen.add(name)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("IoU")
+        ax.set_title(f"{label}: {e['corrections']} corrections, {e['adapter_accepts']} adapter accepts, "
+                     f"mean J {e['mean_j']:.3f}", fontsize=9)
+        if seen:
+            ax.legend(fontsize=7, loc="lower left")
+    axes[-1].set_xlabel("frame (markers: IoU before the event)")
+    fig.suptitle(f"{sequence}, object {obj}, tau {loaded[0].get('tau')}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
