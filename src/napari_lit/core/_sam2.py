@@ -144,6 +144,7 @@ class ObjectContext:
         if hasattr(decoder, "get_base_model"):  # already wrapped by peft: hook the base module
             decoder = decoder.get_base_model()
         self._decoder = decoder  # hooks on the base module survive peft wrapping/unloading
+        self._had_instance_attr = "_run_single_frame_inference" in vars(predictor)
         self._orig_run = predictor._run_single_frame_inference
         predictor._run_single_frame_inference = self._run_single_frame_inference
         self._hook = self._decoder.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -201,7 +202,10 @@ class ObjectContext:
     def close(self) -> None:
         """Remove the hook and restore sam2's method."""
         self._hook.remove()
-        self.predictor._run_single_frame_inference = self._orig_run
+        if self._had_instance_attr:  # another context below us: hand back its wrapper
+            self.predictor._run_single_frame_inference = self._orig_run
+        else:
+            del self.predictor._run_single_frame_inference
         self._records.clear()
         self._bytes = 0
 

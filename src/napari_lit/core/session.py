@@ -1,0 +1,207 @@
+"""An interactive segmentation session: prompts, propagation, corrections that teach.
+
+:class:`LitSession` ties one stack to a tracker (sam2's video predictor), per-object LoRA
+adapters and a label store on disk. Every result is written to the store as soon as it
+exists. Long operations (propagation, learning from a correction) are generators yielding
+one small result at a time, so the CLI, the benchmark and the napari widget (through thread
+workers) drive the same code and can show progress and cancel.
+
+The loop of LIT (Yang et al. 2026): prompt -> propagate -> a wrong frame is corrected (clicks
+or a painted mask) -> the adapter learns from that frame -> propagation resumes from it. On a
+frame the user flags as wrong, the adapted decoder's prediction is offered first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .adaptation import AdapterConfig, DecoderAdapter, TrainStep
+from .frames import FrameSource
+from .store import LabelStore
+from .tracker import FrameResult, Tracker
+
+__all__ = ["LitSession", "Correction"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Correction:
+    """What undo needs to take a correction back: the corrected ``frame_idx`` and
+    ``obj_id``, the frame's ``labels_before`` (Y, X) and ``adapter_before`` (a snapshot), and
+    whether the adapter ``learned`` from it."""
+
+    frame_idx: int
+    obj_id: int
+    labels_before: np.ndarray
+    adapter_before: dict
+    learned: bool = False
+
+
+class LitSession:
+    """Segment one stack interactively and learn from the corrections.
+
+    Parameters
+    ----------
+    predictor : sam2.sam2_video_predictor.SAM2VideoPredictor
+    frames : array-like or FrameSource
+        (N, Y, X[, C]) stack.
+    store : LabelStore, str or Path
+        The label store, or a path where a new one is created (N, Y, X) uint32.
+    learn : bool
+        Train the object's adapter on each correction (LIT-LoRA).
+    adapter_config : AdapterConfig, optional
+
+    Raises
+    ------
+    ValueError
+        If the store's shape differs from the stack's (N, Y, X).
+    """
+
+    def __init__(self, predictor, frames, store: Union[LabelStore, str, Path], learn: bool = True,
+                 adapter_config: Optional[AdapterConfig] = None):
+        if not isinstance(frames, FrameSource):
+            frames = FrameSource(frames, image_size=predictor.image_size)
+        shape = (frames.n_frames,) + frames.frame_shape
+        if not isinstance(store, LabelStore):
+            store = LabelStore.create(store, shape, overwrite=False)
+        if store.shape != shape:
+            raise ValueError(f"label store is {store.shape} but the stack is {shape}")
+        self.store = store
+        self.tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+        self.adapter = DecoderAdapter(predictor, adapter_config)
+        self.tracker.context.listeners.append(self.adapter.on_decoder_call)
+        self.learn = bool(learn)
+        self.corrections: List[Correction] = []
+        self.last_train_ms: Optional[float] = None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def n_frames(self) -> int:
+        return self.tracker.n_frames
+
+    @property
+    def n_learned(self) -> int:
+        """Corrections the adapters learned from (all objects)."""
+        return sum(self.adapter.n_corrections.values())
+
+    def is_tracked(self, frame_idx: int, obj_id: int) -> bool:
+        """Whether ``frame_idx`` already has a result for ``obj_id`` (prompted or propagated);
+        a new prompt there is then a correction."""
+        idx = self.tracker.state["obj_id_to_idx"].get(int(obj_id))
+        if idx is None:
+            return False
+        tracked = self.tracker.state["frames_tracked_per_obj"][idx]
+        return int(frame_idx) in tracked
+
+    # ------------------------------------------------------------------ prompts
+    def _write(self, result: FrameResult) -> FrameResult:
+        self.store.write_frame(result.frame_idx, result.labels())
+        return result
+
+    def _begin_correction(self, frame_idx: int, obj_id: int) -> None:
+        if self.is_tracked(frame_idx, obj_id):
+            self.corrections.append(Correction(int(frame_idx), int(obj_id), self.store.read_frame(frame_idx),
+                                               self.adapter.snapshot()))
+
+    def add_points(self, frame_idx: int, obj_id: int, points, labels) -> FrameResult:
+        """Set the clicks of ``obj_id`` on ``frame_idx`` (all of them: earlier clicks on that
+        frame are replaced) and write the frame's labels.
+
+        ``points`` (K, 2) are (y, x) pixels, ``labels`` (K,) 1 positive / 0 negative. On a
+        frame that was already tracked this is a correction (see :meth:`learn_from`).
+        """
+        self._begin_correction(frame_idx, obj_id)
+        return self._write(self.tracker.add_points(frame_idx, obj_id, points, labels, clear=True))
+
+    def add_box(self, frame_idx: int, obj_id: int, box) -> FrameResult:
+        """Prompt ``obj_id`` on ``frame_idx`` with a (y0, x0, y1, x1) ``box``."""
+        self._begin_correction(frame_idx, obj_id)
+        return self._write(self.tracker.add_box(frame_idx, obj_id, box))
+
+    def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
+        """Give ``obj_id`` the (Y, X) bool ``mask`` on ``frame_idx`` (a painted correction)."""
+        self._begin_correction(frame_idx, obj_id)
+        return self._write(self.tracker.add_mask(frame_idx, obj_id, mask))
+
+    # -------------------------------------------------------------- propagation
+    def propagate(self, start_frame: Optional[int] = None, direction: str = "forward") -> Iterator[FrameResult]:
+        """Propagate all objects from ``start_frame`` in ``direction`` (forward, backward,
+        both), writing each frame to the store before yielding it. Closing the generator
+        stops after the frame in progress; every yielded frame is already on disk."""
+        for result in self.tracker.propagate(start_frame=start_frame, direction=direction):
+            yield self._write(result)
+
+    # ----------------------------------------------------------------- learning
+    def learn_from(self, frame_idx: int, obj_id: int) -> Iterator[TrainStep]:
+        """Train ``obj_id``'s adapter on its current mask on ``frame_idx`` (a generator).
+
+        The target is the frame's mask as it is now in the store (what SAM2 made of the
+        user's clicks, or the painted mask); the inputs are the decoder inputs recorded
+        when the frame was propagated.
+
+        Raises
+        ------
+        ValueError
+            If learning is off, or the frame's decoder inputs are not available (it was not
+            propagated since the session started, or too long ago).
+        """
+        if not self.learn:
+            raise ValueError("learning from corrections is switched off for this session")
+        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None:
+            raise ValueError(
+                f"frame {frame_idx} of object {obj_id} has no recorded propagation to learn from: "
+                f"propagate over it first"
+            )
+        target = self.store.read_frame(frame_idx) == obj_id
+        t0 = time.perf_counter()
+        yield from self.adapter.train(obj_id, inputs, target)
+        self.last_train_ms = 1000 * (time.perf_counter() - t0)
+        for c in reversed(self.corrections):
+            if (c.frame_idx, c.obj_id) == (int(frame_idx), int(obj_id)):
+                c.learned = True
+                break
+
+    def adapted_prediction(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
+        """The adapted decoder's (Y, X) bool mask of ``obj_id`` on a flagged frame
+        ``frame_idx``, or None when the object has no adapter yet or the frame's inputs are
+        not recorded."""
+        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None or not self.adapter.has_adapter(obj_id):
+            return None
+        low, _, _ = self.adapter.predict(obj_id, inputs)
+        return self.tracker.to_input_resolution(low) > 0
+
+    def accept(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
+        """Accept ``mask`` (e.g. the adapted prediction) for ``obj_id`` on ``frame_idx``:
+        written to SAM2's memory like a correction (the adapter is not trained on it)."""
+        return self.add_mask(frame_idx, obj_id, mask)
+
+    # --------------------------------------------------------------------- undo
+    def undo_last_correction(self) -> Optional[Correction]:
+        """Take back the last correction: its prompts, the frame's labels and the adapter
+        state from before it. Frames propagated after it keep their labels (propagate
+        again to redo them). Returns the undone correction, or None if there is none."""
+        if not self.corrections:
+            return None
+        c = self.corrections.pop()
+        self.tracker.remove_prompts(c.frame_idx, c.obj_id)
+        self.store.write_frame(c.frame_idx, c.labels_before)
+        self.adapter.restore(c.adapter_before)
+        return c
+
+    def reset_adapter(self, obj_id: Optional[int] = None) -> None:
+        """Forget what was learned for ``obj_id`` (all objects when None)."""
+        self.adapter.reset(obj_id)
+
+    def close(self) -> None:
+        """Detach from the predictor (adapters removed, sam2's decoder as it was)."""
+        self.adapter.reset()
+        self.tracker.close()

@@ -1,0 +1,75 @@
+"""LitSession: prompt, propagate, correct, learn, accept, undo; everything lands in the store."""
+
+import numpy as np
+import pytest
+
+from napari_lit.core.adaptation import AdapterConfig
+from napari_lit.core.session import LitSession
+from napari_lit.core.store import LabelStore
+
+
+@pytest.fixture()
+def session(predictor, clip, tmp_path):
+    frames, labels = clip
+    s = LitSession(predictor, frames, tmp_path / "labels.zarr", adapter_config=AdapterConfig(max_steps=5))
+    yield s, labels
+    s.close()
+
+
+def test_prompt_propagate_writes_every_frame(session):
+    s, labels = session
+    obj = int(labels[0].max())
+    ys, xs = np.nonzero(labels[0] == obj)
+    res = s.add_points(0, obj, [[ys.mean(), xs.mean()]], [1])
+    assert s.store.frames_done == (0,)
+    assert np.array_equal(s.store.read_frame(0), res.labels())
+    assert not s.corrections  # a first prompt is not a correction
+    seen = []
+    for r in s.propagate(direction="forward"):
+        seen.append(r.frame_idx)
+        assert r.frame_idx in s.store.frames_done  # on disk before it is yielded
+    assert seen == list(range(len(labels)))
+    assert s.is_tracked(5, obj) and not s.is_tracked(5, obj + 100)
+
+
+def test_correction_learn_accept_undo(session):
+    s, labels = session
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    s.add_mask(0, obj, labels[0] == obj)
+    list(s.propagate(direction="forward"))
+    before = s.store.read_frame(4).copy()
+    s.add_mask(4, obj, labels[4] == obj)  # a painted correction on a tracked frame
+    assert len(s.corrections) == 1
+    assert ((s.store.read_frame(4) == obj) == (labels[4] == obj)).mean() > 0.95
+    steps = list(s.learn_from(4, obj))
+    assert steps and s.n_learned == 1 and s.last_train_ms > 0 and s.corrections[-1].learned
+    adapted = s.adapted_prediction(5, obj)
+    assert adapted is not None and adapted.shape == labels.shape[1:]
+    s.accept(5, obj, labels[5] == obj)
+    assert len(s.corrections) == 2
+    s.undo_last_correction()  # the accept
+    undone = s.undo_last_correction()  # the correction on frame 4
+    assert undone.frame_idx == 4
+    assert np.array_equal(s.store.read_frame(4), before)
+    assert not s.adapter.has_adapter(obj) and s.n_learned == 0
+    assert s.undo_last_correction() is None
+
+
+def test_learning_needs_a_propagated_frame(session):
+    s, labels = session
+    obj = int(labels[0].max())
+    s.add_mask(0, obj, labels[0] == obj)
+    with pytest.raises(ValueError, match="propagate over it first"):
+        list(s.learn_from(3, obj))
+    s.learn = False
+    with pytest.raises(ValueError, match="switched off"):
+        list(s.learn_from(3, obj))
+
+
+def test_store_must_fit_the_stack(predictor, clip, tmp_path):
+    frames, _ = clip
+    store = LabelStore.create(tmp_path / "other.zarr", (3, 10, 10))
+    with pytest.raises(ValueError, match="label store is"):
+        LitSession(predictor, frames, store)
+    # nothing of the failed session stays attached to the shared predictor
+    assert "_run_single_frame_inference" not in vars(predictor)
