@@ -164,6 +164,10 @@ class DecoderAdapter:
     """
 
     def __init__(self, predictor, config: Optional[AdapterConfig] = None):
+        # import peft now, not at the first correction: its import (transformers, torch
+        # extensions) holds the GIL for seconds and would freeze a GUI thread meanwhile
+        import peft  # noqa: F401
+
         self.predictor = predictor
         self.config = config or AdapterConfig()
         self.peft_model = None

@@ -1,0 +1,636 @@
+"""The "LIT segmentation" dock widget.
+
+A thin Qt layer over :class:`napari_lit.core.session.LitSession`: every model call runs in a
+napari thread worker wrapping a core generator (one at a time, queued), so the viewer never
+waits for the model. The session's label store (zarr on disk) *is* the data of the "LIT
+labels" layer: frames are written as they are computed and the layer is refreshed.
+
+Keyboard shortcuts (viewer-wide while the widget is open)::
+
+    .  /  ,      next / previous frame
+    T            toggle positive / negative clicks (Control-click: negative for one click)
+    P            propagate forward (learning first from pending corrections)
+    Shift-P      propagate backward
+    F            flag the current frame as wrong: show the adapted prediction
+    A            accept the adapted prediction
+    U            undo the last correction
+    Escape       cancel the running propagation or training
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["LitWidget", "SHORTCUTS"]
+
+logger = logging.getLogger(__name__)
+
+SHORTCUTS = {
+    ".": "next frame",
+    ",": "previous frame",
+    "T": "toggle positive / negative clicks",
+    "P": "propagate forward (learns from pending corrections first)",
+    "Shift-P": "propagate backward",
+    "F": "flag frame: show the adapted prediction",
+    "A": "accept the adapted prediction",
+    "U": "undo the last correction",
+    "Escape": "cancel",
+}
+
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+
+
+class LitWidget(QWidget):
+    """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    store_dir : str or Path, optional
+        Folder for label stores (a temporary folder by default).
+
+    Attributes
+    ----------
+    session : LitSession or None
+        The running session (after :meth:`start`).
+    labels_layer, points_layer, shapes_layer : napari layers or None
+        Created by :meth:`start`.
+    """
+
+    def __init__(self, napari_viewer, store_dir=None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store_dir = Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="napari-lit-"))
+        self.session = None
+        self.labels_layer = None
+        self.points_layer = None
+        self.shapes_layer = None
+        self.suggestion_layer = None
+        self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
+        self.worker = None
+        self._queue: Deque[Tuple[str, Callable, dict]] = deque()
+        self._pending: Dict[Tuple[int, int], bool] = {}  # corrected (frame, obj) -> learned
+        self.negative_mode = False
+        self._build_ui()
+        self._bind_keys()
+        self.viewer.layers.events.inserted.connect(self._refresh_image_choices)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._refresh_image_choices()
+
+    # ------------------------------------------------------------------- UI
+    def _build_ui(self):
+        from ..models import MODELS
+
+        layout = QVBoxLayout(self)
+        setup = QGroupBox("Image and model")
+        form = QFormLayout(setup)
+        self.image_combo = QComboBox()
+        form.addRow("image", self.image_combo)
+        self.axis_combo = QComboBox()
+        self.axis_combo.setToolTip("axis to propagate along (time or z)")
+        form.addRow("propagate along", self.axis_combo)
+        self.image_combo.currentIndexChanged.connect(self._refresh_axes)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(MODELS) + ["custom checkpoint"])
+        self.model_combo.setToolTip("lit-tiny ships with napari-lit; SAM2.1 models download on first use")
+        form.addRow("model", self.model_combo)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("custom .pt checkpoint")
+        self.config_edit = QLineEdit()
+        self.config_edit.setPlaceholderText("its Hydra config .yaml")
+        form.addRow("checkpoint", self.checkpoint_edit)
+        form.addRow("config", self.config_edit)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        form.addRow("device", self.device_combo)
+        self.learn_check = QCheckBox("learn from corrections (LIT-LoRA)")
+        self.learn_check.setChecked(True)
+        form.addRow(self.learn_check)
+        from superqt import QCollapsible
+
+        self.advanced = QCollapsible("Advanced adapter settings")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        self.rank_spin = QSpinBox()
+        self.rank_spin.setRange(1, 64)
+        self.rank_spin.setValue(4)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1e-1)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-4)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 500)
+        self.steps_spin.setValue(40)
+        adv_form.addRow("LoRA rank", self.rank_spin)
+        adv_form.addRow("learning rate", self.lr_spin)
+        adv_form.addRow("max steps", self.steps_spin)
+        self.advanced.addWidget(adv)
+        form.addRow(self.advanced)
+        self.start_button = QPushButton("Start session")
+        self.start_button.clicked.connect(self.start)
+        form.addRow(self.start_button)
+        layout.addWidget(setup)
+
+        loop = QGroupBox("Segment")
+        grid = QGridLayout(loop)
+        self.new_object_button = QPushButton("New object")
+        self.new_object_button.clicked.connect(self.new_object)
+        self.polarity_button = QPushButton("Clicks: positive")
+        self.polarity_button.setCheckable(True)
+        self.polarity_button.toggled.connect(self._set_negative)
+        grid.addWidget(self.new_object_button, 0, 0)
+        grid.addWidget(self.polarity_button, 0, 1)
+        self.forward_button = QPushButton("Propagate ▶")
+        self.backward_button = QPushButton("◀ Propagate")
+        self.both_button = QPushButton("◀ Both ▶")
+        self.forward_button.clicked.connect(lambda: self.propagate("forward"))
+        self.backward_button.clicked.connect(lambda: self.propagate("backward"))
+        self.both_button.clicked.connect(lambda: self.propagate("both"))
+        row = QHBoxLayout()
+        for b in (self.backward_button, self.both_button, self.forward_button):
+            row.addWidget(b)
+        grid.addLayout(row, 1, 0, 1, 2)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress_bar = QProgressBar()
+        grid.addWidget(self.progress_bar, 2, 0)
+        grid.addWidget(self.cancel_button, 2, 1)
+        self.flag_button = QPushButton("Flag frame (adapted prediction)")
+        self.flag_button.clicked.connect(self.flag_frame)
+        self.accept_button = QPushButton("Accept suggestion")
+        self.accept_button.clicked.connect(self.accept_suggestion)
+        grid.addWidget(self.flag_button, 3, 0)
+        grid.addWidget(self.accept_button, 3, 1)
+        self.undo_button = QPushButton("Undo last correction")
+        self.undo_button.clicked.connect(self.undo)
+        self.reset_button = QPushButton("Reset adapter")
+        self.reset_button.clicked.connect(self.reset_adapter)
+        grid.addWidget(self.undo_button, 4, 0)
+        grid.addWidget(self.reset_button, 4, 1)
+        self.status_label = QLabel("no session")
+        self.status_label.setWordWrap(True)
+        grid.addWidget(self.status_label, 5, 0, 1, 2)
+        layout.addWidget(loop)
+        layout.addStretch(1)
+        self.setToolTip("Shortcuts:\n" + "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items()))
+        self._set_session_controls(False)
+
+    def _set_session_controls(self, enabled: bool):
+        for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
+                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.reset_button):
+            w.setEnabled(enabled)
+
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_image_choices(self, *_):
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems([layer.name for layer in self._image_layers()])
+        if current:
+            idx = self.image_combo.findText(current)
+            if idx >= 0:
+                self.image_combo.setCurrentIndex(idx)
+        self.image_combo.blockSignals(False)
+        self._refresh_axes()
+
+    def _refresh_axes(self, *_):
+        self.axis_combo.clear()
+        layer = self.image_layer
+        if layer is None:
+            return
+        n_nonspatial = layer.ndim - 2
+        self.axis_combo.addItems([f"axis {i} ({layer.data.shape[i]} frames)" for i in range(max(n_nonspatial, 0))])
+
+    @property
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return next((layer for layer in self._image_layers() if layer.name == name), None)
+
+    def _status(self, text: str):
+        self.status_label.setText(text)
+
+    def _show_error(self, exc: Exception):
+        from napari.utils.notifications import show_error
+
+        self._status(f"error: {exc}")
+        show_error(f"napari-lit: {exc}")
+
+    # -------------------------------------------------------------- workers
+    @property
+    def busy(self) -> bool:
+        """Whether a model call (propagation, training, prompt) is running."""
+        return self.worker is not None
+
+    def _run(self, name: str, gen_func: Callable, total: int = 0, on_yield: Optional[Callable] = None,
+             on_done: Optional[Callable] = None):
+        """Run ``gen_func()`` (a generator function) in a thread worker, or queue it."""
+        self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done)))
+        if self.worker is None:
+            self._next()
+
+    def _next(self):
+        from napari.qt.threading import create_worker
+
+        if not self._queue:
+            self.worker = None
+            return
+        name, gen_func, opts = self._queue.popleft()
+        worker = create_worker(gen_func, _start_thread=False)
+        self.worker = worker
+        self.progress_bar.setRange(0, opts["total"] or 0)
+        self.progress_bar.setValue(0)
+        count = {"n": 0}
+
+        def yielded(value):
+            count["n"] += 1
+            if opts["total"]:
+                self.progress_bar.setValue(min(count["n"], opts["total"]))
+            if opts["on_yield"] is not None:
+                opts["on_yield"](value)
+
+        def finished():
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(1)
+            if opts["on_done"] is not None:
+                opts["on_done"]()
+            self._update_status()
+            self.worker = None
+            self._next()
+
+        worker.yielded.connect(yielded)
+        worker.errored.connect(self._show_error)
+        worker.finished.connect(finished)
+        self._status(f"{name} ...")
+        worker.start()
+
+    def cancel(self):
+        """Stop the running model call after the frame or step in progress; queued calls
+        are dropped. What was written stays."""
+        self._queue.clear()
+        if self.worker is not None:
+            self.worker.quit()
+
+    # -------------------------------------------------------------- session
+    def _stack(self):
+        layer = self.image_layer
+        if layer is None:
+            raise ValueError("add an image layer first")
+        data = layer.data[0] if layer.multiscale else layer.data
+        spatial = 3 if layer.rgb else 2
+        if data.ndim - spatial != 1:
+            raise ValueError(
+                f"napari-lit propagates through a 3D stack (frames, Y, X) or RGB frames; "
+                f"{layer.name!r} has shape {tuple(data.shape)}. Split channels or pick one z plane / time point "
+                f"first (4D support is planned)."
+            )
+        return data
+
+    def start(self):
+        """Load the model (in a worker) and open a session on the chosen image."""
+        from ..core.adaptation import AdapterConfig
+
+        try:
+            stack = self._stack()
+        except ValueError as exc:
+            self._show_error(exc)
+            return
+        if self.busy:
+            self._show_error(RuntimeError("a model call is running; cancel it first"))
+            return
+        model = self.model_combo.currentText()
+        config = None
+        if model == "custom checkpoint":
+            model, config = self.checkpoint_edit.text(), self.config_edit.text() or None
+        device = self.device_combo.currentText()
+        adapter_config = AdapterConfig(rank=self.rank_spin.value(), alpha=float(self.rank_spin.value()),
+                                       lr=self.lr_spin.value(), max_steps=self.steps_spin.value())
+        layer = self.image_layer
+        store_path = self.store_dir / f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        result = {}
+
+        def load():
+            from ..core.session import LitSession
+            from ..models import load_predictor
+
+            predictor = load_predictor(model, config=config, device=device)
+            yield "model loaded"
+            result["session"] = LitSession(predictor, stack, store_path, learn=self.learn_check.isChecked(),
+                                           adapter_config=adapter_config)
+            yield "session ready"
+
+        def done():
+            if "session" in result:
+                self._install_session(result["session"], layer)
+
+        if self.session is not None:
+            self.close_session()
+        self._run(f"loading {model}", load, total=2, on_done=done)
+
+    def _install_session(self, session, image_layer):
+        self.session = session
+        name = image_layer.name
+        self.labels_layer = self.viewer.add_labels(session.store.array, name=f"{name} LIT labels",
+                                                   scale=image_layer.scale, translate=image_layer.translate)
+        self.labels_layer.selected_label = 1
+        self.labels_layer.events.paint.connect(self._on_paint)
+        self.points_layer = self.viewer.add_points(
+            np.empty((0, 3)), name=f"{name} LIT prompts", ndim=3, size=7,
+            features={"positive": np.array([], bool), "obj_id": np.array([], int)},
+            face_color=POSITIVE_COLOR, border_color="white", scale=self.labels_layer.scale,
+            translate=self.labels_layer.translate,
+        )
+        self._set_click_defaults(positive=not self.negative_mode)
+        self.points_layer.events.data.connect(self._on_points)
+        self.points_layer.mouse_drag_callbacks.append(self._points_mouse)
+        self.labels_layer.events.selected_label.connect(self._sync_obj)
+        self.shapes_layer = self.viewer.add_shapes(ndim=3, name=f"{name} LIT boxes", edge_color="yellow",
+                                                   face_color="transparent", scale=self.labels_layer.scale,
+                                                   translate=self.labels_layer.translate)
+        self.shapes_layer.events.data.connect(self._on_shapes)
+        self.viewer.layers.selection.active = self.points_layer
+        self.points_layer.mode = "add"
+        self._set_session_controls(True)
+        self._update_status()
+
+    def close_session(self):
+        """Cancel running work and close the session (layers stay in the viewer)."""
+        self.cancel()
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+        self._set_session_controls(False)
+
+    def _on_layer_removed(self, event):
+        layer = event.value
+        if layer is self.labels_layer or (self.session is not None and layer.name == self.image_combo.currentText()):
+            self.close_session()
+        self._refresh_image_choices()
+
+    # ------------------------------------------------------------ prompts
+    @property
+    def current_frame(self) -> int:
+        """Index of the displayed frame along the propagation axis."""
+        return int(self.viewer.dims.current_step[0])
+
+    @property
+    def obj_id(self) -> int:
+        """Current object id = the Labels layer's selected label."""
+        return int(self.labels_layer.selected_label) if self.labels_layer is not None else 1
+
+    def _sync_obj(self, *_):
+        self._set_click_defaults(positive=not self.negative_mode)
+
+    def new_object(self):
+        """Select a label id no object uses yet."""
+        used = set(self.session.tracker.obj_ids) if self.session else set()
+        self.labels_layer.selected_label = max(used | {0}) + 1
+
+    def _set_click_defaults(self, positive: bool):
+        """What the next point gets: polarity, colour, object id (the selection is cleared
+        first, because napari applies "current" colours to selected points)."""
+        layer = self.points_layer
+        if layer is None:
+            return
+        layer.selected_data = set()
+        layer.feature_defaults["positive"] = bool(positive)
+        layer.feature_defaults["obj_id"] = self.obj_id
+        layer.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+
+    def _set_negative(self, negative: bool):
+        self.negative_mode = bool(negative)
+        self.polarity_button.setText("Clicks: negative" if negative else "Clicks: positive")
+        self._set_click_defaults(positive=not negative)
+
+    def toggle_polarity(self):
+        """Switch clicks between positive and negative."""
+        self.polarity_button.setChecked(not self.polarity_button.isChecked())
+
+    def _points_mouse(self, layer, event):
+        # runs before the layer adds the point: Control-click adds a negative point
+        if layer.mode == "add":
+            self._set_click_defaults(positive=not (self.negative_mode ^ ("Control" in event.modifiers)))
+
+    def _on_points(self, event):
+        from napari.layers.base._base_constants import ActionType
+
+        if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
+            return
+        frames = {int(round(self.points_layer.data[i][0])) for i in event.data_indices}
+        for frame in frames:
+            self._prompt_frame(frame, self.obj_id)
+
+    def _clicks(self, frame: int, obj_id: int):
+        data = self.points_layer.data
+        feats = self.points_layer.features
+        sel = (np.round(data[:, 0]).astype(int) == frame) & (feats["obj_id"].to_numpy() == obj_id)
+        return data[sel][:, 1:], feats["positive"].to_numpy()[sel].astype(int)
+
+    def _prompt_frame(self, frame: int, obj_id: int):
+        points, labels = self._clicks(frame, obj_id)
+        if not len(points):
+            return
+        session = self.session
+        if session.is_tracked(frame, obj_id) and session.tracker.prompt_frames(obj_id) != [frame]:
+            self._pending[(frame, obj_id)] = False
+
+        def prompt():
+            yield session.add_points(frame, obj_id, points, labels)
+
+        self._run(f"segmenting object {obj_id} on frame {frame}", prompt, total=1,
+                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+
+    def _on_shapes(self, event):
+        from napari.layers.base._base_constants import ActionType
+
+        if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
+            return
+        for i in event.data_indices:
+            verts = np.asarray(self.shapes_layer.data[i])
+            frame = int(round(verts[0, 0]))
+            box = [verts[:, 1].min(), verts[:, 2].min(), verts[:, 1].max(), verts[:, 2].max()]
+            obj_id, session = self.obj_id, self.session
+
+            def prompt(frame=frame, box=box, obj_id=obj_id):
+                yield session.add_box(frame, obj_id, box)
+
+            self._run(f"box for object {obj_id} on frame {frame}", prompt, total=1,
+                      on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+
+    def _on_paint(self, event):
+        """Painting a frame of the labels layer is a mask correction of the selected object."""
+        if self.session is None:
+            return
+        frames = set()
+        for atom in event.value:
+            idx = atom[0]
+            frames.update(int(f) for f in np.unique(np.asarray(idx[0])))
+        obj_id, session = self.obj_id, self.session
+        for frame in frames:
+            mask = np.asarray(self.labels_layer.data[frame]) == obj_id
+            if not mask.any() and obj_id not in session.tracker.obj_ids:
+                continue
+            if session.is_tracked(frame, obj_id):
+                self._pending[(frame, obj_id)] = False
+
+            def paint(frame=frame, mask=mask):
+                yield session.add_mask(frame, obj_id, mask)
+
+            self._run(f"painted correction on frame {frame}", paint, total=1,
+                      on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+
+    # ---------------------------------------------------------- propagation
+    def _refresh_labels(self, frame: int, force: bool = False):
+        if self.labels_layer is not None and (force or frame == self.current_frame):
+            self.labels_layer.refresh()
+
+    def propagate(self, direction: str = "forward"):
+        """Learn from pending corrections, then propagate in ``direction`` from the latest
+        corrected frame (or, with no pending correction, from the earliest prompted frame)."""
+        if self.session is None:
+            return
+        session = self.session
+        pending = [k for k, learned in self._pending.items() if not learned]
+        if session.learn:
+            for frame, obj_id in pending:
+                def learn(frame=frame, obj_id=obj_id):
+                    yield from session.learn_from(frame, obj_id)
+
+                self._run(f"learning from the correction on frame {frame}", learn,
+                          total=session.adapter.config.max_steps)
+        if not session.tracker.prompt_frames():
+            self._show_error(ValueError("click an object first"))
+            return
+        start = max((f for f, _ in pending), default=session.tracker.prompt_frames()[0])
+        n = session.n_frames
+        total = {"forward": n - start, "backward": start + 1, "both": n}[direction]
+
+        def run():
+            yield from session.propagate(start_frame=start, direction=direction)
+
+        def done():
+            self._pending.clear()  # learned (or learning is off): propagation went past them
+            self._refresh_labels(self.current_frame, force=True)
+
+        self._run(f"propagating {direction}", run, total=total,
+                  on_yield=lambda r: self._refresh_labels(r.frame_idx), on_done=done)
+
+    # ------------------------------------------------------- flag / accept
+    def flag_frame(self):
+        """Show the adapted decoder's prediction for the current frame and object."""
+        if self.session is None:
+            return
+        frame, obj_id = self.current_frame, self.obj_id
+        mask = self.session.adapted_prediction(frame, obj_id)
+        if mask is None:
+            self._status("no adapted prediction yet: correct this frame (clicks or paint), then propagate")
+            return
+        self._suggestion = (frame, obj_id, mask)
+        data = np.zeros((self.session.n_frames,) + mask.shape, np.uint8)
+        data[frame][mask] = 1
+        if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
+            self.suggestion_layer = self.viewer.add_labels(data, name="LIT suggestion (A: accept)", opacity=0.5,
+                                                           scale=self.labels_layer.scale,
+                                                           translate=self.labels_layer.translate)
+        else:
+            self.suggestion_layer.data = data
+        self._status(f"frame {frame}: adapted prediction shown; press A to accept or correct it")
+
+    def accept_suggestion(self):
+        """Accept the shown adapted prediction: written to SAM2's memory like a correction."""
+        if self.session is None or self._suggestion is None:
+            return
+        frame, obj_id, mask = self._suggestion
+        self._suggestion = None
+        if self.suggestion_layer is not None and self.suggestion_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.suggestion_layer)
+        self.suggestion_layer = None
+        session = self.session
+
+        def accept():
+            yield session.accept(frame, obj_id, mask)
+
+        self._run(f"accepting the suggestion on frame {frame}", accept, total=1,
+                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+
+    def undo(self):
+        """Undo the last correction (labels of that frame and adapter state)."""
+        if self.session is None or self.busy:
+            return
+        c = self.session.undo_last_correction()
+        if c is not None:
+            self._pending.pop((c.frame_idx, c.obj_id), None)
+            self._refresh_labels(c.frame_idx, force=True)
+        self._update_status()
+
+    def reset_adapter(self):
+        """Forget what was learned for all objects."""
+        if self.session is None or self.busy:
+            return
+        self.session.reset_adapter()
+        self._update_status()
+
+    def _update_status(self):
+        if self.session is None:
+            self._status("no session")
+            return
+        s = self.session
+        last = f"{s.last_train_ms / 1000:.2f} s" if s.last_train_ms is not None else "–"
+        self._status(f"objects {len(s.tracker.obj_ids)} · corrections learned {s.n_learned} · "
+                     f"last training {last} · labels: {s.store.path}")
+
+    # ------------------------------------------------------------- keys
+    def _bind_keys(self):
+        v = self.viewer
+
+        def step(delta):
+            def f(_viewer):
+                axis = 0
+                v.dims.set_current_step(axis, int(np.clip(v.dims.current_step[axis] + delta, 0, v.dims.nsteps[axis] - 1)))
+            return f
+
+        bindings = {
+            ".": step(1), ",": step(-1), "T": lambda _v: self.toggle_polarity(),
+            "P": lambda _v: self.propagate("forward"), "Shift-P": lambda _v: self.propagate("backward"),
+            "F": lambda _v: self.flag_frame(), "A": lambda _v: self.accept_suggestion(),
+            "U": lambda _v: self.undo(), "Escape": lambda _v: self.cancel(),
+        }
+        self._bound = []
+        for key, func in bindings.items():
+            v.bind_key(key, func, overwrite=True)
+            self._bound.append(key)
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        self.close_session()
+        for key in getattr(self, "_bound", []):
+            self.viewer.bind_key(key, None, overwrite=True)
+        super().closeEvent(event)

@@ -1,0 +1,120 @@
+"""The LIT segmentation widget driven through its own API and the layers' API, under Xvfb.
+
+The whole loop on the plugin's sample time-lapse: click an object, propagate, correct a
+later frame, the adapter trains, propagation resumes; the labels then match the ground
+truth. A QTimer heartbeat on the GUI thread measures that the viewer is never blocked for
+more than 100 ms while the model works, and Cancel stops within one frame.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from napari_lit._widgets import SHORTCUTS, LitWidget  # noqa: E402
+from napari_lit.bench.interactive import error_click  # noqa: E402
+
+
+class Heartbeat:
+    """Largest gap between 10 ms timer ticks on the GUI thread while ``active``."""
+
+    def __init__(self):
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._beat)
+        self.last = None
+        self.max_gap = 0.0
+        self.active = False
+
+    def _beat(self):
+        now = time.perf_counter()
+        if self.active and self.last is not None:
+            gap = now - self.last
+            if gap > self.max_gap:
+                self.max_gap = gap
+                self.where = getattr(self, "probe", lambda: "")()
+        self.last = now
+
+    def start(self):
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def _wait(qtbot, widget, timeout=120_000, beat=None):
+    """Let the event loop run until the widget's model calls are done; the heartbeat
+    counts only these periods (the test's own code also runs on the GUI thread)."""
+    if beat is not None:
+        beat.last, beat.active = None, True
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+    if beat is not None:
+        beat.active = False
+
+
+@pytest.fixture()
+def loop(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lit", "timelapse")
+    image, gt_layer = viewer.layers[0], viewer.layers[1]
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.setCurrentText(image.name)
+    widget.start()
+    _wait(qtbot, widget)
+    assert widget.session is not None, widget.status_label.text()
+    yield viewer, widget, np.asarray(gt_layer.data)
+    widget.close_session()
+
+
+def test_cancel_stops_within_one_frame(loop, qtbot):
+    viewer, widget, gt = loop
+    obj = int(gt[0].max())
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    written = []
+    widget.propagate("forward")
+    worker = widget.worker
+    worker.yielded.connect(lambda r: written.append(r.frame_idx))
+    qtbot.waitUntil(lambda: len(written) >= 2, timeout=60_000)
+    at_cancel = len(written)
+    widget.cancel()
+    _wait(qtbot, widget)
+    assert len(written) <= at_cancel + 1  # at most the frame in progress
+    assert len(widget.session.store.frames_done) < len(gt)
+    # what was written stays, and propagation can go on from where it stopped
+    done = widget.session.store.frames_done
+    assert all(f in done for f in written)
+
+
+def test_negative_clicks_toggle_and_shortcuts(loop, qtbot):
+    viewer, widget, gt = loop
+    widget.toggle_polarity()
+    assert widget.negative_mode and widget.points_layer.feature_defaults["positive"][0] == False  # noqa: E712
+    widget.toggle_polarity()
+    assert not widget.negative_mode
+    assert all(k in widget.toolTip() for k in SHORTCUTS)
+    widget.new_object()
+    assert widget.labels_layer.selected_label == 1  # no object yet
+
+
+def test_widget_refuses_4d_with_a_clear_message(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 3, 16, 16)), name="tz")
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    widget.start()
+    assert "3D stack" in widget.status_label.text()
+    assert widget.session is None
