@@ -102,6 +102,13 @@ class RecipeConfig:
         Simulated correction clicks per corrected frame (sam2's ``num_correction_pt_per_frame``).
     image_size : int
         Model input side in pixels.
+    skip_image_stage : bool
+        Spend all steps on the tracking stages (for a run that starts from weights which
+        already segment from prompts).
+    reinit_memory : bool
+        With ``init_weights``: re-initialise the memory modules (see :func:`reinit_memory`).
+    memory_locality : float
+        Strength of :func:`init_memory_locality` for new memory modules (0 = off).
     val_every, val_clips, ckpt_every, log_every : int
         Validation period and set size, checkpoint and log periods, in steps.
     threads : int
@@ -120,6 +127,9 @@ class RecipeConfig:
     loss_dice: float = 5.0
     correction_points: int = 2
     image_size: int = 256
+    skip_image_stage: bool = False
+    reinit_memory: bool = False
+    memory_locality: float = 4.0
     val_every: int = 500
     val_clips: int = 24
     ckpt_every: int = 100
@@ -127,13 +137,59 @@ class RecipeConfig:
     threads: int = 2
 
 
-def stage_at(step: int, total: int, stages: Sequence[Stage] = STAGES) -> Stage:
-    """The stage that ``step`` (0-based) of ``total`` falls in."""
+def stage_at(step: int, total: int, stages: Sequence[Stage] = STAGES, skip_image: bool = False) -> Stage:
+    """The stage that ``step`` (0-based) of ``total`` falls in (with ``skip_image``, the
+    tracking stages share all steps in their proportions, for runs that start from a model
+    which already segments from prompts)."""
     frac = step / max(total, 1)
+    if skip_image:
+        first = stages[0].until
+        frac = first + frac * (1 - first)
     for stage in stages:
         if frac < stage.until:
             return stage
     return stages[-1]
+
+
+#: Parameters of SAM2's memory (encoder, attention, temporal and object-pointer encodings).
+MEMORY_PREFIXES = ("memory_encoder.", "memory_attention.", "maskmem_tpos_enc", "obj_ptr_proj",
+                   "obj_ptr_tpos_proj", "no_obj_ptr")
+
+
+def init_memory_locality(model, strength: float = 4.0, pairs: int = 6) -> None:
+    """Start memory attention attending to the same position in memory frames.
+
+    SAM2's memory cross-attention uses 2D rotary position encoding (RoPE); a constant
+    component in the query and key projections makes the attention score depend on the
+    relative position only, peaked at zero offset. Adding ``strength`` to the biases of the
+    ``pairs`` highest-frequency rotary pairs (x and y halves) therefore starts tracking as
+    "read the memory where the object was", which the model then refines. Without it the
+    from-scratch model ignored its memory (``docs/training.md``).
+    """
+    import torch
+
+    with torch.no_grad():
+        for layer in model.memory_attention.layers:
+            attn = layer.cross_attn_image
+            half = attn.q_proj.out_features // 2
+            for proj in (attn.q_proj, attn.k_proj):
+                for p in range(pairs):
+                    for base in (0, half):
+                        proj.bias[base + 2 * p] += strength
+
+
+def reinit_memory(model, seed: int = 0) -> None:
+    """Re-initialise the memory modules (as a fresh model of the same config would have
+    them), keeping the image encoder and the mask decoder."""
+    import torch
+
+    from ..models.catalogue import LIT_TINY_CONFIG
+
+    torch.manual_seed(seed)
+    fresh = build_train_model(LIT_TINY_CONFIG).state_dict()
+    state = model.state_dict()
+    state.update({k: fresh[k] for k in state if k.startswith(MEMORY_PREFIXES)})
+    model.load_state_dict(state)
 
 
 def _pick_objects(labels: np.ndarray, rng, max_objects: int, min_area: int = 40) -> List[int]:
@@ -379,7 +435,12 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     torch.set_num_threads(cfg.threads)
     model = build_train_model(config_path, device, cfg.correction_points)
     loss_fn = make_loss(cfg.loss_mask, cfg.loss_dice)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # memory modules get no weight decay: during single-frame stages they receive no
+    # gradient, and decay alone wiped the mask information out of the memory encoder
+    memory = [p for n, p in model.named_parameters() if n.startswith(MEMORY_PREFIXES)]
+    rest = [p for n, p in model.named_parameters() if not n.startswith(MEMORY_PREFIXES)]
+    opt = torch.optim.AdamW([{"params": memory, "weight_decay": 0.0},
+                             {"params": rest, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     step, best = 0, -1.0
     if state is not None:
@@ -396,6 +457,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             from ..models.build import load_weights
 
             load_weights(model, init_weights)
+            if cfg.reinit_memory:
+                reinit_memory(model, cfg.seed)
+        if init_weights is None or cfg.reinit_memory:
+            init_memory_locality(model, cfg.memory_locality)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     val_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects)
     log = open(run_dir / "log.jsonl", "a")
@@ -421,7 +486,7 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     try:
         model.train()
         while step < cfg.steps:
-            stage = stage_at(step, cfg.steps)
+            stage = stage_at(step, cfg.steps, skip_image=cfg.skip_image_stage)
             if stage.n_frames > 1 and rng.random() < stage.image_batches:
                 batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, STAGES[0].max_objects,
                                    cfg.image_size)
@@ -480,6 +545,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--val-every", type=int, default=RecipeConfig.val_every)
     p.add_argument("--device", default="cpu")
     p.add_argument("--init-weights", default=None, help="start a new run from these weights")
+    p.add_argument("--skip-image-stage", action="store_true", help="tracking stages only (with --init-weights)")
+    p.add_argument("--reinit-memory", action="store_true",
+                   help="with --init-weights: fresh memory modules (encoder, attention) for the new run")
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
     args = p.parse_args(argv)
@@ -491,7 +559,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     cfg = RecipeConfig(steps=args.steps, seed=args.seed, lr=args.lr, threads=args.threads,
-                       val_every=args.val_every)
+                       val_every=args.val_every, skip_image_stage=args.skip_image_stage,
+                       reinit_memory=args.reinit_memory)
     for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
                      max_minutes=args.max_minutes):
         logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))

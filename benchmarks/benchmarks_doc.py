@@ -1,0 +1,129 @@
+"""Write docs/benchmarks.md from the results of benchmarks/dev_benchmarks.sh.
+
+Only results that exist are reported; every table says the command that made it. Plots are
+written next to the Markdown (docs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_lit.bench.correction_report import correction_table, plot_corrections
+from napari_lit.bench.report import comparison_table, load_result, plot_per_frame
+
+DATA = "../shared/data/dev"
+
+
+def _load(path: Path):
+    return load_result(path) if path.is_file() else None
+
+
+def tracking_section(results: Path, docs: Path) -> str:
+    parts = ["## Propagation vs the static baseline\n",
+             "Each listed object is prompted on the first frame where it appears (`mask`: its "
+             "ground-truth mask; `click`: one positive click at its innermost point) and propagated "
+             "in both directions; every frame is scored (J = region IoU, DAVIS convention: a frame "
+             "without the object scores 1 if the prediction is empty). `static` repeats the prompt "
+             "frame's mask on every frame. Sequence rows average their objects.\n"]
+    for init in ("mask", "click"):
+        static, prop = _load(results / f"static-{init}.json"), _load(results / f"propagate-{init}.json")
+        if static is None or prop is None:
+            continue
+        parts.append(f"### `--init {init}`\n")
+        parts.append("```bash\n" + "\n".join(
+            f"napari-lit bench {DATA} --method {m} --init {init} --json benchmarks/results/{m}-{init}.json"
+            for m in ("static", "propagate")) + "\n```\n")
+        parts.append(comparison_table([static, prop], ["static", "propagate (lit-tiny)"]))
+        parts.append(f"\nmean J over all objects: static {static['mean_j']:.3f}, propagate {prop['mean_j']:.3f}; "
+                     f"mean J&F: static {static['mean_jf']:.3f}, propagate {prop['mean_jf']:.3f}; "
+                     f"propagation took {prop['seconds']:.0f} s for {len(prop['sequences'])} objects.\n")
+        png = docs / f"bench-propagate-{init}.png"
+        plot_per_frame(prop, png)
+        parts.append(f"\n![per-frame J, propagate, {init} init]({png.name})\n")
+    return "\n".join(parts)
+
+
+def corrections_section(results: Path, docs: Path) -> str:
+    parts = []
+    for tau in ("0.5", "0.85"):
+        frozen, lit = _load(results / f"frozen-tau{tau}.json"), _load(results / f"lit-tau{tau}.json")
+        if frozen is None or lit is None:
+            continue
+        if not parts:
+            parts.append("## Corrections a simulated user needs: frozen SAM2 vs LIT-LoRA\n")
+            parts.append("Protocol of `napari_lit.bench.interactive`: mask prompt on the first frame of "
+                         "the object; propagate forward (z-stacks also backward); at the first frame with "
+                         "IoU < tau one correction (lit: the adapted prediction is tried first and counted "
+                         "in brackets when accepted; then up to 3 clicks at the centre of the largest error, "
+                         "then the ground-truth mask); the adapter trains on the corrected frame; "
+                         "propagation resumes from it.\n")
+        parts.append(f"### tau = {tau}\n")
+        parts.append("```bash\n" + "\n".join(
+            f"napari-lit bench {DATA} --method {m} --init mask --tau {tau} --json benchmarks/results/{m}-tau{tau}.json"
+            for m in ("frozen", "lit")) + "\n```\n")
+        parts.append(correction_table([frozen, lit], ["frozen", "lit"]))
+        red = 100 * (frozen["total_corrections"] - lit["total_corrections"]) / max(frozen["total_corrections"], 1)
+        parts.append(
+            f"\ntotal corrections: frozen {frozen['total_corrections']}, lit {lit['total_corrections']} "
+            f"({red:.0f} % fewer), adapter predictions accepted {lit['adapter_accepts']}; clicks frozen "
+            f"{frozen['total_clicks']}, lit {lit['total_clicks']}; final mean J frozen {frozen['mean_j']:.3f}, "
+            f"lit {lit['mean_j']:.3f}; adaptation per correction median {lit['median_adapt_ms'] or 0:.0f} ms, "
+            f"p95 {lit['p95_adapt_ms'] or 0:.0f} ms; robustness lit {json.dumps(lit['robustness'])}.\n")
+        counts = {}
+        for e in frozen["sequences"]:
+            counts[e["name"]] = counts.get(e["name"], 0) + e["corrections"]
+        seq = max(counts, key=counts.get)
+        png = docs / f"bench-corrections-tau{tau}.png"
+        plot_corrections([frozen, lit], seq, png, labels=["frozen SAM2", "LIT-LoRA"])
+        parts.append(f"\n![per-frame IoU and corrections, {seq}, tau {tau}]({png.name})\n")
+    return "\n".join(parts)
+
+
+def speed_section(results: Path) -> str:
+    parts = []
+    p = results / "propagation_speed.json"
+    if p.is_file():
+        r = json.loads(p.read_text())
+        parts.append("## Propagation speed and memory\n")
+        parts.append("```bash\npython benchmarks/propagation_speed.py --frames 500 --size 512\n```\n")
+        parts.append(
+            f"{r['model']} on a {r['frames']}-frame {r['frame_size'][0]} x {r['frame_size'][1]} {r['dtype']} "
+            f"zarr stack, {r['objects']} objects, {r['threads']} threads ({r['machine']}): "
+            f"**{r['frames_per_s']:.1f} frames/s** (first 10 %: {r['frames_per_s_first_10pct']:.1f}, last 10 %: "
+            f"{r['frames_per_s_last_10pct']:.1f}), median {r['ms_per_frame_median']:.0f} ms per frame, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB.\n")
+    a = results / "adaptation_speed.json"
+    if a.is_file():
+        r = json.loads(a.read_text())
+        parts.append("## Adaptation time per correction\n")
+        parts.append("```bash\npython benchmarks/adaptation_speed.py\n```\n")
+        parts.append("| model | LoRA parameters | median per correction | p95 | per step | steps |\n|---|---:|---:|---:|---:|---|")
+        for m in r["results"]:
+            parts.append(f"| {m['model']} | {m['trainable_parameters']} | {m['median_adapt_ms']:.0f} ms | "
+                         f"{m['p95_adapt_ms']:.0f} ms | {m['median_ms_per_step']:.1f} ms | {m['steps_per_correction']} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    args = p.parse_args(argv)
+    results, out = Path(args.results), Path(args.out)
+    docs = out.parent
+    docs.mkdir(parents=True, exist_ok=True)
+    text = ["# Benchmarks\n",
+            "Measured on this project's 2-core CPU machine (no GPU) with the embedded `lit-tiny`, on the "
+            f"evaluation sequences in `{DATA}` (never used for training). `bash benchmarks/dev_benchmarks.sh` "
+            "reruns everything and rewrites this page.\n",
+            tracking_section(results, docs), corrections_section(results, docs), speed_section(results)]
+    out.write_text("\n".join(t for t in text if t))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every benchmark behind docs/benchmarks.md, on ../shared/data/dev with the embedded lit-tiny.
+# Results go to benchmarks/results/; then benchmarks/benchmarks_doc.py writes the Markdown.
+#
+#   bash benchmarks/dev_benchmarks.sh            # all
+#   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/dev}
+OUT=benchmarks/results
+BENCH=".venv/bin/napari-lit bench"
+mkdir -p "$OUT"
+what=${1:-all}
+
+if [ "$what" = all ] || [ "$what" = tracking ]; then
+  for init in mask click; do
+    $BENCH "$DATA" --method static --init $init --json $OUT/static-$init.json --quiet
+    $BENCH "$DATA" --method propagate --init $init --json $OUT/propagate-$init.json --quiet
+  done
+fi
+if [ "$what" = all ] || [ "$what" = corrections ]; then
+  for tau in 0.5 0.85; do
+    for method in frozen lit; do
+      $BENCH "$DATA" --method $method --init mask --tau $tau --json $OUT/$method-tau$tau.json --quiet
+    done
+  done
+fi
+if [ "$what" = all ] || [ "$what" = speed ]; then
+  .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --out $OUT/propagation_speed.json
+  .venv/bin/python benchmarks/adaptation_speed.py --out $OUT/adaptation_speed.json
+fi
+.venv/bin/python benchmarks/benchmarks_doc.py --results $OUT --out docs/benchmarks.md
