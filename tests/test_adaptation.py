@@ -99,12 +99,12 @@ def test_objects_have_their_own_adapters(session, clip):
     tracker.add_mask(0, other, labels[0] == other)
     list(tracker.propagate(direction="forward"))
     list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
-    w_obj = adapter.snapshot()["weights"][f"obj{obj}"]
+    w_obj = adapter.snapshot()["weights"][f"obj{obj}"]["decoder"]
     list(adapter.train(other, tracker.decoder_inputs(3, other), labels[3] == other))
     snap = adapter.snapshot()
     assert set(snap["weights"]) == {f"obj{obj}", f"obj{other}"}
     for k, v in w_obj.items():
-        assert torch.equal(snap["weights"][f"obj{obj}"][k], v)
+        assert torch.equal(snap["weights"][f"obj{obj}"]["decoder"][k], v)
     assert adapter.n_corrections == {obj: 1, other: 1}
 
 
@@ -155,3 +155,30 @@ def test_losses():
 def test_bad_adapter_config(kwargs):
     with pytest.raises(ValueError):
         AdapterConfig(**kwargs)
+
+
+def test_memory_attention_can_be_adapted_too(predictor, clip):
+    """With memory_attention=True the memory attention gets LoRA weights as well, trains
+    from its recorded inputs, and everything is undone by reset."""
+    frames, labels = clip
+    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+    adapter = DecoderAdapter(predictor, AdapterConfig(lr=5e-3, max_steps=10, patience=10, memory_attention=True))
+    try:
+        obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+        tracker.add_mask(0, obj, labels[0] == obj)
+        list(tracker.propagate(direction="forward"))
+        inputs = tracker.decoder_inputs(3, obj)
+        assert inputs.memory_attention is not None and "memory" in inputs.memory_attention
+        before = {n: p.clone() for n, p in predictor.memory_attention.named_parameters()}
+        steps = list(adapter.train(obj, inputs, labels[3] == obj))
+        assert min(s.loss for s in steps) < steps[0].loss
+        lora = {n: p for n, p in predictor.memory_attention.named_parameters() if "lora_B" in n}
+        assert lora and any(p.abs().sum() > 0 for p in lora.values())  # memory LoRA trained
+        snap = adapter.snapshot()["weights"][f"obj{obj}"]
+        assert set(snap) == {"decoder", "memory"}
+    finally:
+        adapter.reset()
+        tracker.close()
+    assert type(predictor.memory_attention).__name__ == "MemoryAttention"
+    for n, p in predictor.memory_attention.named_parameters():
+        assert torch.equal(p, before[n])

@@ -94,9 +94,12 @@ class DecoderInputs(dict):
     ``sparse_prompt_embeddings``, ``dense_prompt_embeddings``, ``high_res_features`` (list),
     ``multimask_output``, ``repeat_image``. Tensors are detached copies."""
 
+    memory_attention = None  #: the memory attention's keyword inputs for this frame, if recorded
+
     def nbytes(self) -> int:
         total = 0
-        for v in self.values():
+        values = list(self.values()) + list((self.memory_attention or {}).values())
+        for v in values:
             for t in v if isinstance(v, (list, tuple)) else [v]:
                 total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
         return total
@@ -144,6 +147,11 @@ class ObjectContext:
         if hasattr(decoder, "get_base_model"):  # already wrapped by peft: hook the base module
             decoder = decoder.get_base_model()
         self._decoder = decoder  # hooks on the base module survive peft wrapping/unloading
+        memory_attention = predictor.memory_attention
+        if hasattr(memory_attention, "get_base_model"):
+            memory_attention = memory_attention.get_base_model()
+        self._pending_memory = None
+        self._mem_hook = memory_attention.register_forward_pre_hook(self._memory_pre_hook, with_kwargs=True)
         self._had_instance_attr = "_run_single_frame_inference" in vars(predictor)
         self._orig_run = predictor._run_single_frame_inference
         predictor._run_single_frame_inference = self._run_single_frame_inference
@@ -165,6 +173,17 @@ class ObjectContext:
         finally:
             self.current = None
 
+    def _memory_pre_hook(self, module, args, kwargs):
+        """Keep the memory attention's inputs of the frame in progress; they join the
+        decoder's record (for adapters that also adapt the memory attention)."""
+        if self.current is None:
+            return None
+        for listener in self.listeners:  # before the memory attention runs, too
+            listener(*self.current)
+        if self.current[2]:
+            self._pending_memory = {k: _detach(v) for k, v in kwargs.items()}
+        return None
+
     def _pre_hook(self, module, args, kwargs):
         if self.current is None:
             return None
@@ -173,6 +192,9 @@ class ObjectContext:
         frame_idx, obj_id, tracking = self.current
         if tracking and obj_id is not None:
             record = DecoderInputs({k: _detach(v) for k, v in kwargs.items()})
+            if self._pending_memory is not None:
+                record.memory_attention = self._pending_memory
+                self._pending_memory = None
             key = (frame_idx, obj_id)
             old = self._records.pop(key, None)
             if old is not None:
@@ -202,6 +224,7 @@ class ObjectContext:
     def close(self) -> None:
         """Remove the hook and restore sam2's method."""
         self._hook.remove()
+        self._mem_hook.remove()
         if self._had_instance_attr:  # another context below us: hand back its wrapper
             self.predictor._run_single_frame_inference = self._orig_run
         else:

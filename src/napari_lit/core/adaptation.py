@@ -59,6 +59,9 @@ class AdapterConfig:
     replay : int
         Earlier corrections of the same object trained along with the new one (0 = only the
         new correction).
+    memory_attention : bool
+        Also adapt the q/k/v projections of SAM2's memory attention (then the memory
+        attention reruns from its recorded inputs at each step; LIT adapts the decoder only).
     """
 
     rank: int = 4
@@ -71,6 +74,7 @@ class AdapterConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     replay: int = 3
+    memory_attention: bool = False
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -81,14 +85,16 @@ class AdapterConfig:
         if bad or not self.target_modules:
             raise ValueError(f"target_modules must be a non-empty subset of {sorted(allowed)}; got {list(self.target_modules)}")
 
-    def lora_config(self):
-        """The ``peft.LoraConfig`` (a regex over the decoder transformer's projections)."""
+    def lora_config(self, part: str = "decoder"):
+        """The ``peft.LoraConfig`` for ``part``: ``decoder`` (a regex over the mask decoder
+        transformer's projections) or ``memory`` (the memory attention's layers)."""
         from peft import LoraConfig
 
         names = "|".join(self.target_modules)
+        pattern = rf".*transformer\..*\.({names})" if part == "decoder" else rf"layers\..*\.({names})"
         return LoraConfig(
             r=int(self.rank), lora_alpha=float(self.alpha), lora_dropout=float(self.dropout),
-            target_modules=rf".*transformer\..*\.({names})", bias="none",
+            target_modules=pattern, bias="none",
         )
 
 
@@ -170,7 +176,8 @@ class DecoderAdapter:
 
         self.predictor = predictor
         self.config = config or AdapterConfig()
-        self.peft_model = None
+        self.peft_model = None  # the mask decoder wrapped by peft
+        self.peft_memory = None  # the memory attention wrapped by peft (config.memory_attention)
         self.examples: Dict[int, List[_Example]] = {}
         self.n_corrections: Dict[int, int] = {}
         self.always = False
@@ -185,27 +192,37 @@ class DecoderAdapter:
         """Whether object ``obj_id`` has an adapter (trained at least once or loaded)."""
         return self.peft_model is not None and self.adapter_name(obj_id) in self.peft_model.peft_config
 
+    def _wrapped(self):
+        return [m for m in (self.peft_model, self.peft_memory) if m is not None]
+
     def _ensure(self, obj_id: int) -> str:
         from peft import get_peft_model
 
         name = self.adapter_name(obj_id)
-        if self.peft_model is None:
-            base = self.predictor.sam_mask_decoder
-            self.peft_model = get_peft_model(base, self.config.lora_config(), adapter_name=name)
-            self.predictor.sam_mask_decoder = self.peft_model
-            self.peft_model.base_model.disable_adapter_layers()
-            self.peft_model.eval()
-        elif name not in self.peft_model.peft_config:
-            self.peft_model.add_adapter(name, self.config.lora_config())
+        parts = [("decoder", "sam_mask_decoder", "peft_model")]
+        if self.config.memory_attention:
+            parts.append(("memory", "memory_attention", "peft_memory"))
+        for part, attr, slot in parts:
+            wrapped = getattr(self, slot)
+            if wrapped is None:
+                wrapped = get_peft_model(getattr(self.predictor, attr), self.config.lora_config(part),
+                                         adapter_name=name)
+                setattr(self.predictor, attr, wrapped)
+                setattr(self, slot, wrapped)
+                wrapped.base_model.disable_adapter_layers()
+                wrapped.eval()
+            elif name not in wrapped.peft_config:
+                wrapped.add_adapter(name, self.config.lora_config(part))
         return name
 
     def _activate(self, obj_id: int) -> None:
-        self.peft_model.base_model.enable_adapter_layers()
-        self.peft_model.base_model.set_adapter(self.adapter_name(obj_id))
+        for wrapped in self._wrapped():
+            wrapped.base_model.enable_adapter_layers()
+            wrapped.base_model.set_adapter(self.adapter_name(obj_id))
 
     def _deactivate(self) -> None:
-        if self.peft_model is not None:
-            self.peft_model.base_model.disable_adapter_layers()
+        for wrapped in self._wrapped():
+            wrapped.base_model.disable_adapter_layers()
 
     def on_decoder_call(self, frame_idx: int, obj_id: Optional[int], tracking: bool) -> None:
         """Listener for :class:`~napari_lit.core._sam2.ObjectContext`, called before sam2
@@ -219,10 +236,18 @@ class DecoderAdapter:
 
     def _lora_parameters(self, obj_id: int):
         name = self.adapter_name(obj_id)
-        return [p for n, p in self.peft_model.named_parameters() if "lora_" in n and f".{name}." in n]
+        return [p for w in self._wrapped() for n, p in w.named_parameters() if "lora_" in n and f".{name}." in n]
 
     def _decode(self, inputs: DecoderInputs):
-        return self.peft_model(**inputs)
+        if self.peft_memory is None:
+            return self.peft_model(**inputs)
+        if inputs.memory_attention is None:
+            raise ValueError("these decoder inputs carry no memory-attention inputs to adapt")
+        b, c, h, w = inputs["image_embeddings"].shape
+        out = self.peft_memory(**inputs.memory_attention)  # (HW, B, C), as sam2 reshapes it
+        kwargs = dict(inputs)
+        kwargs["image_embeddings"] = out.permute(1, 2, 0).reshape(b, c, h, w)
+        return self.peft_model(**kwargs)
 
     # --------------------------------------------------------------- prediction
     def predict(self, obj_id: int, inputs: DecoderInputs) -> Tuple[object, float, float]:
@@ -303,7 +328,8 @@ class DecoderAdapter:
         opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=0.0)
         best_loss, best_state, since_best = float("inf"), None, 0
         self._activate(obj_id)
-        self.peft_model.train()
+        for wrapped in self._wrapped():
+            wrapped.train()
         try:
             for step in range(1, self.config.max_steps + 1):
                 total, iou_new = 0.0, 0.0
@@ -327,12 +353,13 @@ class DecoderAdapter:
                     if i == 0:
                         chosen = int(torch.argmax(ious[0]))
                         iou_new = float(actual_iou[0, chosen])
-                opt.step()
+                # `total` is the loss of the weights before this step: keep those if best
                 if total < best_loss - 1e-6:
                     best_loss, since_best = total, 0
                     best_state = {id(p): p.detach().clone() for p in params}
                 else:
                     since_best += 1
+                opt.step()
                 yield TrainStep(step, total, iou_new)
                 if since_best >= self.config.patience:
                     break
@@ -341,7 +368,8 @@ class DecoderAdapter:
                 with torch.no_grad():
                     for p in params:
                         p.copy_(best_state[id(p)])
-            self.peft_model.eval()
+            for wrapped in self._wrapped():
+                wrapped.eval()
             self._deactivate()
         logger.info("adapter %s: %d corrections, best loss %.4f", name, self.n_corrections[int(obj_id)], best_loss)
 
@@ -355,41 +383,58 @@ class DecoderAdapter:
     # ----------------------------------------------------- state: snapshot, save
     def snapshot(self) -> dict:
         """A copy of all adapters' weights and training examples (for undo)."""
-        from peft import get_peft_model_state_dict
-
         state = {}
         if self.peft_model is not None:
             for name in self.peft_model.peft_config:
-                state[name] = {k: v.detach().clone() for k, v in
-                               get_peft_model_state_dict(self.peft_model, adapter_name=name).items()}
+                state[name] = self._weights(name)
         return {"weights": state, "examples": {k: list(v) for k, v in self.examples.items()},
                 "n_corrections": dict(self.n_corrections)}
 
     def restore(self, snap: dict) -> None:
-        """Go back to a :meth:`snapshot` (adapters created since are removed)."""
-        from peft import set_peft_model_state_dict
-
+        """Go back to ``snap``, a :meth:`snapshot` (adapters created since are removed)."""
         if self.peft_model is not None:
             for name in list(self.peft_model.peft_config):
                 if name not in snap["weights"]:
                     self._remove(name)
         for name, weights in snap["weights"].items():
-            obj_id = int(name[3:])
-            self._ensure(obj_id)
-            set_peft_model_state_dict(self.peft_model, weights, adapter_name=name)
+            self._ensure(int(name[3:]))
+            self._set_weights(name, weights)
         self.examples = {k: list(v) for k, v in snap["examples"].items()}
         self.n_corrections = dict(snap["n_corrections"])
 
+    def _weights(self, name: str) -> dict:
+        from peft import get_peft_model_state_dict
+
+        return {part: {k: v.detach().clone() for k, v in get_peft_model_state_dict(w, adapter_name=name).items()}
+                for part, w in (("decoder", self.peft_model), ("memory", self.peft_memory)) if w is not None}
+
+    def _set_weights(self, name: str, weights: dict) -> list:
+        from peft import set_peft_model_state_dict
+
+        unexpected = []
+        for part, w in (("decoder", self.peft_model), ("memory", self.peft_memory)):
+            if w is None:
+                continue
+            if part not in weights:
+                raise ValueError(f"adapter weights lack the {part} part this configuration adapts")
+            result = set_peft_model_state_dict(w, weights[part], adapter_name=name)
+            unexpected += list(getattr(result, "unexpected_keys", []))
+        return unexpected
+
     def _remove(self, name: str) -> None:
-        if len(self.peft_model.peft_config) == 1:
-            self.predictor.sam_mask_decoder = self.peft_model.unload()
-            self.peft_model = None
-        else:
-            if name in self.peft_model.active_adapters:
-                other = next(n for n in self.peft_model.peft_config if n != name)
-                self.peft_model.base_model.set_adapter(other)
-            self.peft_model.delete_adapter(name)
-            self._deactivate()
+        for attr, slot in (("sam_mask_decoder", "peft_model"), ("memory_attention", "peft_memory")):
+            wrapped = getattr(self, slot)
+            if wrapped is None:
+                continue
+            if len(wrapped.peft_config) == 1:
+                setattr(self.predictor, attr, wrapped.unload())
+                setattr(self, slot, None)
+            else:
+                if name in wrapped.active_adapters:
+                    other = next(n for n in wrapped.peft_config if n != name)
+                    wrapped.base_model.set_adapter(other)
+                wrapped.delete_adapter(name)
+        self._deactivate()
 
     def reset(self, obj_id: Optional[int] = None) -> None:
         """Forget the adapter (and its corrections) of object ``obj_id``, or of all objects
@@ -418,16 +463,14 @@ class DecoderAdapter:
             If the object has no adapter.
         """
         import torch
-        from peft import get_peft_model_state_dict
 
         if not self.has_adapter(obj_id):
             raise KeyError(f"object {obj_id} has no adapter to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         name = self.adapter_name(obj_id)
-        weights = get_peft_model_state_dict(self.peft_model, adapter_name=name)
-        torch.save({k: v.detach().cpu() for k, v in weights.items()}, folder / ADAPTER_FILE)
-        peft_cfg = self.peft_model.peft_config[name].to_dict()
+        torch.save(self._weights(name), folder / ADAPTER_FILE)
+        peft_cfg = self.peft_model.peft_config[name].to_dict()  # the decoder's (memory: same r/targets)
         peft_cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_cfg.items()}
         meta = {"peft": peft_cfg, "napari_lit": asdict(self.config), "obj_id": int(obj_id),
                 "n_corrections": self.n_corrections.get(int(obj_id), 0)}
@@ -446,22 +489,22 @@ class DecoderAdapter:
             weights do not fit this model.
         """
         import torch
-        from peft import set_peft_model_state_dict
 
         folder = Path(folder)
         if not (folder / ADAPTER_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{folder} holds no adapter ({ADAPTER_FILE} and {CONFIG_FILE} expected)")
         meta = json.loads((folder / CONFIG_FILE).read_text())
         saved = AdapterConfig(**{k: v for k, v in meta["napari_lit"].items()})
-        if (saved.rank, saved.target_modules) != (self.config.rank, self.config.target_modules):
+        mine = (self.config.rank, self.config.target_modules, self.config.memory_attention)
+        if (saved.rank, saved.target_modules, saved.memory_attention) != mine:
             raise ValueError(
-                f"{folder}: adapter has rank {saved.rank} on {list(saved.target_modules)}, but this "
-                f"session uses rank {self.config.rank} on {list(self.config.target_modules)}"
+                f"{folder}: adapter has rank {saved.rank} on {list(saved.target_modules)} (memory attention "
+                f"{saved.memory_attention}), but this session uses rank {self.config.rank} on "
+                f"{list(self.config.target_modules)} (memory attention {self.config.memory_attention})"
             )
         weights = torch.load(folder / ADAPTER_FILE, map_location="cpu", weights_only=True)
         name = self._ensure(obj_id)
-        result = set_peft_model_state_dict(self.peft_model, weights, adapter_name=name)
-        unexpected = getattr(result, "unexpected_keys", [])
+        unexpected = self._set_weights(name, weights)
         if unexpected:
             raise ValueError(f"{folder}: adapter weights do not fit this model ({unexpected[:2]} ...)")
         self.n_corrections[int(obj_id)] = int(meta.get("n_corrections", 0))
