@@ -43,6 +43,8 @@ def test_viewer_shows_store_labels(make_napari_viewer, predictor, tmp_path):
     assert np.asarray(layer.data[12])[10, 10] == 99
     assert layer.data is store.array
 
+    viewer.window._qt_window.resize(1200, 800)
+    viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     assert shot.ndim == 3 and shot.shape[0] > 200 and shot.shape[1] > 200
     assert shot[..., :3].std() > 5  # not a blank window

@@ -69,7 +69,8 @@ def loop(make_napari_viewer, qtbot, tmp_path):
     viewer.open_sample("napari-lit", "timelapse")
     image, gt_layer = viewer.layers[0], viewer.layers[1]
     widget = LitWidget(viewer, store_dir=tmp_path)
-    viewer.window.add_dock_widget(widget)
+    viewer.window.add_dock_widget(widget, name="LIT segmentation")
+    viewer.window._qt_window.resize(1500, 950)
     widget.image_combo.setCurrentText(image.name)
     widget.start()
     _wait(qtbot, widget)
