@@ -26,7 +26,8 @@ if [ "$what" = all ] || [ "$what" = corrections ]; then
   done
 fi
 if [ "$what" = all ] || [ "$what" = speed ]; then
-  .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --out $OUT/propagation_speed.json
+  .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json
+  .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 3 --out $OUT/propagation_speed_3objects.json
   .venv/bin/python benchmarks/adaptation_speed.py --out $OUT/adaptation_speed.json
 fi
 .venv/bin/python benchmarks/benchmarks_doc.py --results $OUT --out docs/benchmarks.md

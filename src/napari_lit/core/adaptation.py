@@ -57,8 +57,11 @@ class AdapterConfig:
     focal_weight, dice_weight : float
         Loss weights (LIT: 20:1).
     replay : int
-        Earlier corrections of the same object trained along with the new one (0 = only the
-        new correction).
+        Earlier corrections of the same object trained along with the new one, in the same
+        batch (0 = only the new correction).
+    target_iou : float
+        Stop as soon as the adapted prediction reproduces the correction this well (IoU at
+        the decoder's resolution).
     memory_attention : bool
         Also adapt the q/k/v projections of SAM2's memory attention (then the memory
         attention reruns from its recorded inputs at each step; LIT adapts the decoder only).
@@ -73,7 +76,8 @@ class AdapterConfig:
     patience: int = 8
     focal_weight: float = 20.0
     dice_weight: float = 1.0
-    replay: int = 3
+    replay: int = 0
+    target_iou: float = 0.9
     memory_attention: bool = False
 
     def __post_init__(self):
@@ -147,6 +151,23 @@ def dice_loss(logits, target, eps: float = 1.0):
     p = logits.sigmoid().flatten(2)
     t = target.flatten(2)
     return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
+def _stack(records: Sequence[DecoderInputs]) -> DecoderInputs:
+    """Several frames' decoder inputs as one batch (along dim 0; ``image_pe`` is shared)."""
+    import torch
+
+    if len(records) == 1:
+        return records[0]
+    out = DecoderInputs()
+    for key, value in records[0].items():
+        if key == "image_pe" or not hasattr(value, "shape") and not isinstance(value, list):
+            out[key] = value
+        elif isinstance(value, list):
+            out[key] = [torch.cat([r[key][i] for r in records]) for i in range(len(value))]
+        else:
+            out[key] = torch.cat([r[key] for r in records])
+    return out
 
 
 @dataclass
@@ -304,10 +325,12 @@ class DecoderAdapter:
         Notes
         -----
         Loss: ``focal_weight * focal + dice_weight * dice`` on the best of the decoder's
-        output masks (as in SAM2 training), plus an L1 loss on its IoU prediction so the
-        adapted decoder also picks that mask. AdamW without weight decay; early stopping
-        after ``patience`` steps without improvement; the adapter keeps its best step, also
-        when the generator is closed early (cancel).
+        output masks (as in SAM2 training), plus an L1 loss on its IoU predictions so the
+        adapted decoder also picks that mask; averaged over the new correction and up to
+        ``replay`` earlier ones of the object, decoded together in one batch. AdamW without
+        weight decay; stops when the correction is reproduced (``target_iou``) or after
+        ``patience`` steps without improvement; the adapter keeps its best step, also when
+        the generator is closed early (cancel).
         """
         import torch
         import torch.nn.functional as F
@@ -331,34 +354,41 @@ class DecoderAdapter:
         for wrapped in self._wrapped():
             wrapped.train()
         try:
+            # one batch for all examples; with memory adaptation one pass per example (their
+            # memories differ in length)
+            groups = ([(_stack([ex.inputs for ex in batch]), torch.cat([ex.target for ex in batch]))]
+                      if self.peft_memory is None else [(ex.inputs, ex.target) for ex in batch])
             for step in range(1, self.config.max_steps + 1):
-                total, iou_new = 0.0, 0.0
                 opt.zero_grad(set_to_none=True)
-                for i, ex in enumerate(batch):
-                    with torch.enable_grad():
-                        masks, ious, _, _ = self._decode(ex.inputs)
-                        tgt = ex.target.expand_as(masks)
+                losses, first = [], None
+                with torch.enable_grad():
+                    for inputs_g, target_g in groups:
+                        masks, ious, _, _ = self._decode(inputs_g)
+                        tgt = target_g.expand_as(masks)
                         per_mask = (self.config.focal_weight * focal_loss(masks, tgt)
                                     + self.config.dice_weight * dice_loss(masks, tgt))
-                        best = per_mask.argmin(dim=1)
-                        loss = per_mask[0, best[0]]
                         with torch.no_grad():
                             pred = masks > 0
                             inter = (pred & (tgt > 0)).flatten(2).sum(-1).float()
                             union = (pred | (tgt > 0)).flatten(2).sum(-1).float().clamp(min=1)
                             actual_iou = inter / union
-                        loss = loss + F.l1_loss(ious, actual_iou)
-                        (loss / len(batch)).backward()
-                    total += float(loss.detach()) / len(batch)
-                    if i == 0:
-                        chosen = int(torch.argmax(ious[0]))
-                        iou_new = float(actual_iou[0, chosen])
+                        losses.append(per_mask.min(dim=1).values
+                                      + F.l1_loss(ious, actual_iou, reduction="none").mean(1))
+                        if first is None:
+                            first = float(actual_iou[0, int(torch.argmax(ious[0]))])
+                    loss = torch.cat(losses).mean()
+                    loss.backward()
+                iou_new = first
+                total = float(loss.detach())
                 # `total` is the loss of the weights before this step: keep those if best
                 if total < best_loss - 1e-6:
                     best_loss, since_best = total, 0
                     best_state = {id(p): p.detach().clone() for p in params}
                 else:
                     since_best += 1
+                if iou_new >= self.config.target_iou:  # the correction is reproduced: done
+                    yield TrainStep(step, total, iou_new)
+                    break
                 opt.step()
                 yield TrainStep(step, total, iou_new)
                 if since_best >= self.config.patience:
