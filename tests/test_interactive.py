@@ -49,6 +49,7 @@ def test_no_corrections_when_tau_is_zero(setup):
     tracker, adapter, gt = setup
     res = simulate_object(gt, tracker, adapter, "lit", "mask", tau=0.0)
     assert res["corrections"] == 0 and res["clicks"] == 0 and res["adapt_ms"] == []
+    assert res["model_j"] == pytest.approx(res["j"])  # nothing corrected: final = the model's own
     assert res["j"][0] == pytest.approx(1.0, abs=0.2)
 
 
@@ -65,6 +66,7 @@ def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
     for e in res["events"]:
         assert e["kind"] == "mask" and e["iou_after"] == pytest.approx(1.0)
         assert res["j"][e["frame"]] == pytest.approx(1.0)
+        assert res["model_j"][e["frame"]] == pytest.approx(e["iou_before"])  # before the correction
     assert len(res["adapt_ms"]) == (0 if method == "frozen" else 3)
 
 

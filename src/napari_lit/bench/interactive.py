@@ -134,7 +134,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         ``prompt_frame``, ``corrections``, ``clicks`` (correction clicks plus the initial
         click for ``init="click"``), ``adapter_accepts``, ``adapt_ms`` (list, one per
         training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
-        ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``.
+        ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, and ``model_j``: per frame
+        the IoU of the model's own last prediction before any correction there.
 
     Raises
     ------
@@ -161,6 +162,9 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         if tracker.context is not None and adapter.on_decoder_call not in tracker.context.listeners:
             tracker.context.listeners.append(adapter.on_decoder_call)
     final = np.zeros(gt.shape, dtype=bool)  # frames never reached stay empty
+    # IoU of the model's own last prediction of each frame, before any user action on it
+    # (robustness is computed from these: the final masks are >= tau by construction)
+    model_j = np.full(len(gt), np.nan)
     clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
     corrections, accepts, adapt_ms, events = 0, 0, [], []
     budget = np.inf if max_corrections is None else int(max_corrections)
@@ -188,9 +192,10 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
                     continue
                 pred = result.mask(obj_id)
                 final[f] = pred
+                model_j[f] = jaccard(pred, gt[f])
                 if corrections >= budget:
                     continue
-                if jaccard(pred, gt[f]) < tau:
+                if model_j[f] < tau:
                     stopped_at = (f, pred)
                     break
             if stopped_at is None:
@@ -225,8 +230,12 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     fm = np.empty(n)
     for i in range(n):
         j[i], fm[i] = frame_scores(final[i], gt[i])
+    model_j[t0] = jaccard(final[t0], gt[t0])
+    unreached = np.isnan(model_j)
+    model_j[unreached] = [jaccard(final[i], gt[i]) for i in np.flatnonzero(unreached)]
     return {
         "prompt_frame": t0,
+        "model_j": model_j.tolist(),
         "corrections": corrections,
         "clicks": clicks,
         "adapter_accepts": accepts,

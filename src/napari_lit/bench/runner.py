@@ -309,7 +309,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             "adapter_accepts": int(sum(e["adapter_accepts"] for e in entries)),
             "median_adapt_ms": float(np.median(adapt_ms)) if adapt_ms else None,
             "p95_adapt_ms": float(np.percentile(adapt_ms, 95)) if adapt_ms else None,
-            "robustness": robustness([e["j"] for e in entries], presence),
+            # R@tau of the model's own predictions (the final masks are >= tau by construction)
+            "robustness": robustness([e["model_j"] for e in entries], presence),
         })
     return result
 
