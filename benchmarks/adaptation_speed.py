@@ -6,9 +6,9 @@ truth) exactly as the simulated user does, and report the median and 95th percen
 wall time per correction and of the time per optimisation step. sam2.1_hiera_tiny cannot be
 downloaded here, so its weights are random (created by this script): the timing depends on
 the architecture and input size (1024 px), not on the weights. Early stopping is disabled
-for both, so each correction runs the full 40 steps (the worst case); the median under the
-simulated user, with early stopping, is in the ``lit`` benchmark results
-(``median_adapt_ms``).
+for both, so each correction runs all ``max_steps`` (20 by default, the worst case); the
+median under the simulated user, with early stopping, is in the ``lit`` benchmark results
+(``median_adapt_ms``). ``--published`` times LIT's published settings instead (40 steps).
 
     python benchmarks/adaptation_speed.py [--corrections 5] [--threads 2]
         [--out benchmarks/results/adaptation_speed.json]
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def time_model(predictor, name: str, corrections: int, size: int, full_steps: bool) -> dict:
+def time_model(predictor, name: str, corrections: int, size: int, full_steps: bool, cfg=None) -> dict:
     from napari_lit.core import Tracker
     from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
     from napari_lit.training.synthetic import generate_clip
@@ -33,7 +33,7 @@ def time_model(predictor, name: str, corrections: int, size: int, full_steps: bo
     frames, labels = clip.frames[..., 0], clip.labels
     obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
     tracker = Tracker(predictor, frames, record_decoder_inputs=True)
-    cfg = AdapterConfig()
+    cfg = cfg or AdapterConfig()
     if full_steps:  # worst case: no early stop, all max_steps
         cfg.patience, cfg.target_iou = cfg.max_steps, 1.01
     adapter = DecoderAdapter(predictor, cfg)
@@ -77,6 +77,7 @@ def count_lora_parameters(predictor) -> int:
 def main(argv=None) -> int:
     import torch
 
+    from napari_lit.core.adaptation import AdapterConfig
     from napari_lit.models import MODELS, load_predictor
     from napari_lit.models.build import build_sam2_model
 
@@ -84,19 +85,22 @@ def main(argv=None) -> int:
     p.add_argument("--corrections", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-hiera", action="store_true", help="only lit-tiny")
+    p.add_argument("--published", action="store_true", help="LIT's settings (lr 1e-4, 40 steps)")
     p.add_argument("--out", default="benchmarks/results/adaptation_speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
+    cfg = AdapterConfig.published() if args.published else AdapterConfig()
+    steps = f"all {cfg.max_steps} steps"
     lit = load_predictor("lit-tiny", device="cpu")
-    r = time_model(lit, "lit-tiny (all 40 steps)", args.corrections, 256, full_steps=True)
+    r = time_model(lit, f"lit-tiny ({steps})", args.corrections, 256, full_steps=True, cfg=cfg)
     r["trainable_parameters"] = count_lora_parameters(lit)
     results.append(r)
     if not args.skip_hiera:
         torch.manual_seed(0)
         hiera = build_sam2_model(MODELS["sam2.1_hiera_tiny"].config, target="video", device="cpu")
-        r = time_model(hiera, "sam2.1_hiera_tiny (random weights, 1024 px)", max(2, args.corrections // 2),
-                       512, full_steps=True)
+        r = time_model(hiera, f"sam2.1_hiera_tiny (random weights, 1024 px, {steps})",
+                       max(2, args.corrections // 2), 512, full_steps=True, cfg=cfg)
         r["trainable_parameters"] = count_lora_parameters(hiera)
         results.append(r)
     out = Path(args.out)

@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
+#   (also: corrections, ablation, speed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -24,6 +25,16 @@ if [ "$what" = all ] || [ "$what" = corrections ]; then
       $BENCH "$DATA" --method $method --init mask --tau $tau --json $OUT/$method-tau$tau.json --quiet
     done
   done
+fi
+if [ "$what" = all ] || [ "$what" = ablation ]; then
+  # learning settings on three dev sequences, tau 0.5: LIT's published lr/steps vs ours, and
+  # the adapted decoder on every frame (lit-always)
+  SUB="--sequences c2c12-phase-timelapse isbi2012-em-stack davis-dog --init mask --tau 0.5 --quiet"
+  $BENCH "$DATA" --method frozen $SUB --json $OUT/ablation-frozen.json
+  $BENCH "$DATA" --method lit $SUB --lora-lr 1e-4 --lora-steps 40 --json $OUT/ablation-lit-lr1e-4-40steps.json
+  $BENCH "$DATA" --method lit $SUB --lora-lr 1e-3 --lora-steps 20 --json $OUT/ablation-lit-lr1e-3-20steps.json
+  $BENCH "$DATA" --method lit $SUB --json $OUT/ablation-lit-lr1e-2-20steps.json
+  $BENCH "$DATA" --method lit-always $SUB --json $OUT/ablation-lit-always-lr1e-2-20steps.json
 fi
 if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json

@@ -33,3 +33,38 @@ def object_on_frame0(clip):
     ids, counts = np.unique(labels[0][labels[0] > 0], return_counts=True)
     obj = int(ids[np.argmax(counts)])
     return obj, labels[0] == obj
+
+
+@pytest.fixture()
+def served_model(tmp_path, monkeypatch):
+    """A catalogue entry ``test-model`` (lit-tiny's architecture, fresh weights) served by a
+    local HTTP server, with an empty model cache: the real download path, no internet.
+
+    Yields the :class:`~napari_lit.models.ModelSpec`."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torch
+
+    from napari_lit.models import MODELS, catalogue
+    from napari_lit.models.build import build_sam2_model
+    from napari_lit.models.catalogue import LIT_TINY_CONFIG
+
+    monkeypatch.setenv("NAPARI_LIT_CACHE", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save({"model": build_sam2_model(LIT_TINY_CONFIG, target="base").state_dict()}, served / "lit-copy.pt")
+    digest = hashlib.sha256((served / "lit-copy.pt").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/lit-copy.pt"
+    spec = catalogue.ModelSpec("test-model", str(LIT_TINY_CONFIG), "lit-copy.pt", url, digest)
+    monkeypatch.setitem(MODELS, "test-model", spec)
+    try:
+        yield spec
+    finally:
+        server.shutdown()

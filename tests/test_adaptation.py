@@ -151,6 +151,19 @@ def test_losses():
     assert dice_loss(good, t).item() < 0.01 and dice_loss(bad, t).item() > 0.9
 
 
+def test_defaults_and_published_settings():
+    """LIT's adapter shape (q/k/v, rank 4, alpha 4, dropout 0.1, focal:dice 20:1) by default;
+    ``published()`` also gives its lr 1e-4 and 40 steps."""
+    d, p = AdapterConfig(), AdapterConfig.published()
+    for c in (d, p):
+        assert (c.target_modules, c.rank, c.alpha, c.dropout) == (("q_proj", "k_proj", "v_proj"), 4, 4.0, 0.1)
+        assert (c.focal_weight, c.dice_weight, c.memory_attention) == (20.0, 1.0, False)
+    assert (p.lr, p.max_steps) == (1e-4, 40) and (d.lr, d.max_steps) == (1e-2, 20)
+    assert AdapterConfig.published(rank=8).rank == 8
+    lora = d.lora_config()
+    assert lora.r == 4 and lora.lora_alpha == 4.0 and lora.lora_dropout == 0.1
+
+
 @pytest.mark.parametrize("kwargs", [dict(rank=0), dict(target_modules=("nope",)), dict(lr=0)])
 def test_bad_adapter_config(kwargs):
     with pytest.raises(ValueError):

@@ -1,9 +1,6 @@
 """Model catalogue: embedded, official (download + verify, with files the tests write) and custom."""
 
-import functools
 import hashlib
-import http.server
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +16,25 @@ from napari_lit.models.catalogue import LIT_TINY_CONFIG, LIT_TINY_WEIGHTS
 def _write_checkpoint(model, path):
     torch.save({"model": model.state_dict()}, path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _RecordingBar:
+    """A tqdm-like bar (what napari.utils.progress offers) that records what pooch tells it."""
+
+    def __init__(self):
+        self.total, self.received, self.closed = 0, 0, False
+
+    def __bool__(self):  # as tqdm: falsy while its total is 0
+        return self.total > 0
+
+    def update(self, n):
+        self.received += n
+
+    def reset(self):
+        self.received = 0
+
+    def close(self):
+        self.closed = True
 
 
 @pytest.fixture()
@@ -79,30 +95,22 @@ def test_offline_error_says_which_file_to_place_where(cache, monkeypatch):
         resolve_model("sam2.1_hiera_small", download=False)
 
 
-def test_download_over_http_with_hash_check(cache, tmp_path, monkeypatch):
+def test_download_over_http_with_hash_check(cache, served_model, monkeypatch):
     """The real download path (pooch) against a local HTTP server; no internet needed."""
-    served = tmp_path / "served"
-    served.mkdir()
-    model = build_sam2_model(LIT_TINY_CONFIG, target="base")
-    digest = _write_checkpoint(model, served / "lit-copy.pt")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/lit-copy.pt"
-        good = catalogue.ModelSpec("test-model", str(LIT_TINY_CONFIG), "lit-copy.pt", url, digest)
-        monkeypatch.setitem(MODELS, "test-model", good)
-        cfg, ckpt = resolve_model("test-model", progress=False)
-        assert ckpt == cache / "lit-copy.pt" and hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest
-        assert load_predictor("test-model", device="cpu").image_size == 256
-        bad = replace(good, name="bad", filename="bad.pt", url=url, sha256="0" * 64)
-        monkeypatch.setitem(MODELS, "bad", bad)
-        with pytest.raises(ModelUnavailableError, match="expected SHA-256"):
-            resolve_model("bad", progress=False)
-        assert not (cache / "bad.pt").exists()
-    finally:
-        server.shutdown()
+    assert catalogue.needs_download("test-model") and not catalogue.needs_download("lit-tiny")
+    bar = _RecordingBar()
+    cfg, ckpt = resolve_model("test-model", progress=bar)
+    assert ckpt == cache / "lit-copy.pt"
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == served_model.sha256
+    # the given bar was driven by the download: total = file size, updates add up to it
+    assert bar.total == ckpt.stat().st_size and bar.received == bar.total and bar.closed
+    assert not catalogue.needs_download("test-model")
+    assert load_predictor("test-model", device="cpu").image_size == 256
+    bad = replace(served_model, name="bad", filename="bad.pt", sha256="0" * 64)
+    monkeypatch.setitem(MODELS, "bad", bad)
+    with pytest.raises(ModelUnavailableError, match="expected SHA-256"):
+        resolve_model("bad", progress=False)
+    assert not (cache / "bad.pt").exists()
 
 
 def test_custom_checkpoint_and_config(tmp_path):

@@ -139,3 +139,39 @@ def test_correction_reports(tmp_path, predictor, clip):
     static = run_benchmark(tmp_path / "data", "static", "mask", progress=False)
     with pytest.raises(ValueError, match="not interactive"):
         correction_summary(static)
+
+
+def test_cli_adapter_options(tmp_path, clip, capsys):
+    """--lora-* reach the adapter and are recorded in the JSON; bad ones exit 2 with a message."""
+    from napari_lit.bench.runner import adapter_config_from_args, build_parser
+    from napari_lit.cli import main as cli_main
+
+    base = ["data", "--method", "lit", "--init", "mask", "--json", "o.json"]
+    cfg = adapter_config_from_args(build_parser().parse_args(
+        base + ["--lora-rank", "8", "--lora-lr", "0.002", "--lora-steps", "12", "--lora-dropout", "0",
+                "--lora-targets", "q_proj", "v_proj"]))
+    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout) == (8, 8.0, 0.002, 12, 0.0)
+    assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
+    assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
+
+    frames, labels = clip
+    seq = tmp_path / "data" / "synth-t"
+    seq.mkdir(parents=True)
+    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
+    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [obj]}))
+    out = tmp_path / "lit.json"
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--tau", "0.99",
+                   "--max-corrections", "1", "--lora-steps", "2", "--lora-rank", "2", "--json", str(out),
+                   "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["adapter"]["max_steps"] == 2 and res["adapter"]["rank"] == 2
+    assert res["total_corrections"] == 1 and len(res["sequences"][0]["adapt_ms"]) == 1
+    capsys.readouterr()
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-targets",
+                   "fc1", "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "adapter settings" in err[0] and "fc1" in err[0]
+    assert not (tmp_path / "bad.json").exists()

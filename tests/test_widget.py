@@ -112,10 +112,91 @@ def test_negative_clicks_toggle_and_shortcuts(loop, qtbot):
     assert widget.labels_layer.selected_label == 1  # no object yet
 
 
-def test_widget_refuses_4d_with_a_clear_message(make_napari_viewer, tmp_path):
+def test_widget_refuses_a_single_2d_image_with_a_clear_message(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((2, 3, 16, 16)), name="tz")
+    viewer.add_image(np.zeros((16, 16)), name="plane")
     widget = LitWidget(viewer, store_dir=tmp_path)
     widget.start()
-    assert "3D stack" in widget.status_label.text()
+    assert "single 2D image" in widget.status_label.text()
     assert widget.session is None
+
+
+def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napari_viewer, qtbot, tmp_path):
+    """(T, C, Y, X): propagate along T on the channel the viewer shows; the session's layers
+    have 4 dimensions, sit on that channel, and the labels layer still views the zarr store
+    (also when painted)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lit", "timelapse")
+    image, gt = np.asarray(viewer.layers[0].data), np.asarray(viewer.layers[1].data)
+    viewer.layers.clear()
+    tcyx = np.stack([np.zeros_like(image), image], axis=1)  # channel 0 empty, channel 1 the cells
+    layer = viewer.add_image(tcyx, name="tcyx", scale=(1, 1, 0.5, 0.5))
+    viewer.dims.set_current_step(1, 1)
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    assert widget.axis_combo.count() == 2 and widget.axis_combo.currentIndex() == 0
+    widget.image_combo.setCurrentText("tcyx")
+    widget.start()
+    _wait(qtbot, widget)
+    assert widget.session is not None, widget.status_label.text()
+    assert widget.session.n_frames == len(image) and widget.view.fixed == {1: 1}
+    labels = widget.labels_layer
+    assert labels.data.shape == (len(image), 1) + image.shape[1:] and labels.translate[1] == 1
+    assert tuple(labels.scale) == tuple(layer.scale)
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([0, 0, ys.mean(), xs.mean()])  # a click on frame 0 of the held channel
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    store = widget.session.store
+    assert store.frames_done == tuple(range(len(image)))
+    ious = [_iou(store.read_frame(t) == obj, gt[t] == obj) for t in range(len(image))]
+    assert np.mean(ious) > 0.5, ious
+    np.testing.assert_array_equal(np.asarray(labels.data[3, 0]), store.read_frame(3))
+    # painting the 4D labels layer writes through to the store and is a correction of frame 3
+    viewer.dims.set_current_step(0, 3)
+    assert widget.current_frame == 3
+    free = np.argwhere(store.read_frame(3) == 0)[len(np.argwhere(store.read_frame(3) == 0)) // 2]
+    labels.brush_size = 3
+    labels.paint((3, 0, *free), obj)
+    assert store.read_frame(3)[tuple(free)] == obj
+    _wait(qtbot, widget)
+    assert (3, obj) in widget._pending
+    widget.close_session()
+
+
+def test_sam2_download_shows_in_napari_progress(make_napari_viewer, qtbot, tmp_path, served_model, monkeypatch):
+    """A model that is not cached yet downloads in the worker, through a napari progress bar
+    (the activity dock) that the download itself drives."""
+    import napari.utils
+
+    bars = []
+
+    class RecordingProgress(napari.utils.progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+        def close(self):
+            self.final = (self.total, self.n)
+            super().close()
+
+    monkeypatch.setattr(napari.utils, "progress", RecordingProgress)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lit", "timelapse")
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    widget.model_combo.setCurrentText("test-model")
+    widget.image_combo.setCurrentText(viewer.layers[0].name)
+    widget.start()
+    _wait(qtbot, widget)
+    assert widget.session is not None, widget.status_label.text()
+    size = (Path(os.environ["NAPARI_LIT_CACHE"]) / "lit-copy.pt").stat().st_size
+    assert len(bars) == 1 and bars[0].final == (size, size)
+    assert "test-model" in bars[0].desc
+    widget.close_session()
+    # cached now: a second start downloads nothing
+    widget.start()
+    _wait(qtbot, widget)
+    assert widget.session is not None and len(bars) == 1
+    widget.close_session()

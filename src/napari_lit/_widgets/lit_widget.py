@@ -5,6 +5,10 @@ napari thread worker wrapping a core generator (one at a time, queued), so the v
 waits for the model. The session's label store (zarr on disk) *is* the data of the "LIT
 labels" layer: frames are written as they are computed and the layer is refreshed.
 
+The session tracks the frames along one axis of the image layer (time or z; the first
+non-spatial axis by default); in images with more non-spatial axes the others are held at the
+viewer's position when the session starts (:class:`~napari_lit._widgets._view.StackView`).
+
 Keyboard shortcuts (viewer-wide while the widget is open)::
 
     .  /  ,      next / previous frame
@@ -91,6 +95,7 @@ class LitWidget(QWidget):
         self.points_layer = None
         self.shapes_layer = None
         self.suggestion_layer = None
+        self.view = None  # StackView of the running session
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
         self.worker = None
         self._queue: Deque[Tuple[str, Callable, dict]] = deque()
@@ -136,17 +141,22 @@ class LitWidget(QWidget):
         self.advanced = QCollapsible("Advanced adapter settings")
         adv = QWidget()
         adv_form = QFormLayout(adv)
+        from ..core.adaptation import AdapterConfig
+
+        defaults = AdapterConfig()
         self.rank_spin = QSpinBox()
         self.rank_spin.setRange(1, 64)
-        self.rank_spin.setValue(4)
+        self.rank_spin.setValue(defaults.rank)
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-4)
+        self.lr_spin.setValue(defaults.lr)
+        self.lr_spin.setToolTip("LIT published 1e-4 for SAM2's decoder; lit-tiny's smaller decoder needs 1e-2 "
+                                "(see docs/benchmarks.md)")
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 500)
-        self.steps_spin.setValue(40)
+        self.steps_spin.setValue(defaults.max_steps)
         adv_form.addRow("LoRA rank", self.rank_spin)
         adv_form.addRow("learning rate", self.lr_spin)
         adv_form.addRow("max steps", self.steps_spin)
@@ -228,8 +238,10 @@ class LitWidget(QWidget):
         layer = self.image_layer
         if layer is None:
             return
-        n_nonspatial = layer.ndim - 2
-        self.axis_combo.addItems([f"axis {i} ({layer.data.shape[i]} frames)" for i in range(max(n_nonspatial, 0))])
+        shape = layer.level_shapes[0]
+        labels = list(self.viewer.dims.axis_labels)[-layer.ndim:]
+        # the first non-spatial axis is the default (index 0)
+        self.axis_combo.addItems([f"{labels[i]} ({int(shape[i])} frames)" for i in range(max(layer.ndim - 2, 0))])
 
     @property
     def image_layer(self):
@@ -302,25 +314,24 @@ class LitWidget(QWidget):
 
     # -------------------------------------------------------------- session
     def _stack(self):
+        """(stack, view): the (N, Y, X[, RGB]) frames along the chosen axis of the image
+        layer (other non-spatial axes held at the viewer's position; lazy) and the
+        :class:`StackView` that says how the session's layers line up with the image."""
+        from ._view import StackView
+
         layer = self.image_layer
         if layer is None:
             raise ValueError("add an image layer first")
         data = layer.data[0] if layer.multiscale else layer.data
-        spatial = 3 if layer.rgb else 2
-        if data.ndim - spatial != 1:
-            raise ValueError(
-                f"napari-lit propagates through a 3D stack (frames, Y, X) or RGB frames; "
-                f"{layer.name!r} has shape {tuple(data.shape)}. Split channels or pick one z plane / time point "
-                f"first (4D support is planned)."
-            )
-        return data
+        view = StackView.from_layer(layer, max(self.axis_combo.currentIndex(), 0), self.viewer.dims.point)
+        return view.select(data), view
 
     def start(self):
         """Load the model (in a worker) and open a session on the chosen image."""
         from ..core.adaptation import AdapterConfig
 
         try:
-            stack = self._stack()
+            stack, view = self._stack()
         except ValueError as exc:
             self._show_error(exc)
             return
@@ -340,9 +351,20 @@ class LitWidget(QWidget):
 
         def load():
             from ..core.session import LitSession
-            from ..models import load_predictor
+            from ..models import load_predictor, needs_download
 
-            predictor = load_predictor(model, config=config, device=device)
+            bar = None
+            if needs_download(model):  # a SAM2.1 checkpoint: show the download in napari's activity
+                from napari.utils import progress
+
+                bar = progress(total=0, desc=f"downloading {model}")
+                yield f"downloading {model}"
+            try:
+                predictor = load_predictor(model, config=config, device=device,
+                                           progress=bar if bar is not None else False)
+            finally:
+                if bar is not None:
+                    bar.close()
             yield "model loaded"
             result["session"] = LitSession(predictor, stack, store_path, learn=self.learn_check.isChecked(),
                                            adapter_config=adapter_config)
@@ -350,21 +372,23 @@ class LitWidget(QWidget):
 
         def done():
             if "session" in result:
-                self._install_session(result["session"], layer)
+                self._install_session(result["session"], layer, view)
 
         if self.session is not None:
             self.close_session()
         self._run(f"loading {model}", load, total=2, on_done=done)
 
-    def _install_session(self, session, image_layer):
+    def _install_session(self, session, image_layer, view):
         self.session = session
+        self.view = view
         name = image_layer.name
-        self.labels_layer = self.viewer.add_labels(session.store.array, name=f"{name} LIT labels",
-                                                   scale=image_layer.scale, translate=image_layer.translate)
+        held = "".join(f", axis {a} at {i}" for a, i in sorted(view.fixed.items()))
+        self.labels_layer = self.viewer.add_labels(view.expand(session.store.array), name=f"{name} LIT labels{held}",
+                                                   scale=image_layer.scale, translate=view.translate(image_layer))
         self.labels_layer.selected_label = 1
         self.labels_layer.events.paint.connect(self._on_paint)
         self.points_layer = self.viewer.add_points(
-            np.empty((0, 3)), name=f"{name} LIT prompts", ndim=3, size=7,
+            np.empty((0, view.ndim)), name=f"{name} LIT prompts", ndim=view.ndim, size=7,
             features={"positive": np.array([], bool), "obj_id": np.array([], int)},
             face_color=POSITIVE_COLOR, border_color="white", scale=self.labels_layer.scale,
             translate=self.labels_layer.translate,
@@ -373,7 +397,7 @@ class LitWidget(QWidget):
         self.points_layer.events.data.connect(self._on_points)
         self.points_layer.mouse_drag_callbacks.append(self._points_mouse)
         self.labels_layer.events.selected_label.connect(self._sync_obj)
-        self.shapes_layer = self.viewer.add_shapes(ndim=3, name=f"{name} LIT boxes", edge_color="yellow",
+        self.shapes_layer = self.viewer.add_shapes(ndim=view.ndim, name=f"{name} LIT boxes", edge_color="yellow",
                                                    face_color="transparent", scale=self.labels_layer.scale,
                                                    translate=self.labels_layer.translate)
         self.shapes_layer.events.data.connect(self._on_shapes)
@@ -388,6 +412,7 @@ class LitWidget(QWidget):
         if self.session is not None:
             self.session.close()
         self.session = None
+        self.view = None
         self._set_session_controls(False)
 
     def _on_layer_removed(self, event):
@@ -400,7 +425,16 @@ class LitWidget(QWidget):
     @property
     def current_frame(self) -> int:
         """Index of the displayed frame along the propagation axis."""
-        return int(self.viewer.dims.current_step[0])
+        return int(self.viewer.dims.current_step[self._frame_axis()])
+
+    def _frame_axis(self) -> int:
+        """The viewer (world) axis of the propagation axis."""
+        view = getattr(self, "view", None)
+        if view is None:
+            layer = self.image_layer
+            ndim = layer.ndim if layer is not None else self.viewer.dims.ndim
+            return max(self.viewer.dims.ndim - ndim + max(self.axis_combo.currentIndex(), 0), 0)
+        return self.viewer.dims.ndim - view.ndim + view.axis
 
     @property
     def obj_id(self) -> int:
@@ -445,15 +479,15 @@ class LitWidget(QWidget):
 
         if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
             return
-        frames = {int(round(self.points_layer.data[i][0])) for i in event.data_indices}
+        frames = {int(self.view.frame(self.points_layer.data[i])) for i in event.data_indices}
         for frame in frames:
             self._prompt_frame(frame, self.obj_id)
 
     def _clicks(self, frame: int, obj_id: int):
         data = self.points_layer.data
         feats = self.points_layer.features
-        sel = (np.round(data[:, 0]).astype(int) == frame) & (feats["obj_id"].to_numpy() == obj_id)
-        return data[sel][:, 1:], feats["positive"].to_numpy()[sel].astype(int)
+        sel = (self.view.frame(data) == frame) & (feats["obj_id"].to_numpy() == obj_id)
+        return self.view.yx(data[sel]), feats["positive"].to_numpy()[sel].astype(int)
 
     def _prompt_frame(self, frame: int, obj_id: int):
         points, labels = self._clicks(frame, obj_id)
@@ -476,8 +510,8 @@ class LitWidget(QWidget):
             return
         for i in event.data_indices:
             verts = np.asarray(self.shapes_layer.data[i])
-            frame = int(round(verts[0, 0]))
-            box = [verts[:, 1].min(), verts[:, 2].min(), verts[:, 1].max(), verts[:, 2].max()]
+            frame, yx = int(self.view.frame(verts[0])), self.view.yx(verts)
+            box = [yx[:, 0].min(), yx[:, 1].min(), yx[:, 0].max(), yx[:, 1].max()]
             obj_id, session = self.obj_id, self.session
 
             def prompt(frame=frame, box=box, obj_id=obj_id):
@@ -491,12 +525,19 @@ class LitWidget(QWidget):
         if self.session is None:
             return
         frames = set()
+        session_frames = self.session.n_frames
         for atom in event.value:
             idx = atom[0]
-            frames.update(int(f) for f in np.unique(np.asarray(idx[0])))
+            # napari's history atoms hold index arrays (point edits) or slices (masked
+            # region edits) per axis
+            along = idx[self.view.axis]
+            if isinstance(along, slice):
+                frames.update(range(*along.indices(session_frames)))
+            else:
+                frames.update(int(f) for f in np.unique(np.asarray(along)))
         obj_id, session = self.obj_id, self.session
         for frame in frames:
-            mask = np.asarray(self.labels_layer.data[frame]) == obj_id
+            mask = session.store.read_frame(frame) == obj_id
             if not mask.any() and obj_id not in session.tracker.obj_ids:
                 continue
             if session.is_tracked(frame, obj_id):
@@ -557,6 +598,7 @@ class LitWidget(QWidget):
         self._suggestion = (frame, obj_id, mask)
         data = np.zeros((self.session.n_frames,) + mask.shape, np.uint8)
         data[frame][mask] = 1
+        data = self.view.expand(data)
         if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
             self.suggestion_layer = self.viewer.add_labels(data, name="LIT suggestion (A: accept)", opacity=0.5,
                                                            scale=self.labels_layer.scale,
@@ -614,7 +656,7 @@ class LitWidget(QWidget):
 
         def step(delta):
             def f(_viewer):
-                axis = 0
+                axis = self._frame_axis()
                 v.dims.set_current_step(axis, int(np.clip(v.dims.current_step[axis] + delta, 0, v.dims.nsteps[axis] - 1)))
             return f
 

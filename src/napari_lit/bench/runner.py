@@ -24,6 +24,7 @@ per-frame plot are written beside it (:mod:`napari_lit.bench.report`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -192,7 +193,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each). Objects absent
         from every frame are skipped with a warning. Interactive methods add ``tau``,
         ``max_corrections``, ``total_corrections``, ``total_clicks``, ``adapter_accepts``,
-        ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5) at the top
+        ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5 of the
+        model's own predictions) and ``adapter`` (its settings; None for ``frozen``) at the top
         level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
         ``events`` per entry.
 
@@ -311,6 +313,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             "p95_adapt_ms": float(np.percentile(adapt_ms, 95)) if adapt_ms else None,
             # R@tau of the model's own predictions (the final masks are >= tau by construction)
             "robustness": robustness([e["model_j"] for e in entries], presence),
+            "adapter": dataclasses.asdict(adapter.config) if adapter is not None else None,
         })
     return result
 
@@ -363,7 +366,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", nargs="+", metavar="NAME", help="run only these sequences")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    lora = p.add_argument_group("adapter (lit, lit-always)", "LoRA settings; napari-lit's defaults otherwise")
+    lora.add_argument("--lora-rank", type=int, help="LoRA rank (alpha follows it: scale 1)")
+    lora.add_argument("--lora-lr", type=float, help="AdamW learning rate")
+    lora.add_argument("--lora-steps", type=int, help="most optimisation steps per correction")
+    lora.add_argument("--lora-dropout", type=float, help="LoRA dropout")
+    lora.add_argument("--lora-targets", nargs="+", metavar="PROJ",
+                      help="projections to adapt: q_proj k_proj v_proj out_proj")
+    lora.add_argument("--lora-memory-attention", action="store_true",
+                      help="also adapt SAM2's memory attention")
     return p
+
+
+def adapter_config_from_args(args):
+    """The :class:`~napari_lit.core.adaptation.AdapterConfig` the ``--lora-*`` options ask
+    for (defaults for the options not given).
+
+    Raises
+    ------
+    napari_lit.cli.UsageError
+        On an invalid setting (the message names it).
+    """
+    from ..core.adaptation import AdapterConfig
+
+    kw = {}
+    if args.lora_rank is not None:
+        kw.update(rank=args.lora_rank, alpha=float(args.lora_rank))
+    for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_dropout", "dropout"),
+                     ("lora_targets", "target_modules")):
+        if getattr(args, opt) is not None:
+            kw[key] = getattr(args, opt)
+    if args.lora_memory_attention:
+        kw["memory_attention"] = True
+    try:
+        return AdapterConfig(**kw)
+    except ValueError as exc:
+        raise _usage_error(f"adapter settings: {exc}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -388,7 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise _usage_error(f"cannot create the folder of --json {out}: {exc}") from None
     result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
-                           tau=args.tau, max_corrections=args.max_corrections)
+                           tau=args.tau, max_corrections=args.max_corrections,
+                           adapter_config=adapter_config_from_args(args))
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:

@@ -6,6 +6,7 @@ from .catalogue import (
     ModelSpec,
     ModelUnavailableError,
     load_predictor,
+    needs_download,
     resolve_device,
     resolve_model,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailableError",
     "load_predictor",
+    "needs_download",
     "resolve_device",
     "resolve_model",
 ]

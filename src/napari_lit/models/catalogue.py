@@ -26,6 +26,7 @@ __all__ = [
     "cache_dir",
     "resolve_model",
     "resolve_device",
+    "needs_download",
     "load_predictor",
 ]
 
@@ -124,7 +125,35 @@ def sha256sum(path: Union[str, Path], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _download(spec: ModelSpec, directory: Path, progress: bool) -> Path:
+class _BarForPooch:
+    """Hands a tqdm-like bar to pooch. pooch tests the bar's truth value, and a tqdm bar
+    with ``total == 0`` (not yet known) is falsy, so pooch would skip it."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __bool__(self):
+        return True
+
+    @property
+    def total(self):
+        return self.bar.total
+
+    @total.setter
+    def total(self, value):
+        self.bar.total = value
+
+    def update(self, n):
+        self.bar.update(n)
+
+    def reset(self):
+        self.bar.reset()
+
+    def close(self):
+        self.bar.close()
+
+
+def _download(spec: ModelSpec, directory: Path, progress) -> Path:
     import pooch
 
     target = directory / spec.filename
@@ -141,7 +170,7 @@ def _download(spec: ModelSpec, directory: Path, progress: bool) -> Path:
     try:
         path = pooch.retrieve(
             spec.url, known_hash=f"sha256:{spec.sha256}", fname=spec.filename,
-            path=directory, progressbar=progress,
+            path=directory, progressbar=progress if isinstance(progress, bool) else _BarForPooch(progress),
         )
     except ValueError as exc:  # pooch's hash mismatch
         raise ModelUnavailableError(
@@ -158,7 +187,7 @@ def _download(spec: ModelSpec, directory: Path, progress: bool) -> Path:
 
 
 def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] = None,
-                  download: bool = True, progress: bool = True,
+                  download: bool = True, progress=True,
                   directory: Optional[Union[str, Path]] = None) -> Tuple[str, Path]:
     """Find (or download) a model's config and checkpoint.
 
@@ -170,8 +199,10 @@ def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] 
         Hydra config for a custom checkpoint (required then).
     download : bool
         Download missing official checkpoints; otherwise raise.
-    progress : bool
-        Show a download progress bar.
+    progress : bool or tqdm-like object
+        Show a download progress bar on stderr (True), none (False), or drive this bar
+        (anything with ``total``, ``update(n_bytes)``, ``reset()`` and ``close()``, such as
+        ``napari.utils.progress``; pooch sets ``total`` to the file size in bytes).
     directory : str or Path, optional
         Cache directory; :func:`cache_dir` by default.
 
@@ -249,8 +280,26 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def needs_download(name: str, directory: Optional[Union[str, Path]] = None) -> bool:
+    """Whether loading catalogue model ``name`` would download its checkpoint first (False
+    for the embedded model, custom checkpoints and files already in the cache).
+
+    Parameters
+    ----------
+    name : str
+        A catalogue name or a custom checkpoint path.
+    directory : str or Path, optional
+        Cache directory; :func:`cache_dir` by default.
+    """
+    spec = MODELS.get(name)
+    if spec is None or spec.embedded:
+        return False
+    directory = Path(directory) if directory else cache_dir()
+    return not (directory / spec.filename).exists()
+
+
 def load_predictor(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] = None,
-                   device: str = "auto", download: bool = True, progress: bool = True):
+                   device: str = "auto", download: bool = True, progress=True):
     """Build sam2's video predictor for a catalogue model or a custom checkpoint.
 
     Parameters
