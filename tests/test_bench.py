@@ -297,6 +297,11 @@ def test_propagate_scores_every_frame(data_dir, predictor):
         j = np.array(e["j"])
         assert len(j) == N_FRAMES and np.isfinite(j).all() and ((0 <= j) & (j <= 1)).all()
         assert e["mean_j"] == pytest.approx(j.mean())
+        ent = np.array(e["entropy"])  # masked entropy of every frame, Lazy-XMem eq. 2-4
+        assert len(ent) == N_FRAMES and ((0 <= ent) & (ent <= 1)).all()
+        assert e["spearman"] is None or -1 <= e["spearman"] <= 1
+    rhos = [e["spearman"] for e in res["sequences"] if e["spearman"] is not None]
+    assert res["median_spearman"] == (pytest.approx(np.median(rhos)) if rhos else None)
 
 
 def test_static_click_repeats_the_models_click_mask(data_dir, predictor):

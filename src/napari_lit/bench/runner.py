@@ -93,6 +93,9 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
     dict
         ``prompt_frame`` (int), ``click`` ((y, x) or None), ``j`` and ``f`` (lists of N
         floats, frame by frame), ``mean_j`` and ``mean_jf`` (floats, over all N frames).
+        ``propagate`` adds ``entropy`` (N floats: the object's masked entropy, Lazy-XMem eq.
+        2-4) and ``spearman``: Spearman's correlation of -entropy with J over the frames
+        other than the prompt frame (Lazy-XMem Fig. 3; None when either is constant).
 
     Raises
     ------
@@ -122,6 +125,7 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
     click = None
     j = np.full(n, np.nan)
     f = np.full(n, np.nan)
+    entropy = np.full(n, np.nan)
 
     if init == "mask":
         prompt_mask = gt[prompt_frame]
@@ -138,10 +142,11 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         for result in tracker.propagate(direction="both"):
             i = result.frame_idx
             j[i], f[i] = frame_scores(result.mask(obj_id), gt[i])
+            entropy[i] = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
         missing = np.flatnonzero(np.isnan(j))
         if len(missing):  # not expected: propagation covers every frame
             raise RuntimeError(f"propagation did not reach frames {missing.tolist()}")
-    return {
+    out = {
         "prompt_frame": prompt_frame,
         "click": None if click is None else [int(click[0]), int(click[1])],
         "j": j.tolist(),
@@ -149,6 +154,37 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         "mean_j": float(j.mean()),
         "mean_jf": float(((j + f) / 2).mean()),
     }
+    if method == "propagate":
+        out["entropy"] = entropy.tolist()
+        out["spearman"] = entropy_iou_correlation(entropy, j, exclude=prompt_frame)
+    return out
+
+
+def entropy_iou_correlation(entropy, j, exclude: Optional[int] = None) -> Optional[float]:
+    """Spearman's rank correlation of -entropy with IoU over frames (Lazy-XMem Fig. 3: the
+    higher, the better the masked entropy tells a good frame from a bad one).
+
+    Parameters
+    ----------
+    entropy, j : (N,) float sequences
+        Per-frame masked entropy and IoU of one object.
+    exclude : int, optional
+        A frame to leave out (the prompt frame: its mask is given, not predicted).
+
+    Returns
+    -------
+    float or None
+        None when fewer than 3 frames remain or either series is constant.
+    """
+    from scipy.stats import spearmanr
+
+    e, j = np.asarray(entropy, float), np.asarray(j, float)
+    keep = np.isfinite(e) & np.isfinite(j)
+    if exclude is not None:
+        keep[int(exclude)] = False
+    if keep.sum() < 3 or np.ptp(e[keep]) == 0 or np.ptp(j[keep]) == 0:
+        return None
+    return float(spearmanr(-e[keep], j[keep]).statistic)
 
 
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
@@ -190,7 +226,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         None if there is none), ``seconds`` (wall time, model loading included) and
         ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
-        ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each). Objects absent
+        ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each); ``propagate``
+        adds ``entropy`` and ``spearman`` per entry and ``median_spearman`` (see
+        :func:`score_object`). Objects absent
         from every frame are skipped with a warning. Interactive methods add ``tau``,
         ``max_corrections``, ``total_corrections``, ``total_clicks``, ``adapter_accepts``,
         ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5 of the
@@ -301,6 +339,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "seconds": round(time.perf_counter() - t0, 3),
         "sequences": entries,
     }
+    if method == "propagate":
+        rho = [e["spearman"] for e in entries if e.get("spearman") is not None]
+        result["median_spearman"] = float(np.median(rho)) if rho else None
     if interactive:
         adapt_ms = [ms for e in entries for ms in e["adapt_ms"]]
         result.update({

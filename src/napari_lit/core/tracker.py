@@ -61,6 +61,17 @@ class FrameResult:
         """
         return self.logits[self.obj_ids.index(obj_id)] > 0
 
+    def masked_entropy(self, ratio: Optional[float] = None) -> np.ndarray:
+        """(O,) float32 masked entropy of each object, in the order of :attr:`obj_ids`
+        (Lazy-XMem eq. 2-4, see :func:`napari_lit.core.uncertainty.masked_entropy`; the
+        objects compete for pixels). ``ratio``: mask dilation (default
+        :data:`~napari_lit.core.uncertainty.DEFAULT_DILATION`)."""
+        from .uncertainty import DEFAULT_DILATION, masked_entropy
+
+        if not self.obj_ids:
+            return np.zeros(0, np.float32)
+        return masked_entropy(self.logits, DEFAULT_DILATION if ratio is None else ratio)
+
     def labels(self) -> np.ndarray:
         """(Y, X) uint32 label image: each pixel gets the object with the highest positive
         logit there (overlaps resolved by confidence), 0 elsewhere."""

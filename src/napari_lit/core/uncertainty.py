@@ -1,0 +1,157 @@
+"""Masked entropy: how unsure the tracker is about each object on a frame.
+
+Lazy-XMem (Vujasinovic et al. 2024, sec. 3.2): the normalised Shannon entropy of each pixel's
+class distribution (eq. 2), restricted to the object's mask dilated by a circular kernel
+(eq. 3), summed over that region (eq. 4). Here the sum is divided by the region's size, so
+the figure is a mean in [0, 1] that does not grow with the object's size: 0 = every pixel
+around the object is certain, 1 = every pixel is a coin toss.
+
+The class distribution comes from SAM2's mask logits, which are per object (independent
+sigmoids). With one object there are two classes (object, background); with several, their
+probabilities are combined by soft aggregation (as in STM/XMem: background = the product of
+the objects' complements, then a softmax over the odds), giving |C| = objects + 1 classes.
+Everything is computed from logits the tracker already has: no extra model pass.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["DEFAULT_DILATION", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy"]
+
+DEFAULT_DILATION = 0.0
+"""Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
+Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` (median Spearman
+correlation of -entropy with IoU over 60 objects: 0.24 without dilation, 0.17-0.20 with 0.1 to
+0.5, 0.12 with 1.0)."""
+
+_EPS = 1e-6
+
+
+def pixel_entropy(probs: np.ndarray) -> np.ndarray:
+    """Normalised pixel entropy (Lazy-XMem eq. 2).
+
+    Parameters
+    ----------
+    probs : (C, ...) float ndarray
+        Class probabilities per pixel (summing to 1 over axis 0), C >= 2.
+
+    Returns
+    -------
+    (...) float32 ndarray
+        ``-sum_c p log p / log C``, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than 2 classes.
+    """
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim < 1 or probs.shape[0] < 2:
+        raise ValueError(f"entropy needs at least 2 classes along axis 0; got shape {probs.shape}")
+    p = np.clip(probs, _EPS, 1.0)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
+
+
+def class_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Per-pixel class distribution from per-object mask logits (soft aggregation).
+
+    Parameters
+    ----------
+    logits : (O, ...) float ndarray
+        SAM2 mask logits of O >= 1 objects.
+
+    Returns
+    -------
+    (O + 1, ...) float32 ndarray
+        Background first, then the objects in the order of ``logits``; sums to 1 over axis 0.
+        For one object this is exactly (1 - sigmoid, sigmoid).
+    """
+    logits = np.asarray(logits, np.float32)
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+    if len(prob) == 1:
+        return np.concatenate([1 - prob, prob])
+    bg = np.prod(1 - prob, axis=0, keepdims=True)
+    agg = np.clip(np.concatenate([bg, prob]), _EPS, 1 - _EPS)
+    odds = np.log(agg / (1 - agg))
+    odds -= odds.max(axis=0, keepdims=True)
+    e = np.exp(odds)
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def dilate(mask: np.ndarray, ratio: float = DEFAULT_DILATION) -> np.ndarray:
+    """The mask dilated by a circular kernel (Lazy-XMem eq. 3).
+
+    Parameters
+    ----------
+    mask : (Y, X) bool ndarray
+    ratio : float
+        Kernel radius as a fraction of the object's equivalent radius ``sqrt(area / pi)``
+        (at least 1 pixel); 0 leaves the mask as it is.
+
+    Returns
+    -------
+    (Y, X) bool ndarray
+
+    Raises
+    ------
+    ValueError
+        On a negative ratio or a mask that is not 2D.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2D (Y, X); got shape {mask.shape}")
+    if ratio < 0:
+        raise ValueError(f"dilation ratio must be >= 0; got {ratio}")
+    area = int(mask.sum())
+    if ratio == 0 or area == 0 or area == mask.size:
+        return mask.copy()
+    radius = max(1.0, ratio * np.sqrt(area / np.pi))
+    return distance_transform_edt(~mask) <= radius
+
+
+def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side: Optional[int] = 256) -> np.ndarray:
+    """Masked entropy of each object on one frame (Lazy-XMem eq. 2-4, per pixel of the region).
+
+    Parameters
+    ----------
+    logits : (O, Y, X) float ndarray
+        Mask logits of all O objects of the frame (> 0 is inside).
+    ratio : float
+        Dilation of each object's mask, see :func:`dilate`.
+    max_side : int, optional
+        Compute on a grid subsampled to at most this many pixels on the long side (the
+        figure is a mean over a region, so it barely changes; the cost does). None: full
+        resolution.
+
+    Returns
+    -------
+    (O,) float32 ndarray
+        Mean normalised entropy over each object's dilated mask, in [0, 1]. An object with an
+        empty mask is scored over the pixels where its probability is >= 0.1 (a faint
+        object SAM2 nearly found), and 0 when there is none (confidently absent).
+
+    Raises
+    ------
+    ValueError
+        If ``logits`` is not (O, Y, X) with O >= 1.
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 3 or len(logits) == 0:
+        raise ValueError(f"logits must be (O, Y, X) with at least one object; got shape {logits.shape}")
+    if max_side is not None and max(logits.shape[1:]) > max_side:
+        step = int(np.ceil(max(logits.shape[1:]) / max_side))
+        logits = logits[:, ::step, ::step]
+    probs = class_probabilities(logits)
+    ent = pixel_entropy(probs)
+    out = np.zeros(len(logits), np.float32)
+    for i in range(len(logits)):
+        mask = logits[i] > 0
+        region = dilate(mask, ratio) if mask.any() else probs[i + 1] >= 0.1
+        if region.any():
+            out[i] = float(ent[region].mean())
+    return out
