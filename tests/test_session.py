@@ -55,6 +55,33 @@ def test_correction_learn_accept_undo(session):
     assert s.undo_last_correction() is None
 
 
+def test_uncertainty_per_frame_and_next_uncertain_frame(session):
+    s, labels = session
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    assert np.isnan(s.uncertainty(obj)).all()
+    s.add_mask(0, obj, labels[0] == obj)
+    list(s.propagate(direction="forward"))
+    u = s.uncertainty(obj)
+    assert u.shape == (len(labels),) and np.isfinite(u).all() and ((0 <= u) & (u <= 1)).all()
+    # the values are the masked entropy of what was written
+    from napari_lit.core.uncertainty import masked_entropy
+
+    r = next(iter(s.tracker.propagate(start_frame=3, direction="forward")))
+    assert u[3] == pytest.approx(masked_entropy(r.logits)[list(r.obj_ids).index(obj)], abs=1e-4)
+    # navigation: the nearest frame at or above a threshold, in either direction
+    thr = float(np.sort(u[1:])[-2])  # the two most uncertain propagated frames qualify
+    hits = sorted(int(f) for f in np.flatnonzero(u >= thr))
+    assert s.next_uncertain(-1, obj, thr) == hits[0]
+    assert s.next_uncertain(hits[0], obj, thr) == hits[1]
+    assert s.next_uncertain(len(labels), obj, thr, step=-1) == hits[-1]
+    assert s.next_uncertain(hits[-1], obj, 2.0) is None
+    # a painted correction changes the frame's entropy; undo brings back the old value
+    s.add_mask(4, obj, labels[4] == obj)
+    assert s.uncertainty(obj)[4] != u[4]
+    s.undo_last_correction()
+    assert s.uncertainty(obj)[4] == u[4]
+
+
 def test_learning_needs_a_propagated_frame(session):
     s, labels = session
     obj = int(labels[0].max())

@@ -200,3 +200,46 @@ def test_sam2_download_shows_in_napari_progress(make_napari_viewer, qtbot, tmp_p
     _wait(qtbot, widget)
     assert widget.session is not None and len(bars) == 1
     widget.close_session()
+
+
+def test_review_plot_and_uncertain_frame_navigation(loop, qtbot):
+    """The Review box plots the object's masked entropy per frame as propagation writes it;
+    ] / [ go to the next / previous frame at or above the threshold; a click on the plot
+    goes to that frame."""
+    from matplotlib.backend_bases import MouseEvent
+
+    viewer, widget, gt = loop
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget._review_timer.isActive(), timeout=5_000)
+    values = widget.session.uncertainty(obj)
+    assert np.isfinite(values).all()
+    np.testing.assert_allclose(widget._review_line.get_ydata(), values)
+    thr = float(np.sort(values[1:])[-3])
+    hits = sorted(int(f) for f in np.flatnonzero(values >= thr))
+    widget.review_threshold.setValue(thr - 1e-4)
+    viewer.dims.set_current_step(0, 0)
+    widget.goto_uncertain(1)
+    assert widget.current_frame == hits[0]
+    widget.goto_uncertain(1)
+    assert widget.current_frame == hits[1]
+    widget.goto_uncertain(-1)
+    assert widget.current_frame == hits[0]
+    widget.review_threshold.setValue(1.0)
+    widget.goto_uncertain(1)
+    assert widget.current_frame == hits[0] and "no later frame" in widget.status_label.text()
+    widget.review_threshold.setValue(0.0)  # "auto": the 10 % most uncertain frames
+    assert widget.review_threshold.text() == "auto"
+    assert widget.review_threshold_value() == pytest.approx(np.percentile(values, 90))
+    # a click on the plot at frame 7 goes there
+    widget.update_review()
+    widget.review_canvas.draw()
+    x, y = widget._review_ax.transData.transform((7, float(values[7])))
+    MouseEvent("button_press_event", widget.review_canvas, x, y, button=1)._process()
+    assert widget.current_frame == 7
+    assert "]" in widget.toolTip() and "[" in widget.toolTip()

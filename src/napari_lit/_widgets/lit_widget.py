@@ -18,7 +18,12 @@ Keyboard shortcuts (viewer-wide while the widget is open)::
     F            flag the current frame as wrong: show the adapted prediction
     A            accept the adapted prediction
     U            undo the last correction
+    ]  /  [      next / previous uncertain frame
     Escape       cancel the running propagation or training
+
+The "Review" box plots the selected object's masked entropy per frame (Lazy-XMem eq. 2-4,
+computed from the tracker's logits as frames are written); clicking the plot jumps to that
+frame.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ SHORTCUTS = {
     "F": "flag frame: show the adapted prediction",
     "A": "accept the adapted prediction",
     "U": "undo the last correction",
+    "]": "next uncertain frame (masked entropy >= the review threshold)",
+    "[": "previous uncertain frame",
     "Escape": "cancel",
 }
 
@@ -207,13 +214,109 @@ class LitWidget(QWidget):
         self.status_label.setWordWrap(True)
         grid.addWidget(self.status_label, 5, 0, 1, 2)
         layout.addWidget(loop)
+        layout.addWidget(self._build_review())
         layout.addStretch(1)
         self.setToolTip("Shortcuts:\n" + "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items()))
         self._set_session_controls(False)
 
+    def _build_review(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        box = QGroupBox("Review")
+        grid = QGridLayout(box)
+        self.review_figure = Figure(figsize=(3.2, 1.4), dpi=90, layout="constrained")
+        self.review_canvas = FigureCanvasQTAgg(self.review_figure)
+        self.review_canvas.setMinimumHeight(120)
+        self.review_canvas.setToolTip("masked entropy of the selected object per frame; click to go to a frame")
+        ax = self.review_figure.add_subplot(111)
+        ax.set_xlabel("frame", fontsize=7)
+        ax.set_ylabel("uncertainty", fontsize=7)
+        ax.tick_params(labelsize=6)
+        (self._review_line,) = ax.plot([], [], lw=1, color="tab:orange", marker=".", ms=3)
+        self._review_threshold_line = ax.axhline(0.2, color="grey", ls=":", lw=0.8)
+        self._review_frame_line = ax.axvline(0, color="tab:blue", lw=0.8)
+        self._review_ax = ax
+        self.review_canvas.mpl_connect("button_press_event", self._on_review_click)
+        grid.addWidget(self.review_canvas, 0, 0, 1, 3)
+        self.review_threshold = QDoubleSpinBox()
+        self.review_threshold.setRange(0.0, 1.0)
+        self.review_threshold.setSingleStep(0.01)
+        self.review_threshold.setDecimals(3)
+        self.review_threshold.setSpecialValueText("auto")  # 0: the object's 90th percentile
+        self.review_threshold.setValue(0.0)
+        self.review_threshold.setToolTip("frames whose masked entropy reaches this are 'uncertain'; "
+                                         "auto: the 10 % most uncertain frames of the object")
+        self.review_threshold.valueChanged.connect(self._schedule_review)
+        self.prev_uncertain_button = QPushButton("◀ uncertain")
+        self.next_uncertain_button = QPushButton("uncertain ▶")
+        self.prev_uncertain_button.clicked.connect(lambda: self.goto_uncertain(-1))
+        self.next_uncertain_button.clicked.connect(lambda: self.goto_uncertain(1))
+        grid.addWidget(self.prev_uncertain_button, 1, 0)
+        grid.addWidget(self.review_threshold, 1, 1)
+        grid.addWidget(self.next_uncertain_button, 1, 2)
+        # redraw at most every 250 ms while frames stream in (drawing is slow)
+        self._review_timer = QTimer(self)
+        self._review_timer.setSingleShot(True)
+        self._review_timer.setInterval(250)
+        self._review_timer.timeout.connect(self.update_review)
+        self.viewer.dims.events.current_step.connect(self._schedule_review)
+        return box
+
+    def _schedule_review(self, *_):
+        if not self._review_timer.isActive():
+            self._review_timer.start()
+
+    def update_review(self):
+        """Redraw the uncertainty plot of the selected object (and the current frame)."""
+        ax = self._review_ax
+        if self.session is None:
+            self._review_line.set_data([], [])
+        else:
+            values = self.session.uncertainty(self.obj_id)
+            self._review_line.set_data(np.arange(len(values)), values)
+            ax.set_xlim(-0.5, len(values) - 0.5)
+            top = np.nanmax(values) if np.isfinite(values).any() else 0.0
+            ax.set_ylim(0, max(0.01, float(top) * 1.15, self.review_threshold_value() * 1.15))
+            self._review_frame_line.set_xdata([self.current_frame, self.current_frame])
+        self._review_threshold_line.set_ydata([self.review_threshold_value()] * 2)
+        self.review_canvas.draw_idle()
+
+    def review_threshold_value(self) -> float:
+        """The review threshold in effect: the spin box's value, or with "auto" (0) the 90th
+        percentile of the selected object's masked entropy over its frames so far."""
+        value = self.review_threshold.value()
+        if value > 0 or self.session is None:
+            return value
+        values = self.session.uncertainty(self.obj_id)
+        values = values[np.isfinite(values)]
+        return float(np.percentile(values, 90)) if len(values) else 1.0
+
+    def _on_review_click(self, event):
+        if self.session is None or event.xdata is None:
+            return
+        self._goto_frame(int(np.clip(round(event.xdata), 0, self.session.n_frames - 1)))
+
+    def _goto_frame(self, frame: int):
+        self.viewer.dims.set_current_step(self._frame_axis(), int(frame))
+
+    def goto_uncertain(self, step: int = 1):
+        """Go to the next (``step`` 1) or previous (-1) frame whose masked entropy for the
+        selected object reaches the review threshold."""
+        if self.session is None:
+            return
+        threshold = self.review_threshold_value()
+        frame = self.session.next_uncertain(self.current_frame, self.obj_id, threshold, step)
+        if frame is None:
+            self._status(f"no {'later' if step > 0 else 'earlier'} frame with uncertainty >= "
+                         f"{threshold:.3f} for object {self.obj_id}")
+            return
+        self._goto_frame(frame)
+
     def _set_session_controls(self, enabled: bool):
         for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
-                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.reset_button):
+                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.reset_button,
+                  self.prev_uncertain_button, self.next_uncertain_button):
             w.setEnabled(enabled)
 
     def _image_layers(self):
@@ -240,8 +343,10 @@ class LitWidget(QWidget):
             return
         shape = layer.level_shapes[0]
         labels = list(self.viewer.dims.axis_labels)[-layer.ndim:]
+        names = [f"axis {i}" if str(labels[i]).lstrip("-").isdigit() else f"axis {i}: {labels[i]}"
+                 for i in range(max(layer.ndim - 2, 0))]
         # the first non-spatial axis is the default (index 0)
-        self.axis_combo.addItems([f"{labels[i]} ({int(shape[i])} frames)" for i in range(max(layer.ndim - 2, 0))])
+        self.axis_combo.addItems([f"{name} ({int(shape[i])} frames)" for i, name in enumerate(names)])
 
     @property
     def image_layer(self):
@@ -405,6 +510,7 @@ class LitWidget(QWidget):
         self.points_layer.mode = "add"
         self._set_session_controls(True)
         self._update_status()
+        self._schedule_review()
 
     def close_session(self):
         """Cancel running work and close the session (layers stay in the viewer)."""
@@ -443,6 +549,7 @@ class LitWidget(QWidget):
 
     def _sync_obj(self, *_):
         self._set_click_defaults(positive=not self.negative_mode)
+        self._schedule_review()
 
     def new_object(self):
         """Select a label id no object uses yet."""
@@ -553,6 +660,7 @@ class LitWidget(QWidget):
     def _refresh_labels(self, frame: int, force: bool = False):
         if self.labels_layer is not None and (force or frame == self.current_frame):
             self.labels_layer.refresh()
+        self._schedule_review()
 
     def propagate(self, direction: str = "forward"):
         """Learn from pending corrections, then propagate in ``direction`` from the latest
@@ -665,6 +773,7 @@ class LitWidget(QWidget):
             "P": lambda _v: self.propagate("forward"), "Shift-P": lambda _v: self.propagate("backward"),
             "F": lambda _v: self.flag_frame(), "A": lambda _v: self.accept_suggestion(),
             "U": lambda _v: self.undo(), "Escape": lambda _v: self.cancel(),
+            "]": lambda _v: self.goto_uncertain(1), "[": lambda _v: self.goto_uncertain(-1),
         }
         self._bound = []
         for key, func in bindings.items():
@@ -673,6 +782,8 @@ class LitWidget(QWidget):
 
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self.close_session()
+        self._review_timer.stop()
+        self.viewer.dims.events.current_step.disconnect(self._schedule_review)
         for key in getattr(self, "_bound", []):
             self.viewer.bind_key(key, None, overwrite=True)
         super().closeEvent(event)

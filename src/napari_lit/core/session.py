@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -34,14 +34,16 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Correction:
     """What undo needs to take a correction back: the corrected ``frame_idx`` and
-    ``obj_id``, the frame's ``labels_before`` (Y, X) and ``adapter_before`` (a snapshot), and
-    whether the adapter ``learned`` from it."""
+    ``obj_id``, the frame's ``labels_before`` (Y, X), ``adapter_before`` (a snapshot) and
+    ``entropy_before`` (masked entropy per object on that frame), and whether the adapter
+    ``learned`` from it."""
 
     frame_idx: int
     obj_id: int
     labels_before: np.ndarray
     adapter_before: dict
     learned: bool = False
+    entropy_before: Optional[Dict[int, float]] = None
 
 
 class LitSession:
@@ -80,6 +82,7 @@ class LitSession:
         self.learn = bool(learn)
         self.corrections: List[Correction] = []
         self.last_train_ms: Optional[float] = None
+        self._entropy: Dict[int, np.ndarray] = {}  # obj id -> (N,) masked entropy, NaN = none yet
 
     # ------------------------------------------------------------------ queries
     @property
@@ -103,12 +106,32 @@ class LitSession:
     # ------------------------------------------------------------------ prompts
     def _write(self, result: FrameResult) -> FrameResult:
         self.store.write_frame(result.frame_idx, result.labels())
+        if result.obj_ids:
+            for obj_id, value in zip(result.obj_ids, result.masked_entropy()):
+                per_frame = self._entropy.setdefault(int(obj_id), np.full(self.n_frames, np.nan, np.float32))
+                per_frame[result.frame_idx] = value
         return result
+
+    def uncertainty(self, obj_id: int) -> np.ndarray:
+        """(N,) float32 masked entropy of ``obj_id`` per frame (Lazy-XMem eq. 2-4, see
+        :mod:`napari_lit.core.uncertainty`), from the frame's latest result; NaN where the
+        object has no result yet. Computed from the logits as frames are written (no extra
+        model pass)."""
+        values = self._entropy.get(int(obj_id))
+        return values.copy() if values is not None else np.full(self.n_frames, np.nan, np.float32)
+
+    def next_uncertain(self, frame_idx: int, obj_id: int, threshold: float, step: int = 1) -> Optional[int]:
+        """The nearest frame after (``step`` = 1) or before (-1) ``frame_idx`` whose masked
+        entropy for ``obj_id`` is >= ``threshold``; None if there is none."""
+        values = self.uncertainty(obj_id)
+        frames = range(frame_idx + 1, self.n_frames) if step > 0 else range(frame_idx - 1, -1, -1)
+        return next((f for f in frames if values[f] >= threshold), None)
 
     def _begin_correction(self, frame_idx: int, obj_id: int) -> None:
         if self.is_tracked(frame_idx, obj_id):
+            entropy = {k: float(v[frame_idx]) for k, v in self._entropy.items()}
             self.corrections.append(Correction(int(frame_idx), int(obj_id), self.store.read_frame(frame_idx),
-                                               self.adapter.snapshot()))
+                                               self.adapter.snapshot(), entropy_before=entropy))
 
     def add_points(self, frame_idx: int, obj_id: int, points, labels) -> FrameResult:
         """Set the clicks of ``obj_id`` on ``frame_idx`` (all of them: earlier clicks on that
@@ -195,6 +218,8 @@ class LitSession:
         self.tracker.remove_prompts(c.frame_idx, c.obj_id)
         self.store.write_frame(c.frame_idx, c.labels_before)
         self.adapter.restore(c.adapter_before)
+        for k, value in (c.entropy_before or {}).items():
+            self._entropy[k][c.frame_idx] = value
         return c
 
     def reset_adapter(self, obj_id: Optional[int] = None) -> None:
