@@ -12,6 +12,7 @@ from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter, dice_loss,
 def session(predictor, clip):
     """A tracker recording decoder inputs, an adapter, one object propagated forward."""
     frames, labels = clip
+    torch.manual_seed(0)  # LoRA's random init and dropout: the same run every time
     tracker = Tracker(predictor, frames, record_decoder_inputs=True)
     adapter = DecoderAdapter(predictor, AdapterConfig(lr=5e-3, max_steps=40, patience=40))
     tracker.context.listeners.append(adapter.on_decoder_call)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_lit.bench.interactive import error_click, robustness, simulate_object
+from napari_lit.bench.interactive import error_click, robustness, simulate_object, workload
 from napari_lit.bench.metrics import jaccard
 from napari_lit.bench.runner import run_benchmark
 from napari_lit.core import Tracker
@@ -43,6 +43,22 @@ def setup(predictor, clip):
     yield tracker, adapter, labels == obj
     adapter.reset()
     tracker.close()
+
+
+def test_workload_metrics_lazy_xmem_sec_4_2():
+    # object A: 10 frames, prompted on 0 then corrected on 3, 4, 8; object B: 5 frames, one prompt
+    w = workload([[0, 3, 4, 8], [2]], [10, 5])
+    assert w["noc"] == 3
+    assert w["idi"] == pytest.approx((np.mean([3, 1, 4, 1]) + np.mean([2, 2])) / 2)
+    # A: gaps 3, 1, 4 -> cumulative counts over i = 1..10: 1, 1, 2, 3 x 7 = 25, / 10; B: none
+    assert w["aci"] == pytest.approx(2.5)
+    spread, bunched = workload([[0, 10, 20]], [30]), workload([[0, 1, 2]], [30])
+    assert spread["noc"] == bunched["noc"] == 2 and bunched["aci"] > spread["aci"]
+    # IDI only counts interactions (the mean gap, start and end included): same for both
+    assert spread["idi"] == bunched["idi"] == pytest.approx(29 / 3)
+    assert workload([[0, 15]], [30])["idi"] > spread["idi"]
+    with pytest.raises(ValueError, match="objects"):
+        workload([[0]], [5, 6])
 
 
 def test_no_corrections_when_tau_is_zero(setup):
@@ -104,8 +120,9 @@ def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
     res = run_benchmark(tmp_path, "lit", "mask", predictor=predictor, progress=False, tau=1.01,
                         max_corrections=2, adapter_config=AdapterConfig(max_steps=3))
     for key in ("total_corrections", "total_clicks", "adapter_accepts", "median_adapt_ms",
-                "p95_adapt_ms", "robustness", "tau", "max_corrections"):
+                "p95_adapt_ms", "robustness", "tau", "max_corrections", "workload"):
         assert key in res
+    assert res["workload"]["noc"] == res["total_corrections"]
     assert res["total_corrections"] == sum(e["corrections"] for e in res["sequences"]) == 4
     assert set(res["robustness"]) == {"R@0.1", "R@0.25", "R@0.5"}
     for e in res["sequences"]:

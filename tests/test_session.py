@@ -82,6 +82,20 @@ def test_uncertainty_per_frame_and_next_uncertain_frame(session):
     assert s.uncertainty(obj)[4] == u[4]
 
 
+def test_suggested_click_lies_in_the_frames_own_prediction(session):
+    s, labels = session
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    assert s.suggested_click(3, obj) is None  # not tracked yet
+    s.add_mask(0, obj, labels[0] == obj)
+    results = {r.frame_idx: r for r in s.propagate(direction="forward")}
+    y, x = s.suggested_click(3, obj)
+    mask = results[3].mask(obj)
+    assert mask[y, x]  # on the object as the tracker segmented it, away from its edge
+    from scipy.ndimage import distance_transform_edt
+
+    assert distance_transform_edt(mask)[y, x] >= 0.5 * distance_transform_edt(mask).max()
+
+
 def test_learning_needs_a_propagated_frame(session):
     s, labels = session
     obj = int(labels[0].max())

@@ -88,3 +88,23 @@ def test_propagation_reports_entropy_per_object(predictor, clip):
     assert values.shape == (len(frames), 2)
     assert ((values >= 0) & (values <= 1)).all()
     assert values[1:].max() > 0  # propagated frames are not certain everywhere
+
+
+def test_suggested_click_is_the_certain_core_of_the_mask():
+    from napari_lit.core.uncertainty import suggested_click
+
+    dist, _ = _disk((96, 128), (40, 70), 20)
+    logits = ((20 - dist) * 2.0)[None]
+    y, x = suggested_click(logits)
+    assert abs(y - 40) <= 1 and abs(x - 70) <= 1  # farthest from the boundary
+    # the same mask, but the model is unsure on its left half: the point moves right
+    unsure = logits.copy()
+    unsure[0, :, :75] *= 0.02  # the centre column too
+    y2, x2 = suggested_click(unsure)
+    assert (unsure[0] > 0).sum() == (logits[0] > 0).sum() and x2 >= 75
+    # several objects: the point is for the one asked for
+    shifted = np.roll(logits, 40, axis=2)
+    assert suggested_click(np.concatenate([logits, shifted]), 1)[1] > 100
+    assert suggested_click(np.full((1, 8, 8), -5.0)) is None
+    with pytest.raises(ValueError, match="index"):
+        suggested_click(logits, 1)

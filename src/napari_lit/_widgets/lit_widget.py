@@ -17,6 +17,7 @@ Keyboard shortcuts (viewer-wide while the widget is open)::
     Shift-P      propagate backward
     F            flag the current frame as wrong: show the adapted prediction
     A            accept the adapted prediction
+    H            add the hint of a flagged frame (a star) as a click
     U            undo the last correction
     ]  /  [      next / previous uncertain frame
     Escape       cancel the running propagation or training
@@ -66,6 +67,7 @@ SHORTCUTS = {
     "Shift-P": "propagate backward",
     "F": "flag frame: show the adapted prediction",
     "A": "accept the adapted prediction",
+    "H": "click where the hint (star) shows",
     "U": "undo the last correction",
     "]": "next uncertain frame (masked entropy >= the review threshold)",
     "[": "previous uncertain frame",
@@ -102,6 +104,8 @@ class LitWidget(QWidget):
         self.points_layer = None
         self.shapes_layer = None
         self.suggestion_layer = None
+        self.hint_layer = None
+        self._hint: Optional[Tuple[int, int, Tuple[int, int]]] = None
         self.view = None  # StackView of the running session
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
         self.worker = None
@@ -695,13 +699,38 @@ class LitWidget(QWidget):
 
     # ------------------------------------------------------- flag / accept
     def flag_frame(self):
-        """Show the adapted decoder's prediction for the current frame and object."""
+        """Flag the current frame of the selected object as wrong: in a worker, the adapted
+        decoder's prediction (accept with A) and a "where to click" hint (Lazy-XMem eq. 6;
+        add it as a click with H) are computed from the frame's recorded decoder inputs."""
         if self.session is None:
             return
-        frame, obj_id = self.current_frame, self.obj_id
-        mask = self.session.adapted_prediction(frame, obj_id)
+        frame, obj_id, session = self.current_frame, self.obj_id, self.session
+
+        def flag():
+            yield session.adapted_prediction(frame, obj_id), session.suggested_click(frame, obj_id)
+
+        self._run(f"flagging frame {frame}", flag, total=1,
+                  on_yield=lambda out: self._show_flag(frame, obj_id, *out))
+
+    def _show_flag(self, frame: int, obj_id: int, mask, hint):
+        if self.session is None:
+            return
+        self._hint = None
+        if hint is not None:
+            coords = np.zeros(self.view.ndim)
+            coords[self.view.axis], coords[-2:] = frame, hint
+            self._hint = (frame, obj_id, hint)
+            if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
+                self.hint_layer = self.viewer.add_points(
+                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=12,
+                    face_color="yellow", border_color="black", scale=self.labels_layer.scale,
+                    translate=self.labels_layer.translate)
+            else:
+                self.hint_layer.data = coords[None]
+            self.viewer.layers.selection.active = self.points_layer
         if mask is None:
-            self._status("no adapted prediction yet: correct this frame (clicks or paint), then propagate")
+            self._status(f"frame {frame}: no adapted prediction yet (correct a frame and propagate to teach the "
+                         f"adapter); {'the star marks where to click (H)' if hint else 'no hint'}")
             return
         self._suggestion = (frame, obj_id, mask)
         data = np.zeros((self.session.n_frames,) + mask.shape, np.uint8)
@@ -713,7 +742,23 @@ class LitWidget(QWidget):
                                                            translate=self.labels_layer.translate)
         else:
             self.suggestion_layer.data = data
-        self._status(f"frame {frame}: adapted prediction shown; press A to accept or correct it")
+        self._status(f"frame {frame}: adapted prediction shown; press A to accept it, H to click at the star, "
+                     f"or correct it")
+
+    def click_hint(self):
+        """Add the shown hint as a click (positive, or negative in negative mode) on its frame."""
+        if self.session is None or self._hint is None:
+            return
+        frame, obj_id, (y, x) = self._hint
+        self._hint = None
+        if self.hint_layer is not None and self.hint_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.hint_layer)
+        self.hint_layer = None
+        coords = np.zeros(self.view.ndim)
+        coords[self.view.axis], coords[-2:] = frame, (y, x)
+        self.labels_layer.selected_label = obj_id
+        self._set_click_defaults(positive=not self.negative_mode)
+        self.points_layer.add(coords)  # as if the user clicked there: the frame updates at once
 
     def accept_suggestion(self):
         """Accept the shown adapted prediction: written to SAM2's memory like a correction."""
@@ -772,6 +817,7 @@ class LitWidget(QWidget):
             ".": step(1), ",": step(-1), "T": lambda _v: self.toggle_polarity(),
             "P": lambda _v: self.propagate("forward"), "Shift-P": lambda _v: self.propagate("backward"),
             "F": lambda _v: self.flag_frame(), "A": lambda _v: self.accept_suggestion(),
+            "H": lambda _v: self.click_hint(),
             "U": lambda _v: self.undo(), "Escape": lambda _v: self.cancel(),
             "]": lambda _v: self.goto_uncertain(1), "[": lambda _v: self.goto_uncertain(-1),
         }

@@ -32,7 +32,7 @@ import numpy as np
 
 from .metrics import frame_scores, jaccard
 
-__all__ = ["INTERACTIVE_METHODS", "simulate_object", "error_click", "robustness", "MAX_CLICKS"]
+__all__ = ["INTERACTIVE_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
 INTERACTIVE_METHODS = ("frozen", "lit", "lit-always")
 MAX_CLICKS = 3
@@ -91,6 +91,49 @@ def robustness(j_per_object: Sequence[Sequence[float]], present: Sequence[Sequen
                 ratios.append(float((j[p] >= tau).mean()))
         out[f"R@{tau:g}"] = float(np.mean(ratios)) if ratios else None
     return out
+
+
+def workload(prompt_frames: Sequence[Sequence[int]], n_frames: Sequence[int]) -> Dict[str, float]:
+    """User-workload metrics of Lazy-XMem sec. 4.2 over objects.
+
+    Parameters
+    ----------
+    prompt_frames : sequence of sequences of int
+        Per object, the frames where the user prompted it: the initial prompt and each
+        correction (accepted adapted predictions are not user prompts).
+    n_frames : sequence of int
+        Per object, its number of frames |F_o|.
+
+    Returns
+    -------
+    dict
+        ``noc``: number of user corrections (prompts after the first, all objects);
+        ``idi``: interaction density index, the mean gap in frames between consecutive
+        interactions of an object, counting the start and the end of the sequence as
+        interactions (averaged over objects; higher = fewer interruptions);
+        ``aci``: average correction interval (eq. 8), ``sum_o 1/|F_o| sum_i=1..|F_o|
+        sum_j=1..i n_j`` with ``n_j`` the number of consecutive prompts ``j`` frames apart
+        (lower = corrections more spread out).
+
+    Raises
+    ------
+    ValueError
+        If the two sequences differ in length or an object has no frames.
+    """
+    if len(prompt_frames) != len(n_frames):
+        raise ValueError(f"{len(prompt_frames)} prompt lists for {len(n_frames)} objects")
+    noc, idis, aci = 0, [], 0.0
+    for frames, n in zip(prompt_frames, n_frames):
+        if n < 1:
+            raise ValueError(f"an object needs at least one frame; got {n}")
+        f = sorted(int(x) for x in frames)
+        noc += max(len(f) - 1, 0)
+        marks = sorted(set([0, n - 1] + f))
+        idis.append(float(np.mean(np.diff(marks))) if len(marks) > 1 else float(n))
+        gaps = np.diff(f)
+        counts = np.bincount(gaps[gaps > 0], minlength=n + 1)[: n + 1] if len(gaps) else np.zeros(n + 1)
+        aci += float(np.cumsum(counts[1:]).sum()) / n
+    return {"noc": int(noc), "idi": float(np.mean(idis)) if idis else None, "aci": float(aci)}
 
 
 def _prompt(tracker, frame, obj_id, gt_frame, init):

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .interactive import INTERACTIVE_METHODS, robustness, simulate_object
+from .interactive import INTERACTIVE_METHODS, robustness, simulate_object, workload
 from .metrics import click_point, frame_scores
 
 __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "build_parser", "main"]
@@ -232,8 +232,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         from every frame are skipped with a warning. Interactive methods add ``tau``,
         ``max_corrections``, ``total_corrections``, ``total_clicks``, ``adapter_accepts``,
         ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5 of the
-        model's own predictions) and ``adapter`` (its settings; None for ``frozen``) at the top
-        level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
+        model's own predictions), ``adapter`` (its settings; None for ``frozen``) and
+        ``workload`` (NoC, IDI in frames, ACI of Lazy-XMem sec. 4.2) at the top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
         ``events`` per entry.
 
     Raises
@@ -355,6 +355,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             # R@tau of the model's own predictions (the final masks are >= tau by construction)
             "robustness": robustness([e["model_j"] for e in entries], presence),
             "adapter": dataclasses.asdict(adapter.config) if adapter is not None else None,
+            # NoC, IDI (frames), ACI of Lazy-XMem sec. 4.2: user prompts only
+            "workload": workload([[e["prompt_frame"]] + [ev["frame"] for ev in e["events"] if ev["kind"] != "adapter"]
+                                  for e in entries], [e["frames"] for e in entries]),
         })
     return result
 

@@ -320,6 +320,18 @@ class DecoderAdapter:
             self._deactivate()
         return low, float(best_iou[0]), float(obj_scores.view(-1)[0])
 
+    def predict_frozen(self, inputs: DecoderInputs) -> Tuple[object, float, float]:
+        """SAM2's own (not adapted) decoder prediction from a frame's recorded inputs, as
+        :meth:`predict` returns it; no adapter is needed."""
+        import torch
+
+        self._deactivate()
+        decoder = self.predictor.sam_mask_decoder
+        with torch.inference_mode():
+            masks, ious, _, obj_scores = decoder(**inputs)
+            low, best_iou = select_tracking_mask(masks, ious, obj_scores)
+        return low, float(best_iou[0]), float(obj_scores.view(-1)[0])
+
     # ----------------------------------------------------------------- training
     def train(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Iterator[TrainStep]:
         """Learn from one correction (a generator: one :class:`TrainStep` per step).

@@ -202,6 +202,19 @@ class LitSession:
         low, _, _ = self.adapter.predict(obj_id, inputs)
         return self.tracker.to_input_resolution(low) > 0
 
+    def suggested_click(self, frame_idx: int, obj_id: int) -> Optional[Tuple[int, int]]:
+        """Where to click on ``obj_id`` on a flagged frame ``frame_idx``: Lazy-XMem's point (eq. 5-6, see
+        :func:`napari_lit.core.uncertainty.suggested_click`) of the tracker's own prediction,
+        decoded again from the frame's recorded inputs (no image-encoder pass). (y, x) in
+        pixels of the input, or None when the inputs are not recorded or the mask is empty."""
+        from .uncertainty import suggested_click
+
+        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None:
+            return None
+        low, _, _ = self.adapter.predict_frozen(inputs)
+        return suggested_click(self.tracker.to_input_resolution(low)[None])
+
     def accept(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Accept ``mask`` (e.g. the adapted prediction) for ``obj_id`` on ``frame_idx``:
         written to SAM2's memory like a correction (the adapter is not trained on it)."""

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_DILATION", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy"]
+__all__ = ["DEFAULT_DILATION", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
 
 DEFAULT_DILATION = 0.0
 """Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
@@ -155,3 +155,48 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
         if region.any():
             out[i] = float(ent[region].mean())
     return out
+
+
+def suggested_click(logits: np.ndarray, index: int = 0, ratio: float = DEFAULT_DILATION):
+    """Where to click on object ``index`` of a frame: the point of Lazy-XMem eq. 5-6.
+
+    The pixel of the object's dilated mask that is farthest from the mask's boundary
+    (eq. 5, a distance field) and most certain (weighted by 1 - pixel entropy, eq. 6):
+    ``argmax M_d * E * (1 - S)``. On a wrong frame it marks the core of what the model
+    segments, the natural place for a confirming positive click (or, if that core is wrong,
+    for a negative one).
+
+    Parameters
+    ----------
+    logits : (O, Y, X) float ndarray
+        Mask logits of all objects of the frame (> 0 is inside).
+    index : int
+        Which object (position along axis 0).
+    ratio : float
+        Dilation of the mask, see :func:`dilate`.
+
+    Returns
+    -------
+    (y, x) : (int, int) or None
+        Pixel coordinates at the logits' resolution; None when the object's mask is empty.
+
+    Raises
+    ------
+    ValueError
+        If ``logits`` is not (O, Y, X) or ``index`` is out of range.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    logits = np.asarray(logits)
+    if logits.ndim != 3 or not 0 <= index < len(logits):
+        raise ValueError(f"logits must be (O, Y, X) and index in [0, O); got shape {logits.shape}, index {index}")
+    mask = logits[index] > 0
+    if not mask.any():
+        return None
+    region = dilate(mask, ratio)
+    # distance to the boundary Omega of the mask, on both sides of it (eq. 5)
+    dist = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
+    certainty = 1 - pixel_entropy(class_probabilities(logits))
+    score = np.where(region, dist * certainty, -1.0)
+    y, x = np.unravel_index(int(np.argmax(score)), score.shape)
+    return int(y), int(x)
