@@ -91,9 +91,16 @@ def test_suggested_click_lies_in_the_frames_own_prediction(session):
     y, x = s.suggested_click(3, obj)
     mask = results[3].mask(obj)
     assert mask[y, x]  # on the object as the tracker segmented it, away from its edge
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt
 
     assert distance_transform_edt(mask)[y, x] >= 0.5 * distance_transform_edt(mask).max()
+    # the entropy map of the same prediction: unsure along its edge, sure far from it
+    ent = s.entropy_map(3, obj)
+    assert ent.shape == mask.shape and ((0 <= ent) & (ent <= 1)).all()
+    edge = mask & ~binary_erosion(mask, iterations=2)
+    far = ~binary_dilation(mask, iterations=8)
+    assert ent[edge].mean() > 5 * ent[far].mean()
+    assert s.entropy_map(3, obj + 1000) is None
 
 
 def test_learning_needs_a_propagated_frame(session):

@@ -163,6 +163,14 @@ def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napa
     assert store.read_frame(3)[tuple(free)] == obj
     _wait(qtbot, widget)
     assert (3, obj) in widget._pending
+    # the bucket fill works through the 4D view too (napari indexes it with arrays)
+    before = store.read_frame(5)
+    blob = tuple(np.argwhere(before == obj)[0])
+    labels.fill((5, 0, *blob), 7)
+    after = store.read_frame(5)
+    assert after[blob] == 7 and (after == 7).sum() > 1 and (after == obj).sum() < (before == obj).sum()
+    assert np.array_equal(after[after != 7], before[after != 7])  # nothing else touched
+    _wait(qtbot, widget)
     widget.close_session()
 
 
@@ -270,6 +278,10 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
     frame, flagged_obj, mask = widget._suggestion
     assert (frame, flagged_obj) == (10, obj) and mask.shape == target.shape[1:]
     assert np.asarray(widget.suggestion_layer.data[10]).astype(bool).sum() == mask.sum()
+    # the uncertainty overlay sits on the flagged frame only
+    ent = widget.entropy_layer
+    assert ent.data.shape == (1,) + target.shape[1:] and ent.translate[0] == 10
+    assert float(ent.data.max()) > 0.5
     hint = widget.hint_layer.data[0]
     assert int(round(hint[0])) == 10
     assert (store.read_frame(10) == obj)[int(round(hint[1])), int(round(hint[2]))]  # on the tracked object
@@ -282,6 +294,17 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
     viewer.dims.set_current_step(0, 12)
     widget.flag_frame()
     _wait(qtbot, widget)
+    shots = os.environ.get("NAPARI_LIT_SCREENSHOTS")
+    if shots:  # docs/review.png: a flagged frame with its overlay, hint and the review plot
+        from PIL import Image
+
+        viewer.layers[1].visible = False  # the sample's ground truth
+        viewer.camera.zoom *= 1.4
+        viewer.camera.center = (0, 90, 170)
+        widget.update_review()
+        qtbot.wait(300)
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(Path(shots) / "review.png")
     n_points = len(widget.points_layer.data)
     widget.click_hint()
     _wait(qtbot, widget)

@@ -105,6 +105,7 @@ class LitWidget(QWidget):
         self.shapes_layer = None
         self.suggestion_layer = None
         self.hint_layer = None
+        self.entropy_layer = None
         self._hint: Optional[Tuple[int, int, Tuple[int, int]]] = None
         self.view = None  # StackView of the running session
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
@@ -707,14 +708,17 @@ class LitWidget(QWidget):
         frame, obj_id, session = self.current_frame, self.obj_id, self.session
 
         def flag():
-            yield session.adapted_prediction(frame, obj_id), session.suggested_click(frame, obj_id)
+            yield (session.adapted_prediction(frame, obj_id), session.suggested_click(frame, obj_id),
+                   session.entropy_map(frame, obj_id))
 
         self._run(f"flagging frame {frame}", flag, total=1,
                   on_yield=lambda out: self._show_flag(frame, obj_id, *out))
 
-    def _show_flag(self, frame: int, obj_id: int, mask, hint):
+    def _show_flag(self, frame: int, obj_id: int, mask, hint, entropy=None):
         if self.session is None:
             return
+        if entropy is not None:
+            self._show_entropy(frame, entropy)
         self._hint = None
         if hint is not None:
             coords = np.zeros(self.view.ndim)
@@ -722,7 +726,7 @@ class LitWidget(QWidget):
             self._hint = (frame, obj_id, hint)
             if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
                 self.hint_layer = self.viewer.add_points(
-                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=12,
+                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=18,
                     face_color="yellow", border_color="black", scale=self.labels_layer.scale,
                     translate=self.labels_layer.translate)
             else:
@@ -742,8 +746,26 @@ class LitWidget(QWidget):
                                                            translate=self.labels_layer.translate)
         else:
             self.suggestion_layer.data = data
+        if self.hint_layer is not None and self.hint_layer in self.viewer.layers:  # the star on top
+            self.viewer.layers.move(self.viewer.layers.index(self.hint_layer), len(self.viewer.layers))
+        self.viewer.layers.selection.active = self.points_layer  # clicks still go to the prompts
         self._status(f"frame {frame}: adapted prediction shown; press A to accept it, H to click at the star, "
                      f"or correct it")
+
+    def _show_entropy(self, frame: int, entropy: np.ndarray):
+        """The pixel entropy of ``frame`` as an overlay shown on that frame only (a layer one
+        frame thick, placed at it)."""
+        data = np.expand_dims(entropy, [a for a in range(self.view.ndim - 2)])
+        translate = np.asarray(self.labels_layer.translate, float).copy()
+        translate[self.view.axis] += frame * float(self.labels_layer.scale[self.view.axis])
+        if self.entropy_layer is None or self.entropy_layer not in self.viewer.layers:
+            self.entropy_layer = self.viewer.add_image(
+                data, name="LIT uncertainty (flagged frame)", colormap="inferno", blending="additive",
+                opacity=0.6, contrast_limits=(0, 1), scale=self.labels_layer.scale, translate=translate)
+        else:
+            self.entropy_layer.data = data
+            self.entropy_layer.translate = translate
+        self.viewer.layers.selection.active = self.points_layer
 
     def click_hint(self):
         """Add the shown hint as a click (positive, or negative in negative mode) on its frame."""

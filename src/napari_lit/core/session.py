@@ -202,6 +202,18 @@ class LitSession:
         low, _, _ = self.adapter.predict(obj_id, inputs)
         return self.tracker.to_input_resolution(low) > 0
 
+    def entropy_map(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
+        """(Y, X) float32 pixel entropy (Lazy-XMem eq. 2, two classes) of the tracker's own
+        prediction of ``obj_id`` on ``frame_idx``, decoded again from the frame's recorded
+        inputs; None when they are not recorded. Where it is bright, the model is unsure."""
+        from .uncertainty import class_probabilities, pixel_entropy
+
+        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None:
+            return None
+        low, _, _ = self.adapter.predict_frozen(inputs)
+        return pixel_entropy(class_probabilities(self.tracker.to_input_resolution(low)[None]))
+
     def suggested_click(self, frame_idx: int, obj_id: int) -> Optional[Tuple[int, int]]:
         """Where to click on ``obj_id`` on a flagged frame ``frame_idx``: Lazy-XMem's point (eq. 5-6, see
         :func:`napari_lit.core.uncertainty.suggested_click`) of the tracker's own prediction,
