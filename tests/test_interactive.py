@@ -99,6 +99,30 @@ def test_adapter_prediction_is_offered_first(setup):
     assert res2["clicks"] == 1 and res2["corrections"] == 0
 
 
+def test_lit_auto_keeps_the_surer_adapted_prediction_where_entropy_jumps(setup):
+    """lit-auto = lit when no entropy jump qualifies (tau_u = inf); with every jump
+    qualifying (tau_u < 0) it keeps adapted predictions whose masked entropy is lower, as
+    self-applied events that are neither corrections nor user prompts."""
+    import torch
+
+    tracker, adapter, gt = setup
+    torch.manual_seed(0)
+    lit = simulate_object(gt, tracker, adapter, "lit", "mask", tau=1.01, max_corrections=1)
+    torch.manual_seed(0)
+    same = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=np.inf)
+    assert same["auto_applied"] == 0 and lit["auto_applied"] == 0
+    assert same["events"] == lit["events"] and same["j"] == pytest.approx(lit["j"])
+    torch.manual_seed(0)
+    auto = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
+    kept = [e for e in auto["events"] if e["kind"] == "auto"]
+    assert auto["auto_applied"] == len(kept) >= 1 and auto["corrections"] == 1
+    for e in kept:  # the kept prediction is what the final mask and model IoU show there
+        assert auto["model_j"][e["frame"]] == pytest.approx(e["iou_after"])
+        assert auto["j"][e["frame"]] == pytest.approx(e["iou_after"])
+    # the kept prediction is in SAM2's memory as a mask prompt of that frame
+    assert kept[-1]["frame"] in tracker.prompt_frames(1)
+
+
 def test_bad_arguments(setup):
     tracker, adapter, gt = setup
     with pytest.raises(ValueError, match="method"):
@@ -186,6 +210,11 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
     res = json.loads(out.read_text())
     assert res["adapter"]["max_steps"] == 2 and res["adapter"]["rank"] == 2
     assert res["total_corrections"] == 1 and len(res["sequences"][0]["adapt_ms"]) == 1
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit-auto", "--init", "mask", "--tau", "0.99",
+                   "--max-corrections", "1", "--lora-steps", "2", "--tau-u", "0.5", "--json", str(out), "--quiet"])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["method"] == "lit-auto" and res["tau_u"] == 0.5 and res["auto_applied"] >= 0
+    assert res["workload"]["noc"] == res["total_corrections"]
     capsys.readouterr()
     rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-targets",
                    "fc1", "--json", str(tmp_path / "bad.json")])

@@ -19,7 +19,12 @@ Protocol (LIT, Yang et al. 2026, as in ``shared/DESIGN.md``), for one object:
 4. propagation resumes from the corrected frame.
 
 ``frozen`` never learns; ``lit-always`` applies the adapted decoder on every frame (the
-ablation LIT reports as worse than no adaptation). Robustness R@tau is eq. 7 of Lazy-XMem
+ablation LIT reports as worse than no adaptation). ``lit-auto`` is ``lit`` plus self-applied
+learning: during propagation, when the object's masked entropy jumps by at least ``tau_u``
+from the previous frame (Lazy-XMem sec. 3.4) and the object has an adapter, the adapted
+decoder also predicts the frame, and the prediction with the lower masked entropy is kept
+(the adapted one is written to SAM2's memory like an accepted prediction, counted in
+``auto_applied``, and propagation resumes from it). Robustness R@tau is eq. 7 of Lazy-XMem
 (Vujasinovic et al. 2024).
 """
 
@@ -30,11 +35,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..core.uncertainty import masked_entropy
 from .metrics import frame_scores, jaccard
 
 __all__ = ["INTERACTIVE_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
-INTERACTIVE_METHODS = ("frozen", "lit", "lit-always")
+INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto")
+DEFAULT_TAU_U = 0.05
+"""Masked-entropy jump that makes ``lit-auto`` try the adapted decoder on a frame (not yet
+calibrated on generated sequences)."""
 MAX_CLICKS = 3
 
 
@@ -149,7 +158,7 @@ def _prompt(tracker, frame, obj_id, gt_frame, init):
 
 def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
-                    backward: bool = False) -> Dict:
+                    backward: bool = False, tau_u: float = DEFAULT_TAU_U) -> Dict:
     """Run the simulated user on one object through one sequence.
 
     Parameters
@@ -170,6 +179,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     obj_id : int
     backward : bool
         Also propagate backward from the prompt frame (z-stacks).
+    tau_u : float
+        ``lit-auto``: masked-entropy jump that triggers the adapted prediction.
 
     Returns
     -------
@@ -177,8 +188,9 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         ``prompt_frame``, ``corrections``, ``clicks`` (correction clicks plus the initial
         click for ``init="click"``), ``adapter_accepts``, ``adapt_ms`` (list, one per
         training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
-        ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, and ``model_j``: per frame
-        the IoU of the model's own last prediction before any correction there.
+        ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, ``model_j``: per frame
+        the IoU of the model's own last prediction before any correction there, and
+        ``auto_applied`` (``lit-auto``'s kept adapted predictions; 0 otherwise).
 
     Raises
     ------
@@ -209,7 +221,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     # (robustness is computed from these: the final masks are >= tau by construction)
     model_j = np.full(len(gt), np.nan)
     clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
-    corrections, accepts, adapt_ms, events = 0, 0, [], []
+    corrections, accepts, adapt_ms, events, auto = 0, 0, [], [], 0
     budget = np.inf if max_corrections is None else int(max_corrections)
 
     def correct(frame, pred):
@@ -228,24 +240,42 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     for direction in directions:
         start = t0
         while True:
-            stopped_at = None
+            stopped_at, resume_at, prev_h = None, None, None
             for result in tracker.propagate(start_frame=start, direction=direction):
                 f = result.frame_idx
                 if f == start:  # the prompt or corrected frame: keep what the user gave
                     continue
                 pred = result.mask(obj_id)
+                if method == "lit-auto":
+                    h = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
+                    if prev_h is not None and h - prev_h >= tau_u and adapter.has_adapter(obj_id):
+                        inputs = tracker.decoder_inputs(f, obj_id)
+                        if inputs is not None:
+                            low, _, _ = adapter.predict(obj_id, inputs)
+                            logits = tracker.to_input_resolution(low)
+                            if (logits > 0).any() and masked_entropy(logits[None])[0] < h:
+                                pred = logits > 0
+                                tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
+                                auto += 1
+                                events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
+                                               "iou_after": jaccard(pred, gt[f])})
+                                resume_at = f
+                    prev_h = h
                 final[f] = pred
                 model_j[f] = jaccard(pred, gt[f])
-                if corrections >= budget:
-                    continue
-                if model_j[f] < tau:
+                if corrections < budget and model_j[f] < tau:
                     stopped_at = (f, pred)
                     break
+                if resume_at is not None:  # propagate again from the kept prediction
+                    break
             if stopped_at is None:
+                if resume_at is not None:
+                    start = resume_at
+                    continue
                 break
             f, pred = stopped_at
             inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
-            if method == "lit" and inputs is not None and adapter.has_adapter(obj_id):
+            if method in ("lit", "lit-auto") and inputs is not None and adapter.has_adapter(obj_id):
                 low, _, _ = adapter.predict(obj_id, inputs)
                 adapted = tracker.to_input_resolution(low) > 0
                 iou_adapted = jaccard(adapted, gt[f])
@@ -279,6 +309,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     return {
         "prompt_frame": t0,
         "model_j": model_j.tolist(),
+        "auto_applied": auto,
         "corrections": corrections,
         "clicks": clicks,
         "adapter_accepts": accepts,
