@@ -142,7 +142,8 @@ def plot_corrections(results: Sequence[ResultLike], sequence: str, path: Union[s
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(loaded), 1, sharex=True, squeeze=False)[:, 0]
     style = {"clicks": ("v", "tab:orange", "clicks"), "mask": ("x", "tab:red", "mask"),
-             "adapter": ("o", "tab:green", "adapter accepted")}
+             "adapter": ("o", "tab:green", "adapter accepted"),
+             "auto": ("*", "tab:purple", "applied by itself (lit-auto)")}
     for ax, es, label, r in zip(axes, entries, labels, loaded):
         e = next((e for e in es if e["object"] == obj), None)
         if e is None:
