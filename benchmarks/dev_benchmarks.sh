@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
-#   (also: corrections, ablation, speed)
+#   (also: corrections, ablation, uncertainty, speed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -35,6 +35,9 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB --lora-lr 1e-3 --lora-steps 20 --json $OUT/ablation-lit-lr1e-3-20steps.json
   $BENCH "$DATA" --method lit $SUB --json $OUT/ablation-lit-lr1e-2-20steps.json
   $BENCH "$DATA" --method lit-always $SUB --json $OUT/ablation-lit-always-lr1e-2-20steps.json
+fi
+if [ "$what" = all ] || [ "$what" = uncertainty ]; then
+  .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json
 fi
 if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json
