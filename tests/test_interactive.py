@@ -123,6 +123,18 @@ def test_lit_auto_keeps_the_surer_adapted_prediction_where_entropy_jumps(setup):
     assert kept[-1]["frame"] in tracker.prompt_frames(1)
 
 
+def test_auto_methods_keep_unsure_frames_out_of_memory(setup):
+    """frozen-auto = frozen with SAM2's memory update gated by masked entropy: a gate no frame
+    reaches changes nothing; a gate every frame passes keeps every tracked frame out."""
+    tracker, adapter, gt = setup
+    frozen = simulate_object(gt, tracker, None, "frozen", "mask", tau=0.0)
+    never = simulate_object(gt, tracker, None, "frozen-auto", "mask", tau=0.0, tau_m=2.0)
+    assert never["out_of_memory"] == 0 and never["j"] == pytest.approx(frozen["j"], abs=1e-6)
+    always = simulate_object(gt, tracker, None, "frozen-auto", "mask", tau=0.0, tau_m=-1.0)
+    assert always["out_of_memory"] == len(gt) - 1 - always["prompt_frame"]
+    assert always["corrections"] == 0 and always["j"] != pytest.approx(frozen["j"], abs=1e-6)
+
+
 def test_bad_arguments(setup):
     tracker, adapter, gt = setup
     with pytest.raises(ValueError, match="method"):

@@ -24,7 +24,9 @@ learning: during propagation, when the object's masked entropy jumps by at least
 from the previous frame (Lazy-XMem sec. 3.4) and the object has an adapter, the adapted
 decoder also predicts the frame, and the prediction with the lower masked entropy is kept
 (the adapted one is written to SAM2's memory like an accepted prediction, counted in
-``auto_applied``, and propagation resumes from it). Robustness R@tau is eq. 7 of Lazy-XMem
+``auto_applied``, and propagation resumes from it); it also keeps frames whose masked entropy
+exceeds ``tau_m`` out of SAM2's memory (Lazy-XMem's uncertainty-driven memory update), which
+is all ``frozen-auto`` adds to ``frozen``. Robustness R@tau is eq. 7 of Lazy-XMem
 (Vujasinovic et al. 2024).
 """
 
@@ -38,9 +40,13 @@ import numpy as np
 from ..core.uncertainty import masked_entropy
 from .metrics import frame_scores, jaccard
 
-__all__ = ["INTERACTIVE_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
+__all__ = ["INTERACTIVE_METHODS", "LEARNING_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
-INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto")
+INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto", "frozen-auto")
+LEARNING_METHODS = ("lit", "lit-always", "lit-auto")
+DEFAULT_TAU_M = 0.3
+"""Masked entropy above which ``frozen-auto`` and ``lit-auto`` keep a tracked frame out of
+SAM2's memory (not yet calibrated on generated sequences)."""
 DEFAULT_TAU_U = 0.05
 """Masked-entropy jump that makes ``lit-auto`` try the adapted decoder on a frame (not yet
 calibrated on generated sequences)."""
@@ -158,7 +164,7 @@ def _prompt(tracker, frame, obj_id, gt_frame, init):
 
 def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
-                    backward: bool = False, tau_u: float = DEFAULT_TAU_U) -> Dict:
+                    backward: bool = False, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
     """Run the simulated user on one object through one sequence.
 
     Parameters
@@ -181,6 +187,9 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         Also propagate backward from the prompt frame (z-stacks).
     tau_u : float
         ``lit-auto``: masked-entropy jump that triggers the adapted prediction.
+    tau_m : float
+        ``lit-auto``, ``frozen-auto``: masked entropy above which a tracked frame is kept out
+        of SAM2's memory.
 
     Returns
     -------
@@ -190,7 +199,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
         ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, ``model_j``: per frame
         the IoU of the model's own last prediction before any correction there, and
-        ``auto_applied`` (``lit-auto``'s kept adapted predictions; 0 otherwise).
+        ``auto_applied`` (``lit-auto``'s kept adapted predictions; 0 otherwise) and
+        ``out_of_memory`` (frames kept out of SAM2's memory by the ``-auto`` methods).
 
     Raises
     ------
@@ -202,7 +212,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         raise ValueError(f"method must be one of {INTERACTIVE_METHODS}; got {method!r}")
     if init not in ("mask", "click"):
         raise ValueError(f"init must be 'mask' or 'click'; got {init!r}")
-    if method != "frozen" and adapter is None:
+    if method in LEARNING_METHODS and adapter is None:
         raise ValueError(f"method {method!r} needs an adapter")
     gt = np.asarray(gt, dtype=bool)
     present = gt.reshape(len(gt), -1).any(axis=1)
@@ -222,6 +232,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     model_j = np.full(len(gt), np.nan)
     clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
     corrections, accepts, adapt_ms, events, auto = 0, 0, [], [], 0
+    gate = tau_m if method in ("lit-auto", "frozen-auto") else None
+    out_of_memory = set()
     budget = np.inf if max_corrections is None else int(max_corrections)
 
     def correct(frame, pred):
@@ -241,10 +253,12 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         start = t0
         while True:
             stopped_at, resume_at, prev_h = None, None, None
-            for result in tracker.propagate(start_frame=start, direction=direction):
+            for result in tracker.propagate(start_frame=start, direction=direction, memory_gate=gate):
                 f = result.frame_idx
                 if f == start:  # the prompt or corrected frame: keep what the user gave
                     continue
+                if obj_id in result.out_of_memory:
+                    out_of_memory.add(f)
                 pred = result.mask(obj_id)
                 if method == "lit-auto":
                     h = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
@@ -291,7 +305,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
             final[f] = mask
             corrections += 1
             events.append({"frame": f, "kind": kind, "iou_before": before, "iou_after": jaccard(mask, gt[f])})
-            if method != "frozen" and inputs is not None and mask.any():
+            if method in LEARNING_METHODS and inputs is not None and mask.any():
                 t_start = time.perf_counter()
                 for _ in adapter.train(obj_id, inputs, mask):
                     pass
@@ -310,6 +324,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         "prompt_frame": t0,
         "model_j": model_j.tolist(),
         "auto_applied": auto,
+        "out_of_memory": len(out_of_memory),
         "corrections": corrections,
         "clicks": clicks,
         "adapter_accepts": accepts,

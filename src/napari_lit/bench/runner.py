@@ -34,14 +34,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .interactive import DEFAULT_TAU_U, INTERACTIVE_METHODS, robustness, simulate_object, workload
+from .interactive import (DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIVE_METHODS, LEARNING_METHODS, robustness,
+                          simulate_object, workload)
 from .metrics import click_point, frame_scores
 
 __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("propagate", "static", "frozen", "lit", "lit-always", "lit-auto")
+METHODS = ("propagate", "static", "frozen", "lit", "lit-always", "lit-auto", "frozen-auto")
 INITS = ("mask", "click")
 
 
@@ -192,7 +193,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   sequences: Optional[Sequence[str]] = None, predictor=None,
                   progress: Union[bool, Callable[[int, int], None]] = True,
                   tau: float = 0.5, max_corrections: Optional[int] = None,
-                  adapter_config=None, tau_u: float = DEFAULT_TAU_U) -> Dict:
+                  adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Parameters
@@ -219,6 +220,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         Interactive methods: LoRA settings (napari-lit's defaults by default).
     tau_u : float
         ``lit-auto``: masked-entropy jump that triggers the adapted prediction.
+    tau_m : float
+        ``lit-auto``, ``frozen-auto``: masked entropy above which a tracked frame is kept out
+        of SAM2's memory.
 
     Returns
     -------
@@ -236,7 +240,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5 of the
         model's own predictions), ``adapter`` (its settings; None for ``frozen``),
         ``workload`` (NoC, IDI in frames, ACI of Lazy-XMem sec. 4.2; user prompts only),
-        ``auto_applied`` and ``tau_u`` (``lit-auto``) at the top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
+        ``auto_applied``, ``tau_u``, ``tau_m`` and ``out_of_memory`` (``-auto`` methods) at the
+        top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
         ``events`` per entry.
 
     Raises
@@ -276,7 +281,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         predictor = _load_predictor(model, config, device)
     interactive = method in INTERACTIVE_METHODS
     adapter = None
-    if interactive and method != "frozen":
+    if method in LEARNING_METHODS:
         from ..core.adaptation import DecoderAdapter
 
         adapter = DecoderAdapter(predictor, adapter_config)
@@ -307,7 +312,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     if interactive:
                         scores = simulate_object(gt, tracker, adapter, method, init, tau=tau,
                                                  max_corrections=max_corrections, obj_id=int(obj),
-                                                 backward=seq.is_volume, tau_u=tau_u)
+                                                 backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
                     else:
                         scores = score_object(gt, method, init, tracker, obj_id=int(obj))
                     presence.append(gt.reshape(len(gt), -1).any(axis=1).tolist())
@@ -364,6 +369,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                                   for e in entries], [e["frames"] for e in entries]),
             "auto_applied": int(sum(e.get("auto_applied", 0) for e in entries)),
             "tau_u": tau_u if method == "lit-auto" else None,
+            "tau_m": tau_m if method in ("lit-auto", "frozen-auto") else None,
+            "out_of_memory": int(sum(e.get("out_of_memory", 0) for e in entries)),
         })
     return result
 
@@ -402,12 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", help="folder of sequence folders (or one sequence folder)")
     p.add_argument("--method", required=True, choices=METHODS,
                    help="propagate: track with the model; static: repeat the prompt frame's mask; "
-                        "frozen|lit|lit-always|lit-auto: a simulated user corrects frames with IoU < --tau "
+                        "frozen|lit|lit-always|lit-auto|frozen-auto: a simulated user corrects frames with IoU < --tau "
                         "(lit learns from each correction; lit-auto also applies what it learned where the "
                         "masked entropy jumps)")
     p.add_argument("--tau", type=float, default=0.5, help="interactive methods: correct frames with IoU below this")
     p.add_argument("--tau-u", type=float, default=DEFAULT_TAU_U,
                    help="lit-auto: masked-entropy jump that makes it try the adapted decoder on a frame")
+    p.add_argument("--tau-m", type=float, default=DEFAULT_TAU_M,
+                   help="lit-auto, frozen-auto: masked entropy above which a frame stays out of SAM2's memory")
     p.add_argument("--max-corrections", type=int, default=None,
                    help="interactive methods: correction events allowed per object (default unlimited)")
     p.add_argument("--init", required=True, choices=INITS,
@@ -479,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise _usage_error(f"cannot create the folder of --json {out}: {exc}") from None
     result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
-                           tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u,
+                           tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
                            adapter_config=adapter_config_from_args(args))
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)

@@ -65,6 +65,16 @@ def is_conditioning_frame(state: dict, obj_id: int, frame_idx: int) -> bool:
     return frame_idx in out or frame_idx in temp
 
 
+def forget_frame_memory(state: dict, obj_id: int, frame_idx: int) -> bool:
+    """Keep a tracked (not prompted) frame of ``obj_id`` out of sam2's memory: its stored
+    output, whose memory features and object pointer later frames would attend to, is
+    dropped (the labels already written elsewhere stay). Returns whether there was one."""
+    obj_idx = state["obj_id_to_idx"].get(int(obj_id))
+    if obj_idx is None:
+        return False
+    return state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(int(frame_idx), None) is not None
+
+
 def propagate_in_video(predictor, state: dict, start_frame_idx: int, max_frame_num_to_track, reverse: bool):
     """sam2's ``propagate_in_video`` without its own tqdm bar (callers show progress).
 

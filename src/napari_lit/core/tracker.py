@@ -40,11 +40,15 @@ class FrameResult:
         Object ids, in the order of ``logits``.
     logits : (O, Y, X) float32 ndarray
         SAM2 mask logits at the input resolution (> 0 is inside).
+    out_of_memory : tuple of int
+        Objects whose result on this frame was kept out of SAM2's memory (see
+        :meth:`Tracker.propagate`'s ``memory_gate``).
     """
 
     frame_idx: int
     obj_ids: Tuple[int, ...]
     logits: np.ndarray
+    out_of_memory: Tuple[int, ...] = ()
 
     @property
     def masks(self) -> np.ndarray:
@@ -337,7 +341,7 @@ class Tracker:
 
     # ----------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "both",
-                  max_frames: Optional[int] = None) -> Iterator[FrameResult]:
+                  max_frames: Optional[int] = None, memory_gate: Optional[float] = None) -> Iterator[FrameResult]:
         """Propagate all prompted objects frame by frame (a generator).
 
         Parameters
@@ -349,6 +353,11 @@ class Tracker:
             it to frame 0 (``start_frame`` is yielded once).
         max_frames : int, optional
             Stop after this many frames in each direction.
+        memory_gate : float, optional
+            Uncertainty-driven memory update (Lazy-XMem sec. 3.5): an object whose masked
+            entropy on a tracked frame exceeds this is kept out of SAM2's memory for that
+            frame, so later frames do not build on an unsure mask. None: every frame is
+            remembered, as in SAM2.
 
         Yields
         ------
@@ -377,6 +386,12 @@ class Tracker:
                     if frame_idx in seen:
                         continue
                     seen.add(frame_idx)
-                    yield _as_result(frame_idx, obj_ids, masks)
+                    result = _as_result(frame_idx, obj_ids, masks)
+                    if memory_gate is not None and result.obj_ids:
+                        # before sam2 goes on to the next frame (its generator waits here)
+                        unsure = [o for o, h in zip(result.obj_ids, result.masked_entropy()) if h > memory_gate]
+                        result.out_of_memory = tuple(
+                            o for o in unsure if _sam2.forget_frame_memory(self.state, o, frame_idx))
+                    yield result
             finally:
                 gen.close()
