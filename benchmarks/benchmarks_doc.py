@@ -146,6 +146,23 @@ def uncertainty_section(results: Path) -> str:
         parts.append(f"| {ratio} | {rho} | {v['objects']} |")
     parts.append("\nThe correlations are weak: today's lit-tiny keeps a confident copy of the last mask "
                  "when it loses an object, so its entropy hardly rises where it fails.\n")
+    auto = results / "auto_thresholds.json"
+    if auto.is_file():
+        a = json.loads(auto.read_text())
+        parts += ["### Thresholds of the -auto methods\n",
+                  "```bash\npython benchmarks/auto_thresholds.py --clips 16\n```\n",
+                  f"Simulated user (tau 0.5) on {a['clips']} generated clips of {a['frames']} frames: total "
+                  "corrections for each memory gate tau_m (`frozen-auto`), then for each entropy jump tau_u "
+                  f"(`lit-auto`, tau_m {a['best_tau_m']}).\n",
+                  "| method | threshold | corrections | mean J |", "|---|---:|---:|---:|"]
+        for key, method, name in (("frozen_auto_tau_m", "frozen-auto", "tau_m"), ("lit_auto_tau_u", "lit-auto", "tau_u")):
+            for t, v in a[key].items():
+                parts.append(f"| {method} | {name} {t} | {v['corrections']} | {v['mean_j']:.3f} |")
+        best_u = a["best_tau_u"]
+        parts.append(f"\nDefault tau_m = {a['best_tau_m']}; tau_u: "
+                     + ("no value changes anything here (the adapted prediction is rarely surer than "
+                        "lit-tiny's own), so the default 0.05 only keeps the mechanism active."
+                        if best_u is None else f"{best_u}.") + "\n")
     return "\n".join(parts)
 
 

@@ -38,6 +38,7 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
   .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json
+  .venv/bin/python benchmarks/auto_thresholds.py --clips 16 --out $OUT/auto_thresholds.json
 fi
 if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json

@@ -203,11 +203,14 @@ def test_sam2_download_shows_in_napari_progress(make_napari_viewer, qtbot, tmp_p
     assert len(bars) == 1 and bars[0].final == (size, size)
     assert "test-model" in bars[0].desc
     widget.close_session()
-    # cached now: a second start downloads nothing
+    # cached now: a second start (within the same second: its own label store) downloads nothing
     widget.start()
     _wait(qtbot, widget)
-    assert widget.session is not None and len(bars) == 1
+    assert widget.session is not None, widget.status_label.text()
+    assert len(bars) == 1
     widget.close_session()
+    stores = sorted(p.name for p in tmp_path.glob("*.zarr"))
+    assert len(stores) == 2, stores
 
 
 def test_review_plot_and_uncertain_frame_navigation(loop, qtbot):

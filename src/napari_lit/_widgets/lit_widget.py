@@ -456,7 +456,12 @@ class LitWidget(QWidget):
         adapter_config = AdapterConfig(rank=self.rank_spin.value(), alpha=float(self.rank_spin.value()),
                                        lr=self.lr_spin.value(), max_steps=self.steps_spin.value())
         layer = self.image_layer
-        store_path = self.store_dir / f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        stem = f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        store_path = self.store_dir / f"{stem}.zarr"
+        n = 1
+        while store_path.exists():  # two sessions started within one second
+            n += 1
+            store_path = self.store_dir / f"{stem}-{n}.zarr"
         result = {}
 
         def load():

@@ -1,0 +1,90 @@
+"""Choose the -auto thresholds (tau_m, tau_u) on generated sequences (never on ../shared/data).
+
+Runs the simulated user of ``napari_lit.bench.interactive`` (tau 0.5, mask prompt) with
+lit-tiny on generated clips of every scene kind (faster motion than in training), first
+``frozen-auto`` for several memory gates tau_m, then ``lit-auto`` with the best tau_m for
+several entropy jumps tau_u, and reports the total corrections of each. The defaults of
+``napari_lit.bench.interactive`` are the values with the fewest corrections here (ties: the
+one that intervenes least; no best value when all give the same).
+
+    python benchmarks/auto_thresholds.py [--clips 16] [--out benchmarks/results/auto_thresholds.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+TAU_M = (0.05, 0.1, 0.2, 0.3, math.inf)
+TAU_U = (0.01, 0.02, 0.05, 0.1, math.inf)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_lit.bench.interactive import simulate_object
+    from napari_lit.core import Tracker
+    from napari_lit.core.adaptation import DecoderAdapter
+    from napari_lit.models import load_predictor
+    from napari_lit.training.synthetic import SCENE_KINDS, MotionLevel, generate_clip
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--seed", type=int, default=4321)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/auto_thresholds.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    predictor = load_predictor("lit-tiny", device="cpu")
+    adapter = DecoderAdapter(predictor)
+    rng = np.random.default_rng(args.seed)
+    clips = []
+    for c in range(args.clips):
+        clip = generate_clip(rng, args.frames, 256, kind=SCENE_KINDS[c % len(SCENE_KINDS)],
+                             motion=MotionLevel(speed=6.0, deform=0.04, events=1.0))
+        ids, counts = np.unique(clip.labels[0][clip.labels[0] > 0], return_counts=True)
+        if len(ids):
+            clips.append((clip.frames, clip.labels == int(ids[np.argmax(counts)])))
+
+    def total(method, **kw):
+        corrections, j = 0, []
+        for frames, gt in clips:
+            tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+            torch.manual_seed(0)
+            res = simulate_object(gt, tracker, adapter if method == "lit-auto" else None, method, "mask",
+                                  tau=0.5, **kw)
+            tracker.close()
+            corrections += res["corrections"]
+            j.append(res["mean_j"])
+        return {"corrections": corrections, "mean_j": float(np.mean(j))}
+
+    frozen_auto = {str(t): total("frozen-auto", tau_m=t) for t in TAU_M}
+    best_m = min(TAU_M, key=lambda t: (frozen_auto[str(t)]["corrections"], -t))
+    lit_auto = {str(t): total("lit-auto", tau_m=best_m, tau_u=t) for t in TAU_U}
+    counts = {lit_auto[str(t)]["corrections"] for t in TAU_U}
+    best_u = None if len(counts) == 1 else min(TAU_U, key=lambda t: (lit_auto[str(t)]["corrections"], -t))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"clips": len(clips), "frames": args.frames, "seed": args.seed,
+                               "frozen_auto_tau_m": frozen_auto, "best_tau_m": best_m,
+                               "lit_auto_tau_u": lit_auto, "best_tau_u": best_u,
+                               "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    for t in TAU_M:
+        print(f"frozen-auto tau_m {t:>5}: corrections {frozen_auto[str(t)]['corrections']:4d}, "
+              f"mean J {frozen_auto[str(t)]['mean_j']:.3f}")
+    for t in TAU_U:
+        print(f"lit-auto tau_u {t:>5} (tau_m {best_m}): corrections {lit_auto[str(t)]['corrections']:4d}, "
+              f"mean J {lit_auto[str(t)]['mean_j']:.3f}")
+    print(f"best tau_m {best_m}, best tau_u {best_u}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
