@@ -83,6 +83,7 @@ class LitSession:
         self.corrections: List[Correction] = []
         self.last_train_ms: Optional[float] = None
         self._entropy: Dict[int, np.ndarray] = {}  # obj id -> (N,) masked entropy, NaN = none yet
+        self._own_logits_cache = None  # (the recorded decoder inputs, their (Y, X) logits)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -202,17 +203,28 @@ class LitSession:
         low, _, _ = self.adapter.predict(obj_id, inputs)
         return self.tracker.to_input_resolution(low) > 0
 
+    def _own_logits(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
+        """(Y, X) logits of the tracker's own (not adapted) prediction of ``obj_id`` on
+        ``frame_idx``, decoded again from the frame's recorded inputs (no image-encoder pass);
+        None when they are not recorded. The last one is kept: a flagged frame asks for its
+        entropy map and its hint one after the other."""
+        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None:
+            return None
+        cached = self._own_logits_cache
+        if cached is None or cached[0] is not inputs:  # the same recorded inputs: the same logits
+            low, _, _ = self.adapter.predict_frozen(inputs)
+            cached = self._own_logits_cache = (inputs, self.tracker.to_input_resolution(low))
+        return cached[1]
+
     def entropy_map(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
         """(Y, X) float32 pixel entropy (Lazy-XMem eq. 2, two classes) of the tracker's own
         prediction of ``obj_id`` on ``frame_idx``, decoded again from the frame's recorded
         inputs; None when they are not recorded. Where it is bright, the model is unsure."""
         from .uncertainty import class_probabilities, pixel_entropy
 
-        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
-        if inputs is None:
-            return None
-        low, _, _ = self.adapter.predict_frozen(inputs)
-        return pixel_entropy(class_probabilities(self.tracker.to_input_resolution(low)[None]))
+        logits = self._own_logits(frame_idx, obj_id)
+        return None if logits is None else pixel_entropy(class_probabilities(logits[None]))
 
     def suggested_click(self, frame_idx: int, obj_id: int) -> Optional[Tuple[int, int]]:
         """Where to click on ``obj_id`` on a flagged frame ``frame_idx``: Lazy-XMem's point (eq. 5-6, see
@@ -221,11 +233,8 @@ class LitSession:
         pixels of the input, or None when the inputs are not recorded or the mask is empty."""
         from .uncertainty import suggested_click
 
-        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
-        if inputs is None:
-            return None
-        low, _, _ = self.adapter.predict_frozen(inputs)
-        return suggested_click(self.tracker.to_input_resolution(low)[None])
+        logits = self._own_logits(frame_idx, obj_id)
+        return None if logits is None else suggested_click(logits[None])
 
     def accept(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Accept ``mask`` (e.g. the adapted prediction) for ``obj_id`` on ``frame_idx``:

@@ -12,7 +12,7 @@ input frame; sam2's (x, y) convention stays inside this module.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,6 +49,7 @@ class FrameResult:
     obj_ids: Tuple[int, ...]
     logits: np.ndarray
     out_of_memory: Tuple[int, ...] = ()
+    _entropy: dict = field(default_factory=dict, repr=False, compare=False)  # ratio -> (O,)
 
     @property
     def masks(self) -> np.ndarray:
@@ -69,12 +70,16 @@ class FrameResult:
         """(O,) float32 masked entropy of each object, in the order of :attr:`obj_ids`
         (Lazy-XMem eq. 2-4, see :func:`napari_lit.core.uncertainty.masked_entropy`; the
         objects compete for pixels). ``ratio``: mask dilation (default
-        :data:`~napari_lit.core.uncertainty.DEFAULT_DILATION`)."""
+        :data:`~napari_lit.core.uncertainty.DEFAULT_DILATION`). Computed once per ratio: the
+        memory gate, the session and the benchmark all ask for it on every frame."""
         from .uncertainty import DEFAULT_DILATION, masked_entropy
 
         if not self.obj_ids:
             return np.zeros(0, np.float32)
-        return masked_entropy(self.logits, DEFAULT_DILATION if ratio is None else ratio)
+        ratio = DEFAULT_DILATION if ratio is None else float(ratio)
+        if ratio not in self._entropy:
+            self._entropy[ratio] = masked_entropy(self.logits, ratio)
+        return self._entropy[ratio].copy()
 
     def labels(self) -> np.ndarray:
         """(Y, X) uint32 label image: each pixel gets the object with the highest positive
