@@ -75,6 +75,7 @@ def test_stack_view_holds_the_other_axes_at_the_viewer_position(tmp_path):
     assert view.expand(np.zeros((4, 8, 9))).shape == (4, 1, 8, 9)
     coords = np.array([[3, 0, 5.2, 6.7], [1.4, 0, 2, 3]])
     assert view.frame(coords).tolist() == [3, 1] and view.yx(coords).tolist() == [[5.2, 6.7], [2, 3]]
+    assert view.coords(3, (5.2, 6.7)).tolist() == [3, 0, 5.2, 6.7]
     # along C instead: T is held; out-of-range positions are clipped into the stack
     view_c = StackView.from_layer(layer, 1, point=(99, 10, 0, 0))
     assert view_c.fixed == {0: 3}

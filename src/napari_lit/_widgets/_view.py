@@ -68,7 +68,8 @@ class ExpandedArray:
         return isinstance(k, (np.ndarray, list)) and not isinstance(k, str)
 
     def _split(self, key):
-        """(inner key, output axes to re-insert (basic indexing) or None (fancy indexing))."""
+        """(inner key, output axes to re-insert, output ndim); the last two are None for
+        fancy indexing."""
         key = self._normalise(key)
         fancy = any(self._fancy(k) for k in key)
         inner, reinsert, out_axis = [], [], 0
@@ -89,20 +90,19 @@ class ExpandedArray:
             if isinstance(k, slice):
                 out_axis += 1
         if fancy:
-            return tuple(inner), None
-        return tuple(inner), reinsert
+            return tuple(inner), None, None
+        return tuple(inner), reinsert, out_axis
 
     def __getitem__(self, key):
-        inner, reinsert = self._split(key)
+        inner, reinsert, _ = self._split(key)
         out = np.asarray(self.array[inner])
         for ax in reinsert or ():
             out = np.expand_dims(out, ax)
         return out
 
     def __setitem__(self, key, value):
-        inner, reinsert = self._split(key)
+        inner, reinsert, n_out = self._split(key)
         value = np.asarray(value)
-        n_out = sum(isinstance(k, slice) for k in self._normalise(key))
         if reinsert and value.ndim == n_out:  # the value has the size-1 axes too: drop them
             value = np.squeeze(value, axis=tuple(reinsert))
         self.array[inner] = value
@@ -196,3 +196,10 @@ class StackView:
     def yx(self, coords) -> np.ndarray:
         """(..., 2) y, x of session-layer data coordinates."""
         return np.asarray(coords)[..., -2:]
+
+    def coords(self, frame: int, yx) -> np.ndarray:
+        """(ndim,) session-layer data coordinates of pixel ``yx`` on ``frame`` (the inverse
+        of :meth:`frame` and :meth:`yx`; 0 on the held axes)."""
+        out = np.zeros(self.ndim)
+        out[self.axis], out[-2:] = frame, yx
+        return out

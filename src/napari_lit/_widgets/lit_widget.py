@@ -726,8 +726,7 @@ class LitWidget(QWidget):
             self._show_entropy(frame, entropy)
         self._hint = None
         if hint is not None:
-            coords = np.zeros(self.view.ndim)
-            coords[self.view.axis], coords[-2:] = frame, hint
+            coords = self.view.coords(frame, hint)
             self._hint = (frame, obj_id, hint)
             if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
                 self.hint_layer = self.viewer.add_points(
@@ -781,8 +780,7 @@ class LitWidget(QWidget):
         if self.hint_layer is not None and self.hint_layer in self.viewer.layers:
             self.viewer.layers.remove(self.hint_layer)
         self.hint_layer = None
-        coords = np.zeros(self.view.ndim)
-        coords[self.view.axis], coords[-2:] = frame, (y, x)
+        coords = self.view.coords(frame, (y, x))
         self.labels_layer.selected_label = obj_id
         self._set_click_defaults(positive=not self.negative_mode)
         self.points_layer.add(coords)  # as if the user clicked there: the frame updates at once
