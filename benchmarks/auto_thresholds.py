@@ -12,7 +12,6 @@ one that intervenes least; no best value when all give the same).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -27,31 +26,19 @@ TAU_U = (0.01, 0.02, 0.05, 0.1, math.inf)
 def main(argv=None) -> int:
     import torch
 
+    from _generated import calibration_parser, hard_clips
     from napari_lit.bench.interactive import simulate_object
     from napari_lit.core import Tracker
     from napari_lit.core.adaptation import DecoderAdapter
     from napari_lit.models import load_predictor
-    from napari_lit.training.synthetic import SCENE_KINDS, MotionLevel, generate_clip
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clips", type=int, default=16)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--seed", type=int, default=4321)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/auto_thresholds.json")
-    args = p.parse_args(argv)
+    args = calibration_parser(__doc__, clips=16, seed=4321,
+                              out="benchmarks/results/auto_thresholds.json").parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     predictor = load_predictor("lit-tiny", device="cpu")
     adapter = DecoderAdapter(predictor)
-    rng = np.random.default_rng(args.seed)
-    clips = []
-    for c in range(args.clips):
-        clip = generate_clip(rng, args.frames, 256, kind=SCENE_KINDS[c % len(SCENE_KINDS)],
-                             motion=MotionLevel(speed=6.0, deform=0.04, events=1.0))
-        ids, counts = np.unique(clip.labels[0][clip.labels[0] > 0], return_counts=True)
-        if len(ids):
-            clips.append((clip.frames, clip.labels == int(ids[np.argmax(counts)])))
+    clips = hard_clips(args.seed, args.clips, args.frames)
 
     def total(method, **kw):
         corrections, j = 0, []

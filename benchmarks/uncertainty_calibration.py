@@ -12,7 +12,6 @@ logits, and reports per ratio the median over objects of Spearman's correlation 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -25,35 +24,21 @@ RATIOS = (0.0, 0.1, 0.25, 0.5, 1.0)
 def main(argv=None) -> int:
     import torch
 
+    from _generated import calibration_parser, hard_clips
     from napari_lit.bench.metrics import jaccard
     from napari_lit.bench.runner import entropy_iou_correlation
     from napari_lit.core import Tracker
     from napari_lit.core.uncertainty import masked_entropy
     from napari_lit.models import load_predictor
-    from napari_lit.training.synthetic import SCENE_KINDS, MotionLevel, generate_clip
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clips", type=int, default=24)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/uncertainty_calibration.json")
-    args = p.parse_args(argv)
+    args = calibration_parser(__doc__, clips=24, seed=1234,
+                              out="benchmarks/results/uncertainty_calibration.json").parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     predictor = load_predictor("lit-tiny", device="cpu")
-    rng = np.random.default_rng(args.seed)
     rho = {r: [] for r in RATIOS}
-    for c in range(args.clips):
-        kind = SCENE_KINDS[c % len(SCENE_KINDS)]
-        clip = generate_clip(rng, args.frames, 256, kind=kind, motion=MotionLevel(speed=6.0, deform=0.04, events=1.0))
-        labels = clip.labels
-        ids, counts = np.unique(labels[0][labels[0] > 0], return_counts=True)
-        if not len(ids):
-            continue
-        obj = int(ids[np.argmax(counts)])
-        gt = labels == obj
-        tracker = Tracker(predictor, clip.frames)
+    for frames, gt in hard_clips(args.seed, args.clips, args.frames):
+        tracker = Tracker(predictor, frames)
         tracker.add_mask(0, 1, gt[0])
         ent = {r: np.full(args.frames, np.nan) for r in RATIOS}
         j = np.full(args.frames, np.nan)
