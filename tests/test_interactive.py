@@ -126,7 +126,7 @@ def test_lit_auto_keeps_the_surer_adapted_prediction_where_entropy_jumps(setup):
 def test_auto_methods_keep_unsure_frames_out_of_memory(setup):
     """frozen-auto = frozen with SAM2's memory update gated by masked entropy: a gate no frame
     reaches changes nothing; a gate every frame passes keeps every tracked frame out."""
-    tracker, adapter, gt = setup
+    tracker, _, gt = setup
     frozen = simulate_object(gt, tracker, None, "frozen", "mask", tau=0.0)
     never = simulate_object(gt, tracker, None, "frozen-auto", "mask", tau=0.0, tau_m=2.0)
     assert never["out_of_memory"] == 0 and never["j"] == pytest.approx(frozen["j"], abs=1e-6)
@@ -145,14 +145,22 @@ def test_bad_arguments(setup):
         simulate_object(np.zeros_like(gt), tracker, adapter, "frozen")
 
 
-def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
+def _write_sequence(folder, clip, axes, objects=None):
+    """The clip as an evaluation sequence folder (TIFF layout); by default its one object is
+    the largest on frame 0. Returns the object ids."""
     frames, labels = clip
-    seq = tmp_path / "synth-zstack"
-    seq.mkdir()
-    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
-    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
-    objs = [int(i) for i in np.unique(labels[0]) if i][:2]
-    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "ZYX", "objects": objs}))
+    if objects is None:
+        objects = [int(np.bincount(labels[0].ravel())[1:].argmax() + 1)]
+    folder.mkdir(parents=True)
+    tifffile.imwrite(folder / "image.tif", frames, photometric="minisblack")
+    tifffile.imwrite(folder / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
+    (folder / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": axes, "objects": objects}))
+    return objects
+
+
+def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
+    _, labels = clip
+    _write_sequence(tmp_path / "synth-zstack", clip, "ZYX", [int(i) for i in np.unique(labels[0]) if i][:2])
     res = run_benchmark(tmp_path, "lit", "mask", predictor=predictor, progress=False, tau=1.01,
                         max_corrections=2, adapter_config=AdapterConfig(max_steps=3))
     for key in ("total_corrections", "total_clicks", "adapter_accepts", "median_adapt_ms",
@@ -170,13 +178,7 @@ def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
 def test_correction_reports(tmp_path, predictor, clip):
     from napari_lit.bench.correction_report import correction_summary, correction_table, plot_corrections
 
-    frames, labels = clip
-    seq = tmp_path / "data" / "synth-t"
-    seq.mkdir(parents=True)
-    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
-    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
-    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
-    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [obj]}))
+    _write_sequence(tmp_path / "data" / "synth-t", clip, "TYX")
     kw = dict(predictor=predictor, progress=False, tau=0.99, adapter_config=AdapterConfig(max_steps=2))
     frozen = run_benchmark(tmp_path / "data", "frozen", "mask", max_corrections=3, **kw)
     lit = run_benchmark(tmp_path / "data", "lit", "mask", max_corrections=2, **kw)
@@ -207,13 +209,7 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
     assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
     assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
 
-    frames, labels = clip
-    seq = tmp_path / "data" / "synth-t"
-    seq.mkdir(parents=True)
-    tifffile.imwrite(seq / "image.tif", frames, photometric="minisblack")
-    tifffile.imwrite(seq / "labels.tif", labels.astype(np.uint32), photometric="minisblack")
-    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
-    (seq / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [obj]}))
+    _write_sequence(tmp_path / "data" / "synth-t", clip, "TYX")
     out = tmp_path / "lit.json"
     rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--tau", "0.99",
                    "--max-corrections", "1", "--lora-steps", "2", "--lora-rank", "2", "--json", str(out),
