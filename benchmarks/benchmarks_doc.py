@@ -14,6 +14,8 @@ from napari_lit.bench.correction_report import correction_table, plot_correction
 from napari_lit.bench.report import comparison_table, load_result, plot_per_frame
 
 DATA = "../shared/data/dev"
+EVENT_NAMES = {"adapter": "adapted predictions accepted", "clicks": "click corrections",
+               "mask": "ground-truth masks", "auto": "adapted predictions applied by lit-auto"}
 
 
 def _load(path: Path):
@@ -83,8 +85,7 @@ def corrections_section(results: Path, docs: Path) -> str:
                 for ev in e["events"]:
                     by.setdefault(ev["kind"], []).append(ev["iou_after"])
             kinds.append(f"{label}: " + ", ".join(
-                f"{len(v)} {'adapted predictions accepted' if k == 'adapter' else 'click corrections' if k == 'clicks' else 'ground-truth masks'}"
-                f" (mean IoU after {sum(v) / len(v):.2f})" for k, v in sorted(by.items())))
+                f"{len(v)} {EVENT_NAMES[k]} (mean IoU after {sum(v) / len(v):.2f})" for k, v in sorted(by.items())))
         parts.append("\nCorrection events by kind: " + "; ".join(kinds) + ". A ground-truth mask (the "
                      "simulated user's last resort after 3 clicks) scores IoU 1 and an accepted adapted "
                      "prediction only >= tau, so every correction lit saves that way lowers the final mean J "
