@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
-#   (also: corrections, ablation, uncertainty, speed)
+#   (also: corrections, auto, ablation, uncertainty, speed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -24,6 +24,13 @@ if [ "$what" = all ] || [ "$what" = corrections ]; then
     for method in frozen lit; do
       $BENCH "$DATA" --method $method --init mask --tau $tau --json $OUT/$method-tau$tau.json --quiet
     done
+  done
+fi
+if [ "$what" = all ] || [ "$what" = auto ]; then
+  # self-applied learning and the uncertainty-driven memory update (issue 5), tau 0.5,
+  # thresholds at their defaults (chosen on generated clips by benchmarks/auto_thresholds.py)
+  for method in frozen-auto lit-auto; do
+    $BENCH "$DATA" --method $method --init mask --tau 0.5 --json $OUT/$method-tau0.5.json --quiet
   done
 fi
 if [ "$what" = all ] || [ "$what" = ablation ]; then

@@ -285,7 +285,7 @@ def test_comparison_table(data_dir, tmp_path, no_model):
 
 
 # ---------------------------------------------------------------------- with the model
-def test_propagate_scores_every_frame(data_dir, predictor):
+def test_propagate_scores_every_frame(data_dir, predictor, tmp_path):
     done = []
     res = run_benchmark(data_dir, "propagate", "mask", sequences=["cells-tiff"], predictor=predictor,
                         progress=lambda i, n: done.append((i, n)))
@@ -302,6 +302,16 @@ def test_propagate_scores_every_frame(data_dir, predictor):
         assert e["spearman"] is None or -1 <= e["spearman"] <= 1
     rhos = [e["spearman"] for e in res["sequences"] if e["spearman"] is not None]
     assert res["median_spearman"] == (pytest.approx(np.median(rhos)) if rhos else None)
+    # the entropy-vs-IoU figure of docs/benchmarks.md (Lazy-XMem Fig. 3) draws from it
+    from napari_lit.bench.report import plot_entropy_iou
+
+    png = plot_entropy_iou(res, tmp_path / "entropy.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="not in the result"):
+        plot_entropy_iou(res, tmp_path / "x.png", sequence="nope")
+    static = run_benchmark(data_dir, "static", "mask", sequences=["cells-tiff"], progress=False)
+    with pytest.raises(ValueError, match="no per-frame masked entropy"):
+        plot_entropy_iou(static, tmp_path / "x.png")
 
 
 def test_static_click_repeats_the_models_click_mask(data_dir, predictor):

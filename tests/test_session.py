@@ -103,6 +103,33 @@ def test_suggested_click_lies_in_the_frames_own_prediction(session):
     assert s.entropy_map(3, obj + 1000) is None
 
 
+def test_self_applied_learning_during_propagation(session):
+    """propagate(tau_u=...): with no qualifying jump (inf) it is plain propagation; with every
+    jump qualifying it keeps adapted predictions that are surer than the tracker's own, as
+    mask prompts in SAM2's memory and in the store, without counting them as corrections."""
+    s, labels = session
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    s.add_mask(0, obj, labels[0] == obj)
+    list(s.propagate(direction="forward"))
+    s.add_mask(3, obj, labels[3] == obj)
+    list(s.learn_from(3, obj))
+    plain = {r.frame_idx: r.labels() for r in s.propagate(start_frame=3, direction="forward")}
+    same = {r.frame_idx: r.labels() for r in s.propagate(start_frame=3, direction="forward", tau_u=np.inf)}
+    assert not s.auto_applied and sorted(same) == sorted(plain) == list(range(3, len(labels)))
+    assert all(np.array_equal(same[f], plain[f]) for f in plain)
+    frames = [r.frame_idx for r in s.propagate(start_frame=3, direction="forward", tau_u=-1.0)]
+    assert sorted(frames) == list(range(3, len(labels)))  # each frame once, despite the restarts
+    assert s.auto_applied and len(s.corrections) == 1
+    for f, k in s.auto_applied:
+        assert k == obj and f > 3 and f in s.tracker.prompt_frames(obj)
+        kept = s.store.read_frame(f) == obj
+        adapted = s.adapted_prediction(f, obj)
+        assert adapted is not None and (kept == adapted).mean() > 0.99
+    # both directions: the backward pass does not yield the start frame twice
+    frames = [r.frame_idx for r in s.propagate(start_frame=3, direction="both", tau_u=-1.0)]
+    assert sorted(frames) == list(range(len(labels)))
+
+
 def test_learning_needs_a_propagated_frame(session):
     s, labels = session
     obj = int(labels[0].max())

@@ -314,3 +314,50 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
     assert len(widget.points_layer.data) == n_points + 1 and widget.hint_layer is None
     assert int(round(widget.points_layer.data[-1][0])) == 12
     assert 12 in widget.session.tracker.prompt_frames(obj)
+
+
+def test_self_applied_learning_and_memory_gate_switches(loop, qtbot, monkeypatch):
+    """The Advanced switches reach propagation: with lit-auto on (tau_u 0: every rise in
+    uncertainty qualifies) the adapter is asked on the frames after the correction, any
+    kept prediction is the store's mask there and is named in the status line; with the
+    memory gate at 0 no tracked frame stays in SAM2's memory."""
+    import napari_lit.core.session as session_module
+
+    asked = []
+    real = session_module.self_applied_prediction
+
+    def spy(tracker, adapter, frame_idx, obj_id, own_entropy):
+        asked.append((frame_idx, obj_id))
+        return real(tracker, adapter, frame_idx, obj_id, own_entropy)
+
+    monkeypatch.setattr(session_module, "self_applied_prediction", spy)
+    viewer, widget, gt = loop
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    target = gt == obj
+    widget.labels_layer.selected_label = obj
+    ys, xs = np.nonzero(target[0])
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    assert not asked  # off by default
+    ys, xs = np.nonzero(target[4])
+    widget.points_layer.add([4, ys.mean(), xs.mean()])  # a correction on a tracked frame
+    _wait(qtbot, widget)
+    widget.auto_check.setChecked(True)
+    widget.tau_u_spin.setValue(0.0)
+    widget.gate_check.setChecked(True)
+    widget.tau_m_spin.setValue(0.0)  # every tracked frame stays out of memory
+    widget.propagate("forward")  # learns from the correction, then propagates with both
+    _wait(qtbot, widget)
+    s = widget.session
+    assert s.n_learned == 1 and s.store.frames_done == tuple(range(len(gt)))
+    assert asked and all(f > 4 and k == obj for f, k in asked)
+    assert ("adapter fixed frames" in widget.status_label.text()) == bool(s.auto_applied)
+    for f, _ in s.auto_applied:  # kept as mask prompts, and what the store holds there
+        assert f in s.tracker.prompt_frames(obj)
+        assert _iou(s.store.read_frame(f) == obj, s.adapted_prediction(f, obj)) > 0.99
+    # the gate: no tracked (non-prompt) frame after the correction is in SAM2's memory
+    state = s.tracker.state
+    remembered = state["output_dict_per_obj"][state["obj_id_to_idx"][obj]]["non_cond_frame_outputs"]
+    assert not [f for f in remembered if f > 4]

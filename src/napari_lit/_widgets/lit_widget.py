@@ -112,6 +112,7 @@ class LitWidget(QWidget):
         self.worker = None
         self._queue: Deque[Tuple[str, Callable, dict]] = deque()
         self._pending: Dict[Tuple[int, int], bool] = {}  # corrected (frame, obj) -> learned
+        self._last_auto: List[Tuple[int, int]] = []  # (frame, obj) the adapter fixed in the last propagation
         self.negative_mode = False
         self._build_ui()
         self._bind_keys()
@@ -172,6 +173,26 @@ class LitWidget(QWidget):
         adv_form.addRow("LoRA rank", self.rank_spin)
         adv_form.addRow("learning rate", self.lr_spin)
         adv_form.addRow("max steps", self.steps_spin)
+        from ..core.uncertainty import DEFAULT_TAU_M, DEFAULT_TAU_U
+
+        self.auto_check = QCheckBox("self-applied learning (lit-auto)")
+        self.auto_check.setToolTip("while propagating, where an object's uncertainty jumps by tau_u, the adapter "
+                                   "predicts the frame too and the surer prediction is kept (Lazy-XMem 3.4)")
+        self.tau_u_spin = QDoubleSpinBox()
+        self.tau_u_spin.setDecimals(3)
+        self.tau_u_spin.setRange(0.0, 1.0)
+        self.tau_u_spin.setSingleStep(0.01)
+        self.tau_u_spin.setValue(DEFAULT_TAU_U)
+        self.gate_check = QCheckBox("keep unsure frames out of memory")
+        self.gate_check.setToolTip("a frame whose masked entropy exceeds tau_m is not written to SAM2's memory, "
+                                   "so later frames do not build on it (Lazy-XMem 3.5)")
+        self.tau_m_spin = QDoubleSpinBox()
+        self.tau_m_spin.setDecimals(3)
+        self.tau_m_spin.setRange(0.0, 1.0)
+        self.tau_m_spin.setSingleStep(0.01)
+        self.tau_m_spin.setValue(DEFAULT_TAU_M)
+        adv_form.addRow(self.auto_check, self.tau_u_spin)
+        adv_form.addRow(self.gate_check, self.tau_m_spin)
         self.advanced.addWidget(adv)
         form.addRow(self.advanced)
         self.start_button = QPushButton("Start session")
@@ -693,12 +714,17 @@ class LitWidget(QWidget):
         n = session.n_frames
         total = {"forward": n - start, "backward": start + 1, "both": n}[direction]
 
+        tau_u = self.tau_u_spin.value() if self.auto_check.isChecked() and session.learn else None
+        tau_m = self.tau_m_spin.value() if self.gate_check.isChecked() else None
+        n_auto = len(session.auto_applied)
+
         def run():
-            yield from session.propagate(start_frame=start, direction=direction)
+            yield from session.propagate(start_frame=start, direction=direction, tau_u=tau_u, tau_m=tau_m)
 
         def done():
             self._pending.clear()  # learned (or learning is off): propagation went past them
             self._refresh_labels(self.current_frame, force=True)
+            self._last_auto = session.auto_applied[n_auto:]  # shown in the status line
 
         self._run(f"propagating {direction}", run, total=total,
                   on_yield=lambda r: self._refresh_labels(r.frame_idx), on_done=done)
@@ -825,8 +851,12 @@ class LitWidget(QWidget):
             return
         s = self.session
         last = f"{s.last_train_ms / 1000:.2f} s" if s.last_train_ms is not None else "–"
+        auto = ""
+        if self._last_auto:
+            frames = sorted({f for f, _ in self._last_auto})
+            auto = (f" · adapter fixed frames {', '.join(map(str, frames[:8]))}" + (" ..." if len(frames) > 8 else ""))
         self._status(f"objects {len(s.tracker.obj_ids)} · corrections learned {s.n_learned} · "
-                     f"last training {last} · labels: {s.store.path}")
+                     f"last training {last}{auto} · labels: {s.store.path}")
 
     # ------------------------------------------------------------- keys
     def _bind_keys(self):

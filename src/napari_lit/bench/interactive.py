@@ -37,22 +37,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.uncertainty import masked_entropy
+from ..core.session import self_applied_prediction
+from ..core.uncertainty import DEFAULT_TAU_M, DEFAULT_TAU_U
 from .metrics import frame_scores, jaccard
 
 __all__ = ["INTERACTIVE_METHODS", "LEARNING_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
 INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto", "frozen-auto")
 LEARNING_METHODS = ("lit", "lit-always", "lit-auto")
-DEFAULT_TAU_M = 0.1
-"""Masked entropy above which ``frozen-auto`` and ``lit-auto`` keep a tracked frame out of
-SAM2's memory; chosen on generated sequences by ``benchmarks/auto_thresholds.py`` (fewest
-corrections of 0.05, 0.1, 0.2, 0.3 and no gate)."""
-DEFAULT_TAU_U = 0.05
-"""Masked-entropy jump that makes ``lit-auto`` try the adapted decoder on a frame.
-``benchmarks/auto_thresholds.py`` found no difference between 0.01 and infinity on generated
-sequences with today's lit-tiny (its entropy hardly moves), so this middle value keeps the
-mechanism active until a better-tracking model can be calibrated."""
 MAX_CLICKS = 3
 
 
@@ -265,18 +257,15 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
                 pred = result.mask(obj_id)
                 if method == "lit-auto":
                     h = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
-                    if prev_h is not None and h - prev_h >= tau_u and adapter.has_adapter(obj_id):
-                        inputs = tracker.decoder_inputs(f, obj_id)
-                        if inputs is not None:
-                            low, _, _ = adapter.predict(obj_id, inputs)
-                            logits = tracker.to_input_resolution(low)
-                            if (logits > 0).any() and masked_entropy(logits[None])[0] < h:
-                                pred = logits > 0
-                                tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
-                                auto += 1
-                                events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
-                                               "iou_after": jaccard(pred, gt[f])})
-                                resume_at = f
+                    if prev_h is not None and h - prev_h >= tau_u:
+                        adapted = self_applied_prediction(tracker, adapter, f, obj_id, h)
+                        if adapted is not None:
+                            pred = adapted
+                            tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
+                            auto += 1
+                            events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
+                                           "iou_after": jaccard(pred, gt[f])})
+                            resume_at = f
                     prev_h = h
                 final[f] = pred
                 model_j[f] = jaccard(pred, gt[f])

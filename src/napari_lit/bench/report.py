@@ -19,6 +19,7 @@ __all__ = [
     "sequence_summary",
     "markdown_table",
     "plot_per_frame",
+    "plot_entropy_iou",
     "write_reports",
     "comparison_table",
 ]
@@ -213,6 +214,84 @@ def plot_per_frame(result: ResultLike, path: Union[str, Path], max_sequences: in
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def plot_entropy_iou(result: ResultLike, path: Union[str, Path], sequence: Optional[str] = None) -> Path:
+    """Plot masked entropy against IoU over the frames of one sequence (Lazy-XMem Fig. 3).
+
+    Left: per frame, J and the masked entropy of each object of ``sequence``; right: every
+    (entropy, J) pair of the sequence, with each object's Spearman correlation of -entropy
+    with J in the legend. The prompt frame is left out of the right panel (its mask is
+    given, not predicted).
+
+    Parameters
+    ----------
+    result : str, Path or dict
+        A ``--method propagate`` result (entries carry ``entropy`` and ``spearman``).
+    path : str or Path
+        Output ``.png``.
+    sequence : str, optional
+        Sequence name; by default the one with the most frames among those with several
+        objects, else the first.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If the result has no per-frame entropy (not a propagate result, or written before
+        napari-lit recorded it), or ``sequence`` is not in it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    result = load_result(result)
+    entries = [e for e in result["sequences"] if e.get("entropy") is not None]
+    if not entries:
+        raise ValueError("the result has no per-frame masked entropy: run `napari-lit bench "
+                         "--method propagate` to get one")
+    names = list(dict.fromkeys(e["name"] for e in entries))
+    if sequence is None:
+        counts = {n: sum(e["name"] == n for e in entries) for n in names}
+        frames = {e["name"]: int(e["frames"]) for e in entries}
+        several = [n for n in names if counts[n] > 1] or names
+        sequence = max(several, key=lambda n: frames[n])
+    elif sequence not in names:
+        raise ValueError(f"sequence {sequence!r} is not in the result (it has {names})")
+    chosen = [e for e in entries if e["name"] == sequence]
+    fig = Figure(figsize=(11, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_t = fig.add_subplot(1, 2, 1)
+    ax_e = ax_t.twinx()
+    ax_s = fig.add_subplot(1, 2, 2)
+    colours = [f"C{i % 10}" for i in range(len(chosen))]
+    for e, c in zip(chosen, colours):
+        j, h = np.asarray(e["j"], float), np.asarray(e["entropy"], float)
+        x = np.arange(len(j))
+        ax_t.plot(x, j, "-", color=c, lw=1.2)
+        ax_e.plot(x, h, ":", color=c, lw=1.2)
+        keep = np.isfinite(h) & (x != e.get("prompt_frame", -1))
+        rho = e.get("spearman")
+        ax_s.scatter(h[keep], j[keep], s=10, color=c,
+                     label=f"object {e['object']}: rho " + ("–" if rho is None else f"{rho:.2f}"))
+    ax_t.set_xlabel("frame / slice")
+    ax_t.set_ylabel("J (IoU), solid")
+    ax_e.set_ylabel("masked entropy, dotted")
+    ax_t.set_ylim(-0.02, 1.02)
+    ax_t.set_title(f"{sequence}: per frame", fontsize=10)
+    ax_s.set_xlabel("masked entropy")
+    ax_s.set_ylabel("J (IoU)")
+    ax_s.set_ylim(-0.02, 1.02)
+    ax_s.set_title("each frame (prompt frame left out)", fontsize=10)
+    ax_s.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax in (ax_t, ax_s):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -26,9 +26,42 @@ from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
 
-__all__ = ["LitSession", "Correction"]
+__all__ = ["LitSession", "Correction", "self_applied_prediction"]
 
 logger = logging.getLogger(__name__)
+
+
+def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx: int, obj_id: int,
+                            own_entropy: float) -> Optional[np.ndarray]:
+    """Self-applied learning's test on one frame (``lit-auto``; Lazy-XMem sec. 3.4 with LIT's
+    adapter): the adapted decoder's prediction of ``obj_id`` on ``frame_idx``, when it is
+    surer than the tracker's own.
+
+    Parameters
+    ----------
+    tracker : Tracker
+        With the frame's decoder inputs recorded (no image-encoder pass is repeated).
+    adapter : DecoderAdapter
+    frame_idx, obj_id : int
+    own_entropy : float
+        Masked entropy (eq. 2-4) of the tracker's own prediction of the object there.
+
+    Returns
+    -------
+    (Y, X) bool ndarray or None
+        The adapted mask when the object has an adapter, the inputs are recorded, the mask
+        is not empty and its masked entropy is lower than ``own_entropy``; else None.
+    """
+    from .uncertainty import masked_entropy
+
+    inputs = tracker.decoder_inputs(frame_idx, obj_id)
+    if inputs is None or not adapter.has_adapter(obj_id):
+        return None
+    low, _, _ = adapter.predict(obj_id, inputs)
+    logits = tracker.to_input_resolution(low)
+    if (logits > 0).any() and masked_entropy(logits[None])[0] < own_entropy:
+        return logits > 0
+    return None
 
 
 @dataclass
@@ -84,6 +117,8 @@ class LitSession:
         self.last_train_ms: Optional[float] = None
         self._entropy: Dict[int, np.ndarray] = {}  # obj id -> (N,) masked entropy, NaN = none yet
         self._own_logits_cache = None  # (the recorded decoder inputs, their (Y, X) logits)
+        #: (frame, object) pairs where self-applied learning kept the adapted prediction
+        self.auto_applied: List[Tuple[int, int]] = []
 
     # ------------------------------------------------------------------ queries
     @property
@@ -155,12 +190,71 @@ class LitSession:
         return self._write(self.tracker.add_mask(frame_idx, obj_id, mask))
 
     # -------------------------------------------------------------- propagation
-    def propagate(self, start_frame: Optional[int] = None, direction: str = "forward") -> Iterator[FrameResult]:
+    def propagate(self, start_frame: Optional[int] = None, direction: str = "forward",
+                  tau_u: Optional[float] = None, tau_m: Optional[float] = None) -> Iterator[FrameResult]:
         """Propagate all objects from ``start_frame`` in ``direction`` (forward, backward,
         both), writing each frame to the store before yielding it. Closing the generator
-        stops after the frame in progress; every yielded frame is already on disk."""
-        for result in self.tracker.propagate(start_frame=start_frame, direction=direction):
-            yield self._write(result)
+        stops after the frame in progress; every yielded frame is already on disk.
+
+        Parameters
+        ----------
+        start_frame : int, optional
+            The earliest prompted frame by default.
+        direction : {"forward", "backward", "both"}
+        tau_u : float, optional
+            Self-applied learning (``lit-auto``): where an object's masked entropy rises by at
+            least ``tau_u`` over the previous frame and the object has an adapter, the adapted
+            decoder predicts the frame too, and when it is surer (lower masked entropy, see
+            :func:`self_applied_prediction`) its mask is kept: written to SAM2's memory like
+            an accepted prediction (recorded in :attr:`auto_applied`) and propagation
+            resumes from that frame. None: off.
+        tau_m : float, optional
+            Uncertainty-driven memory update: an object's frame whose masked entropy exceeds
+            this stays out of SAM2's memory (:meth:`Tracker.propagate`'s ``memory_gate``).
+
+        Yields
+        ------
+        FrameResult
+            One per frame (a frame where the adapted prediction was kept is yielded once,
+            with it).
+        """
+        if tau_u is None:
+            for result in self.tracker.propagate(start_frame=start_frame, direction=direction, memory_gate=tau_m):
+                yield self._write(result)
+            return
+        if direction not in ("forward", "backward", "both"):
+            raise ValueError(f"direction must be forward, backward or both, got {direction!r}")
+        if start_frame is None:
+            prompted = self.tracker.prompt_frames()
+            if not prompted:
+                raise ValueError("no object has a prompt yet: add points, a box or a mask first")
+            start_frame = prompted[0]
+        for d in (["forward", "backward"] if direction == "both" else [direction]):
+            start, skip_start = int(start_frame), d == "backward" and direction == "both"
+            while True:
+                previous: Dict[int, float] = {}  # entropy jumps are measured from the restart on
+                resume = None
+                for result in self.tracker.propagate(start_frame=start, direction=d, memory_gate=tau_m):
+                    f = result.frame_idx
+                    if skip_start and f == start:  # written already
+                        continue
+                    skip_start = False
+                    for k, h in zip(result.obj_ids, result.masked_entropy()):
+                        k, h = int(k), float(h)
+                        if k in previous and h - previous[k] >= tau_u:
+                            adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
+                            if adapted is not None:
+                                result = self.tracker.add_mask(f, k, adapted)
+                                self.auto_applied.append((f, k))
+                                resume = f
+                                break
+                        previous[k] = h
+                    yield self._write(result)
+                    if resume is not None:
+                        break
+                if resume is None:
+                    break
+                start, skip_start = resume, True
 
     # ----------------------------------------------------------------- learning
     def learn_from(self, frame_idx: int, obj_id: int) -> Iterator[TrainStep]:

@@ -19,13 +19,26 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_DILATION", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
+__all__ = ["DEFAULT_DILATION", "DEFAULT_TAU_U", "DEFAULT_TAU_M", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
 
 DEFAULT_DILATION = 0.0
 """Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
 Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` (median Spearman
 correlation of -entropy with IoU over 60 objects: 0.24 without dilation, 0.17-0.20 with 0.1 to
 0.5, 0.12 with 1.0)."""
+
+DEFAULT_TAU_M = 0.1
+"""Masked entropy above which a tracked frame is kept out of SAM2's memory (Lazy-XMem's
+uncertainty-driven memory update; ``frozen-auto``, ``lit-auto``); chosen on generated
+sequences by ``benchmarks/auto_thresholds.py`` (fewest corrections of 0.05, 0.1, 0.2, 0.3
+and no gate)."""
+
+DEFAULT_TAU_U = 0.05
+"""Masked-entropy jump from the previous frame that makes self-applied learning (``lit-auto``)
+try the adapted decoder on a frame. ``benchmarks/auto_thresholds.py`` found no difference
+between 0.01 and infinity on generated sequences with today's lit-tiny (its entropy hardly
+moves), so this middle value keeps the mechanism active until a better-tracking model can be
+calibrated."""
 
 _EPS = 1e-6
 

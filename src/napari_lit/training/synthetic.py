@@ -49,11 +49,18 @@ class MotionLevel:
         Per-frame random walk of the shape's harmonic coefficients.
     events : float
         Probability scale of divisions, occlusions, objects leaving the frame.
+    change : float
+        Extra per-frame change of size and appearance (s.d. of the log size step of
+        nuclei and cells, faster growth and shrinking of z-stack sections, cell-size drift
+        and interior texture renewal in tissue). 0 keeps the clips of earlier versions
+        exactly; 0.05 makes an object double or halve its area within a few frames, so
+        repeating the last mask stops being a good answer.
     """
 
     speed: float = 2.0
     deform: float = 0.02
     events: float = 0.5
+    change: float = 0.0
 
 
 @dataclass
@@ -203,12 +210,12 @@ def _scene_blobs(rng, t, h, w, motion, kind):
     for cy, cx in _place(rng, n, h, w, margin=r_mean * 0.5, min_dist=r_mean * 1.2):
         s = _Star(rng, cy, cx, r_mean * rng.uniform(0.6, 1.3), rough=rng.uniform(0.03, 0.2),
                   elong=rng.uniform(1.0, 2.8 if kind == "phase" else 1.8))
-        s.growth = rng.normal(0, 0.01)
+        s.growth = rng.normal(0, 0.01 + motion.change)
         s.brightness = rng.uniform(0.4, 1.0)
         if kind == "zstack":  # ellipsoid (radius profile along z) or tube (constant radius)
             s.tube = rng.random() < 0.3
             s.zc = rng.uniform(-0.3 * t, 1.3 * t)
-            s.rz = rng.uniform(0.4 * t, 1.5 * t)
+            s.rz = rng.uniform(0.4 * t, 1.5 * t) / (1 + 10 * motion.change)
         stars.append(s)
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
@@ -219,7 +226,8 @@ def _scene_blobs(rng, t, h, w, motion, kind):
         halo = int(rng.integers(1, 4))
         body = rng.uniform(0.05, 0.45)
     next_id = len(stars) + 1
-    scale_motion = motion if kind != "phase" else MotionLevel(motion.speed * 0.6, motion.deform, motion.events)
+    scale_motion = motion if kind != "phase" else MotionLevel(motion.speed * 0.6, motion.deform, motion.events,
+                                                              motion.change)
     for f in range(t):
         if kind != "zstack" and rng.random() < 0.04 * motion.events and len(stars) < 40:
             parent = stars[int(rng.integers(len(stars)))]  # division
@@ -299,7 +307,11 @@ def _scene_tissue(rng, t, h, w, motion):
             inside = np.where(mito, inside - 0.2, inside)
             signal[f] = np.where(membrane, 0.05, inside)
         seeds += vel + rng.normal(0, motion.speed * 0.15, seeds.shape).astype(np.float32)
-        weights *= np.exp(rng.normal(0, motion.deform, n)).astype(np.float32)
+        weights *= np.exp(rng.normal(0, motion.deform + motion.change, n)).astype(np.float32)
+        if motion.change > 0:  # serial sections: the interior texture is not the same slice to slice
+            renew = min(1.0, 4 * motion.change)
+            tex = (1 - renew) * tex + renew * _smooth_noise(rng, (h, w), 1.5)
+            vesicles = _smooth_noise(rng, (h, w), 1.2) > 1.7 if rng.random() < renew else vesicles
     return signal, labels
 
 
@@ -316,14 +328,14 @@ def _scene_ct(rng, t, h, w, motion):
         o = _Star(rng, cy, cx, float(np.exp(rng.uniform(np.log(6), np.log(34)))),
                   rough=rng.uniform(0.05, 0.3), elong=rng.uniform(1.0, 2.2))
         o.level = float(np.clip(tissue_level + rng.choice([-1, 1]) * rng.uniform(0.04, 0.4), 0, 1))
-        o.zc, o.rz = rng.uniform(-0.3 * t, 1.3 * t), rng.uniform(0.3 * t, 2 * t)
+        o.zc, o.rz = rng.uniform(-0.3 * t, 1.3 * t), rng.uniform(0.3 * t, 2 * t) / (1 + 10 * motion.change)
         organs.append(o)
     bones = [_Star(rng, cy, cx, rng.uniform(3, 10), rough=0.1, elong=rng.uniform(1, 2.5))
              for cy, cx in _place(rng, int(rng.integers(0, 6)), h, w, margin=h * 0.2, min_dist=10)]
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
     tex = _smooth_noise(rng, (h, w), rng.uniform(1, 3))
-    organ_motion = MotionLevel(motion.speed * 0.4, motion.deform, 0)
+    organ_motion = MotionLevel(motion.speed * 0.4, motion.deform, 0, motion.change)
     for f in range(t):
         bm = body.mask(h, w)
         inner = ndi.binary_erosion(bm, iterations=rim)
@@ -381,6 +393,8 @@ def _scene_natural(rng, t, h, w, motion):
             lab[m] = i + 1
             frame[m] = textures[i][m]
             s.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
+            if motion.change > 0:  # approaching / receding
+                s.radius = float(np.clip(s.radius * np.exp(rng.normal(0, motion.change)), 6, 90))
         labels[f] = lab
         frames[f] = frame
     frames = frames * rng.uniform(0.6, 1.2) + rng.normal(0, rng.uniform(0, 0.04), frames.shape)
