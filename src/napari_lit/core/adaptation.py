@@ -364,12 +364,7 @@ class DecoderAdapter:
         import torch.nn.functional as F
 
         name = self._ensure(obj_id)
-        low_hw = tuple(inputs["image_embeddings"].shape[-2:])
-        low_hw = (low_hw[0] * 4, low_hw[1] * 4)
-        t = torch.as_tensor(np.asarray(target_mask, dtype=np.float32))[None, None]
-        t = F.interpolate(t, size=low_hw, mode="area") if tuple(t.shape[-2:]) != low_hw else t
-        target = (t > 0.5).float()
-        example = _Example(inputs, target)
+        example = _Example(inputs, self.target_tensor(inputs, target_mask))
         history = self.examples.setdefault(int(obj_id), [])
         batch = [example] + history[-self.config.replay:] if self.config.replay else [example]
         history.append(example)
@@ -430,6 +425,19 @@ class DecoderAdapter:
                 wrapped.eval()
             self._deactivate()
         logger.info("adapter %s: %d corrections, best loss %.4f", name, self.n_corrections[int(obj_id)], best_loss)
+
+    @staticmethod
+    def target_tensor(inputs: DecoderInputs, target_mask):
+        """A (Y, X) bool mask as the (1, 1, h, w) float training target at the decoder's
+        output resolution (4x the embedding's), area-resampled and thresholded at 0.5."""
+        import torch
+        import torch.nn.functional as F
+
+        low_hw = tuple(inputs["image_embeddings"].shape[-2:])
+        low_hw = (low_hw[0] * 4, low_hw[1] * 4)
+        t = torch.as_tensor(np.asarray(target_mask, dtype=np.float32))[None, None]
+        t = F.interpolate(t, size=low_hw, mode="area") if tuple(t.shape[-2:]) != low_hw else t
+        return (t > 0.5).float()
 
     def train_all(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Tuple[List[TrainStep], float]:
         """Run :meth:`train` (same ``obj_id``, ``inputs``, ``target_mask``) to the end;

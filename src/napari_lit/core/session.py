@@ -9,19 +9,25 @@ workers) drive the same code and can show progress and cancel.
 The loop of LIT (Yang et al. 2026): prompt -> propagate -> a wrong frame is corrected (clicks
 or a painted mask) -> the adapter learns from that frame -> propagation resumes from it. On a
 frame the user flags as wrong, the adapted decoder's prediction is offered first.
+
+With a session folder (:mod:`napari_lit.core.folder`; :meth:`LitSession.create_in`,
+:meth:`LitSession.resume`) every prompt, correction, learning step's result, undo/redo and
+written frame is saved when it happens, and a session killed at any point can be resumed
+with at most the frame (or the training) in progress lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .adaptation import AdapterConfig, DecoderAdapter, TrainStep
+from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
@@ -64,19 +70,33 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
     return None
 
 
+#: Frames re-run before the first missing frame when propagation resumes in a new process,
+#: so SAM2's memory (its last 6 frames and the object pointers) is rebuilt first.
+RESUME_WARMUP = 8
+
+
 @dataclass
 class Correction:
-    """What undo needs to take a correction back: the corrected ``frame_idx`` and
-    ``obj_id``, the frame's ``labels_before`` (Y, X), ``adapter_before`` (a snapshot) and
-    ``entropy_before`` (masked entropy per object on that frame), and whether the adapter
-    ``learned`` from it."""
+    """What undo and redo need: the corrected ``frame_idx`` and ``obj_id``; the prompt it
+    set (``prompt``) and the frame's prompt for the object before it (``prompt_before``,
+    None when the frame was only tracked); the frame's labels (Y, X), the adapter state
+    (a :meth:`DecoderAdapter.snapshot`, or a saved adapters folder of the session folder)
+    and the masked entropy per object before it and, once undone, after it; whether the
+    adapter ``learned`` from it; ``inputs`` (the session folder file of the frame's decoder
+    inputs, if saved)."""
 
     frame_idx: int
     obj_id: int
     labels_before: np.ndarray
-    adapter_before: dict
+    adapter_before: object
     learned: bool = False
     entropy_before: Optional[Dict[int, float]] = None
+    prompt: Optional[dict] = None
+    prompt_before: Optional[dict] = None
+    labels_after: Optional[np.ndarray] = None
+    adapter_after: object = None
+    entropy_after: Optional[Dict[int, float]] = None
+    inputs: Optional[str] = None
 
 
 class LitSession:
@@ -87,23 +107,31 @@ class LitSession:
     predictor : sam2.sam2_video_predictor.SAM2VideoPredictor
     frames : array-like or FrameSource
         (N, Y, X[, C]) stack.
-    store : LabelStore, str or Path
-        The label store, or a path where a new one is created (N, Y, X) uint32.
+    store : LabelStore, str or Path, optional
+        The label store, or a path where a new one is created (N, Y, X) uint32. Not with
+        ``folder`` (whose store is used).
     learn : bool
         Train the object's adapter on each correction (LIT-LoRA).
     adapter_config : AdapterConfig, optional
+    folder : SessionFolder, optional
+        Save everything the session does there (see :meth:`create_in` and :meth:`resume`).
 
     Raises
     ------
     ValueError
-        If the store's shape differs from the stack's (N, Y, X).
+        If the store's shape differs from the stack's (N, Y, X), or neither or both of
+        ``store`` and ``folder`` are given.
     """
 
-    def __init__(self, predictor, frames, store: Union[LabelStore, str, Path], learn: bool = True,
-                 adapter_config: Optional[AdapterConfig] = None):
+    def __init__(self, predictor, frames, store: Union[LabelStore, str, Path, None] = None, learn: bool = True,
+                 adapter_config: Optional[AdapterConfig] = None, folder: Optional[SessionFolder] = None):
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         shape = (frames.n_frames,) + frames.frame_shape
+        if (store is None) == (folder is None):
+            raise ValueError("give a label store or a session folder (one of them)")
+        if folder is not None:
+            store = folder.store
         if not isinstance(store, LabelStore):
             store = LabelStore.create(store, shape, overwrite=False)
         if store.shape != shape:
@@ -119,6 +147,235 @@ class LitSession:
         self._own_logits_cache = None  # (the recorded decoder inputs, their (Y, X) logits)
         #: (frame, object) pairs where self-applied learning kept the adapted prediction
         self.auto_applied: List[Tuple[int, int]] = []
+        #: corrections taken back by undo, the last one first to redo
+        self.undone: List[Correction] = []
+        self.folder = folder
+        self._prompts: Dict[Tuple[int, int], dict] = {}  # (frame, obj) -> the prompt sam2 has there
+        self._example_files: Dict[int, List[List[str]]] = {}  # obj -> [inputs file, target record] learned
+        self._replaying = False
+        self._closed = False
+
+    # ------------------------------------------------------------ session folder
+    @classmethod
+    def create_in(cls, folder: Union[str, Path], predictor, frames, learn: bool = True,
+                  adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None) -> "LitSession":
+        """A new session saved in the new session folder ``folder``.
+
+        ``source`` (e.g. the image's path) is recorded to say which image a folder belongs
+        to. See :class:`LitSession` for the other parameters.
+
+        Raises
+        ------
+        FileExistsError
+            If ``folder`` exists and is not empty (resume it instead).
+        PermissionError
+            If ``folder`` cannot be written.
+        """
+        if not isinstance(frames, FrameSource):
+            frames = FrameSource(frames, image_size=predictor.image_size)
+        config = adapter_config or AdapterConfig()
+        meta = {
+            "image": image_fingerprint(frames),
+            "source": None if source is None else str(source),
+            "model": {"name": getattr(predictor, "napari_lit_model", None),
+                      "sha256": getattr(predictor, "napari_lit_checksum", None),
+                      "image_size": int(predictor.image_size)},
+            "learn": bool(learn),
+            "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        }
+        folder = SessionFolder.create(folder, (frames.n_frames,) + frames.frame_shape, meta)
+        return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder)
+
+    @classmethod
+    def resume(cls, folder: Union[str, Path], predictor, frames) -> "LitSession":
+        """Open a session folder and get the session back: labels, prompts, corrections
+        (undo/redo included), adapters and uncertainty, ready to go on.
+
+        Frames the store holds without their ``frame`` log line (being written when the
+        process was killed) are cleared; a correction logged without its learning having
+        finished is in :meth:`pending_learning`; :meth:`continue_propagation` fills the
+        frames still missing.
+
+        Parameters
+        ----------
+        folder : str or Path
+        predictor
+            The model the session was made with (checked by checksum when recorded).
+        frames : array-like or FrameSource
+            The image the session was made on (checked by fingerprint).
+
+        Raises
+        ------
+        SessionFolderError
+            If ``folder`` is not a readable session folder, or belongs to another image or
+            model.
+        """
+        sf = SessionFolder.open(folder)
+        if not isinstance(frames, FrameSource):
+            frames = FrameSource(frames, image_size=predictor.image_size)
+        sf.check_image(image_fingerprint(frames))
+        sf.check_model(str(getattr(predictor, "napari_lit_model", None)),
+                       getattr(predictor, "napari_lit_checksum", None))
+        size = sf.meta.get("model", {}).get("image_size")
+        if size is not None and int(size) != int(predictor.image_size):
+            raise SessionFolderError(f"{sf.path} was made at {size} px input, this model takes "
+                                     f"{predictor.image_size} px")
+        config = AdapterConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in sf.meta.get("adapter", {}).items()})
+        session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf)
+        session._replay(sf.events)
+        return session
+
+    def _log(self, kind: str, **fields) -> None:
+        if self.folder is not None and not self._replaying:
+            self.folder.append({"kind": kind, **fields})
+
+    def _save_adapters(self) -> Optional[str]:
+        if self.folder is None or self._replaying:
+            return None
+        return self.folder.save_adapters(f"{self.folder.next_seq():06d}", self.adapter, self._example_files)
+
+    def _load_adapters(self, rel: Optional[str]) -> None:
+        """Adapters (weights, corrections count, training examples) from a saved folder."""
+        self.adapter.reset()
+        self._example_files = {}
+        if rel is None:
+            return
+        index = self.folder.adapters_index(rel)
+        for k in index["objects"]:
+            self.adapter.load(self.folder.path / rel / f"obj{k}", int(k))
+        self.adapter.n_corrections = {int(k): int(v) for k, v in index["n_corrections"].items()}
+        from .adaptation import _Example
+
+        for k, pairs in index["examples"].items():
+            self._example_files[int(k)] = [list(p) for p in pairs]
+            examples = []
+            for inputs_rel, target_rel in pairs:
+                inputs = self.folder.load_inputs(inputs_rel)
+                target = self.folder.load_record(target_rel)["target"]
+                examples.append(_Example(inputs, self.adapter.target_tensor(inputs, target)))
+            self.adapter.examples[int(k)] = examples
+
+    def _restore_adapter(self, state) -> None:
+        if isinstance(state, dict):
+            self.adapter.restore(state)
+        else:  # a saved adapters folder (or None: no adapter), after a resume
+            self._load_adapters(state)
+
+    def _replay(self, events: List[dict]) -> None:
+        """Rebuild the session from its log (no model output is written to the store)."""
+        sf = self.folder
+        for f in sf.frames_to_clear():
+            self.store.clear_frame(f)
+        for f, per_obj in sf.logged_frames().items():
+            for k, value in per_obj.items():
+                self._entropy.setdefault(k, np.full(self.n_frames, np.nan, np.float32))[f] = value
+        adapters: Optional[str] = None
+        self._replaying = True
+        try:
+            for e in events:
+                kind = e.get("kind")
+                if kind == "prompt":
+                    prompt = self._prompt_from_event(e)
+                    f, k = int(e["frame"]), int(e["obj"])
+                    if e.get("correction"):
+                        before = sf.load_record(e["before"])
+                        self.corrections.append(Correction(
+                            f, k, before["labels"], adapters, prompt=prompt, prompt_before=self._prompts.get((f, k)),
+                            entropy_before={int(a): float(b) for a, b in e.get("entropy_before", {}).items()},
+                            inputs=e.get("inputs")))
+                        self.undone.clear()
+                    self._apply_prompt(f, k, prompt)
+                    if e.get("auto"):
+                        self.auto_applied.append((f, k))
+                elif kind == "learned":
+                    adapters = e["adapters"]
+                    for c in reversed(self.corrections):
+                        if (c.frame_idx, c.obj_id) == (int(e["frame"]), int(e["obj"])):
+                            c.learned = True
+                            break
+                elif kind == "undo":
+                    c = self.corrections.pop()
+                    c.adapter_after, adapters = adapters, e.get("adapters")
+                    c.labels_after = sf.load_record(e["after"])["labels"]
+                    self._undo_prompt(c)
+                    self.undone.append(c)
+                elif kind == "redo":
+                    c = self.undone.pop()
+                    self._apply_prompt(c.frame_idx, c.obj_id, c.prompt)
+                    adapters = e.get("adapters")
+                    self.corrections.append(c)
+                elif kind == "reset_adapter":
+                    adapters = e.get("adapters")
+        finally:
+            self._replaying = False
+        self._load_adapters(adapters)
+
+    def _prompt_from_event(self, e: dict) -> dict:
+        if e["prompt"] == "points":
+            return {"kind": "points", "points": e["points"], "labels": e["labels"]}
+        if e["prompt"] == "box":
+            return {"kind": "box", "box": e["box"]}
+        return {"kind": "mask", "mask": self.folder.load_record(e["record"])["mask"].astype(bool)}
+
+    def _log_prompt(self, frame_idx: int, obj_id: int, prompt: dict, correction: Optional[Correction],
+                    auto: bool = False) -> None:
+        if self.folder is None or self._replaying:
+            return
+        sf, seq = self.folder, self.folder.next_seq()
+        event = {"frame": int(frame_idx), "obj": int(obj_id), "prompt": prompt["kind"]}
+        if prompt["kind"] == "points":
+            event.update(points=[[float(y), float(x)] for y, x in prompt["points"]],
+                         labels=[int(v) for v in prompt["labels"]])
+        elif prompt["kind"] == "box":
+            event["box"] = [float(v) for v in prompt["box"]]
+        else:
+            event["record"] = sf.save_record(f"{seq:06d}-mask", mask=np.asarray(prompt["mask"], bool))
+        if correction is not None:
+            event["correction"] = True
+            event["before"] = sf.save_record(f"{seq:06d}-before", labels=correction.labels_before)
+            event["entropy_before"] = {str(k): v for k, v in (correction.entropy_before or {}).items()
+                                       if np.isfinite(v)}
+            inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+            if inputs is not None:
+                correction.inputs = event["inputs"] = sf.save_inputs(f"{seq:06d}", inputs)
+        if auto:
+            event["auto"] = True
+        self._log("prompt", **event)
+
+    def pending_learning(self) -> List[Tuple[int, int]]:
+        """(frame, object) of corrections the adapter has not learned from yet (e.g. the
+        training was cut short by a crash), oldest first."""
+        if not self.learn:
+            return []
+        return [(c.frame_idx, c.obj_id) for c in self.corrections if not c.learned and c.inputs is not None]
+
+    def continue_propagation(self) -> Iterator[FrameResult]:
+        """Fill the frames that have no labels yet (e.g. after a resume), without touching
+        the frames already written: forward from the frame before the first missing one
+        after the earliest prompt, and backward for missing frames before it. Up to
+        :data:`RESUME_WARMUP` written frames before a missing one are propagated again
+        (not written) to rebuild SAM2's memory."""
+        prompted = self.tracker.prompt_frames()
+        if not prompted:
+            raise ValueError("no object has a prompt yet: add points, a box or a mask first")
+        first = prompted[0]
+        done = set(self.store.frames_done)
+        ahead = [f for f in range(first, self.n_frames) if f not in done]
+        if ahead:
+            m = ahead[0]
+            start = max([p for p in prompted if p <= m] + [m - RESUME_WARMUP, first])
+            yield from self._propagate_missing(start, "forward", done)
+        behind = [f for f in range(first - 1, -1, -1) if f not in done]
+        if behind:
+            m = behind[0]
+            start = min([p for p in prompted if p >= m] + [m + RESUME_WARMUP, first])
+            yield from self._propagate_missing(start, "backward", done)
+
+    def _propagate_missing(self, start: int, direction: str, done) -> Iterator[FrameResult]:
+        for result in self.tracker.propagate(start_frame=start, direction=direction):
+            if result.frame_idx not in done:
+                yield self._write(result)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -142,10 +399,13 @@ class LitSession:
     # ------------------------------------------------------------------ prompts
     def _write(self, result: FrameResult) -> FrameResult:
         self.store.write_frame(result.frame_idx, result.labels())
+        entropy = {}
         if result.obj_ids:
             for obj_id, value in zip(result.obj_ids, result.masked_entropy()):
                 per_frame = self._entropy.setdefault(int(obj_id), np.full(self.n_frames, np.nan, np.float32))
                 per_frame[result.frame_idx] = value
+                entropy[str(int(obj_id))] = round(float(value), 6)
+        self._log("frame", frame=int(result.frame_idx), entropy=entropy)
         return result
 
     def uncertainty(self, obj_id: int) -> np.ndarray:
@@ -163,11 +423,40 @@ class LitSession:
         frames = range(frame_idx + 1, self.n_frames) if step > 0 else range(frame_idx - 1, -1, -1)
         return next((f for f in frames if values[f] >= threshold), None)
 
-    def _begin_correction(self, frame_idx: int, obj_id: int) -> None:
-        if self.is_tracked(frame_idx, obj_id):
+    def _apply_prompt(self, frame_idx: int, obj_id: int, prompt: dict) -> FrameResult:
+        """Give sam2 ``prompt`` for (frame, object) (replacing what it had there)."""
+        if prompt["kind"] == "points":
+            result = self.tracker.add_points(frame_idx, obj_id, prompt["points"], prompt["labels"], clear=True)
+        elif prompt["kind"] == "box":
+            result = self.tracker.add_box(frame_idx, obj_id, prompt["box"])
+        else:
+            result = self.tracker.add_mask(frame_idx, obj_id, prompt["mask"])
+        self._prompts[(int(frame_idx), int(obj_id))] = prompt
+        return result
+
+    def _undo_prompt(self, c: Correction) -> None:
+        """sam2 gets back the frame's prompt from before correction ``c`` (or none)."""
+        self.tracker.remove_prompts(c.frame_idx, c.obj_id)
+        self._prompts.pop((c.frame_idx, c.obj_id), None)
+        if c.prompt_before is not None:
+            self._apply_prompt(c.frame_idx, c.obj_id, c.prompt_before)
+
+    def _prompt(self, frame_idx: int, obj_id: int, prompt: dict, auto: bool = False) -> FrameResult:
+        """Apply a user's (or, ``auto``, self-applied learning's) prompt: a correction when
+        the frame was already tracked; written to the store and the session folder."""
+        frame_idx, obj_id = int(frame_idx), int(obj_id)
+        correction = None
+        if self.is_tracked(frame_idx, obj_id) and not auto:
             entropy = {k: float(v[frame_idx]) for k, v in self._entropy.items()}
-            self.corrections.append(Correction(int(frame_idx), int(obj_id), self.store.read_frame(frame_idx),
-                                               self.adapter.snapshot(), entropy_before=entropy))
+            correction = Correction(frame_idx, obj_id, self.store.read_frame(frame_idx), self.adapter.snapshot(),
+                                    entropy_before=entropy, prompt=prompt,
+                                    prompt_before=self._prompts.get((frame_idx, obj_id)))
+        result = self._apply_prompt(frame_idx, obj_id, prompt)  # raises on bad input: nothing recorded
+        if correction is not None:
+            self.corrections.append(correction)
+            self.undone.clear()
+        self._log_prompt(frame_idx, obj_id, prompt, correction, auto=auto)
+        return self._write(result)
 
     def add_points(self, frame_idx: int, obj_id: int, points, labels) -> FrameResult:
         """Set the clicks of ``obj_id`` on ``frame_idx`` (all of them: earlier clicks on that
@@ -176,18 +465,17 @@ class LitSession:
         ``points`` (K, 2) are (y, x) pixels, ``labels`` (K,) 1 positive / 0 negative. On a
         frame that was already tracked this is a correction (see :meth:`learn_from`).
         """
-        self._begin_correction(frame_idx, obj_id)
-        return self._write(self.tracker.add_points(frame_idx, obj_id, points, labels, clear=True))
+        pts = np.asarray(points, dtype=float).reshape(-1, 2).tolist()
+        return self._prompt(frame_idx, obj_id, {"kind": "points", "points": pts,
+                                                "labels": np.asarray(labels).reshape(-1).astype(int).tolist()})
 
     def add_box(self, frame_idx: int, obj_id: int, box) -> FrameResult:
         """Prompt ``obj_id`` on ``frame_idx`` with a (y0, x0, y1, x1) ``box``."""
-        self._begin_correction(frame_idx, obj_id)
-        return self._write(self.tracker.add_box(frame_idx, obj_id, box))
+        return self._prompt(frame_idx, obj_id, {"kind": "box", "box": np.asarray(box, float).reshape(-1).tolist()})
 
     def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Give ``obj_id`` the (Y, X) bool ``mask`` on ``frame_idx`` (a painted correction)."""
-        self._begin_correction(frame_idx, obj_id)
-        return self._write(self.tracker.add_mask(frame_idx, obj_id, mask))
+        return self._prompt(frame_idx, obj_id, {"kind": "mask", "mask": np.asarray(mask).astype(bool)})
 
     # -------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "forward",
@@ -244,7 +532,9 @@ class LitSession:
                         if k in previous and h - previous[k] >= tau_u:
                             adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
                             if adapted is not None:
-                                result = self.tracker.add_mask(f, k, adapted)
+                                prompt = {"kind": "mask", "mask": adapted}
+                                result = self._apply_prompt(f, k, prompt)
+                                self._log_prompt(f, k, prompt, None, auto=True)
                                 self.auto_applied.append((f, k))
                                 resume = f
                                 break
@@ -272,7 +562,11 @@ class LitSession:
         """
         if not self.learn:
             raise ValueError("learning from corrections is switched off for this session")
+        correction = next((c for c in reversed(self.corrections)
+                           if (c.frame_idx, c.obj_id) == (int(frame_idx), int(obj_id))), None)
         inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+        if inputs is None and correction is not None and correction.inputs is not None:
+            inputs = self.folder.load_inputs(correction.inputs)  # e.g. after a resume
         if inputs is None:
             raise ValueError(
                 f"frame {frame_idx} of object {obj_id} has no recorded propagation to learn from: "
@@ -282,10 +576,16 @@ class LitSession:
         t0 = time.perf_counter()
         yield from self.adapter.train(obj_id, inputs, target)
         self.last_train_ms = 1000 * (time.perf_counter() - t0)
-        for c in reversed(self.corrections):
-            if (c.frame_idx, c.obj_id) == (int(frame_idx), int(obj_id)):
-                c.learned = True
-                break
+        if correction is not None:
+            correction.learned = True
+        if self.folder is not None:  # only a finished training is saved (a cancelled one keeps its best step)
+            seq = self.folder.next_seq()
+            inputs_rel = (correction.inputs if correction is not None and correction.inputs
+                          else self.folder.save_inputs(f"{seq:06d}-learned", inputs))
+            target_rel = self.folder.save_record(f"{seq:06d}-target", target=target)
+            self._example_files.setdefault(int(obj_id), []).append([inputs_rel, target_rel])
+            rel = self._save_adapters()
+            self._log("learned", frame=int(frame_idx), obj=int(obj_id), adapters=rel)
 
     def adapted_prediction(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
         """The adapted decoder's (Y, X) bool mask of ``obj_id`` on a flagged frame
@@ -336,25 +636,65 @@ class LitSession:
         return self.add_mask(frame_idx, obj_id, mask)
 
     # --------------------------------------------------------------------- undo
+    def _set_frame(self, frame_idx: int, labels: np.ndarray, entropy: Optional[Dict[int, float]]) -> None:
+        self.store.write_frame(frame_idx, labels)
+        for k, value in (entropy or {}).items():
+            self._entropy.setdefault(int(k), np.full(self.n_frames, np.nan, np.float32))[frame_idx] = value
+        self._log("frame", frame=int(frame_idx),
+                  entropy={str(k): round(float(v), 6) for k, v in (entropy or {}).items() if np.isfinite(v)})
+
     def undo_last_correction(self) -> Optional[Correction]:
-        """Take back the last correction: its prompts, the frame's labels and the adapter
-        state from before it. Frames propagated after it keep their labels (propagate
-        again to redo them). Returns the undone correction, or None if there is none."""
+        """Take back the last correction: its prompt (the frame's earlier prompt comes
+        back), the frame's labels and the adapter state from before it, together. Frames
+        propagated after it keep their labels (propagate again to redo them). Returns the
+        undone correction (see :meth:`redo`), or None if there is none."""
         if not self.corrections:
             return None
         c = self.corrections.pop()
-        self.tracker.remove_prompts(c.frame_idx, c.obj_id)
-        self.store.write_frame(c.frame_idx, c.labels_before)
-        self.adapter.restore(c.adapter_before)
-        for k, value in (c.entropy_before or {}).items():
-            self._entropy[k][c.frame_idx] = value
+        f = c.frame_idx
+        c.labels_after = self.store.read_frame(f)
+        c.adapter_after = self.adapter.snapshot()
+        c.entropy_after = {k: float(v[f]) for k, v in self._entropy.items()}
+        self._undo_prompt(c)
+        self._restore_adapter(c.adapter_before)
+        self._set_frame(f, c.labels_before, c.entropy_before)
+        self.undone.append(c)
+        if self.folder is not None:
+            after = self.folder.save_record(f"{self.folder.next_seq():06d}-after", labels=c.labels_after)
+            self._log("undo", frame=f, obj=c.obj_id, after=after, adapters=self._save_adapters())
+        return c
+
+    def redo(self) -> Optional[Correction]:
+        """Apply the last undone correction again: its prompt, the frame's labels and the
+        adapter state it had. Returns it, or None if nothing is undone (a new correction
+        clears what can be redone)."""
+        if not self.undone:
+            return None
+        c = self.undone.pop()
+        f = c.frame_idx
+        self._apply_prompt(f, c.obj_id, c.prompt)
+        self._restore_adapter(c.adapter_after)
+        self._set_frame(f, c.labels_after, c.entropy_after)
+        self.corrections.append(c)
+        self._log("redo", frame=f, obj=c.obj_id, adapters=self._save_adapters())
         return c
 
     def reset_adapter(self, obj_id: Optional[int] = None) -> None:
         """Forget what was learned for ``obj_id`` (all objects when None)."""
         self.adapter.reset(obj_id)
+        if obj_id is None:
+            self._example_files.clear()
+        else:
+            self._example_files.pop(int(obj_id), None)
+        self._log("reset_adapter", obj=None if obj_id is None else int(obj_id), adapters=self._save_adapters())
 
     def close(self) -> None:
-        """Detach from the predictor (adapters removed, sam2's decoder as it was)."""
+        """Detach from the predictor (adapters removed, sam2's decoder as it was); close the
+        session folder's log. Closing twice does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.adapter.reset()
         self.tracker.close()
+        if self.folder is not None:
+            self.folder.close()

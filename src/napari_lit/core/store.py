@@ -141,6 +141,14 @@ class LabelStore:
         current[np.asarray(mask, bool)] = obj_id
         self.write_frame(frame_idx, current)
 
+    def clear_frame(self, frame_idx: int) -> None:
+        """Make frame ``frame_idx`` background again and no longer written (used on resume
+        for a frame whose write the session log does not vouch for)."""
+        self.array[int(frame_idx)] = 0
+        meta = dict(self.array.attrs.get("napari_lit", {}))
+        meta["frames_done"] = sorted(set(meta.get("frames_done", [])) - {int(frame_idx)})
+        self.array.attrs["napari_lit"] = meta
+
     def read_frame(self, frame_idx: int) -> np.ndarray:
         """(Y, X) uint32 labels of frame ``frame_idx``."""
         return np.asarray(self.array[int(frame_idx)])

@@ -326,4 +326,8 @@ def load_predictor(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]]
     cfg, ckpt = resolve_model(name, config, download=download, progress=progress)
     predictor = build_sam2_model(cfg, ckpt, target="video", device=resolve_device(device))
     predictor.napari_lit_model = name if name in MODELS else str(ckpt)
+    spec = MODELS.get(name)
+    # which weights a session folder was made with (a downloaded checkpoint was verified
+    # against its catalogue hash; the embedded and custom ones are hashed here, < 1 s)
+    predictor.napari_lit_checksum = spec.sha256 if spec is not None and spec.sha256 else sha256sum(ckpt)
     return predictor

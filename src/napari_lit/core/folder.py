@@ -1,0 +1,359 @@
+"""Session folder: everything a session does, saved when it happens.
+
+A session folder holds one image's annotation task::
+
+    session.json        what the session is: the image's fingerprint, the model and its
+                        checksum, adapter settings (written once, atomically)
+    labels.zarr/        the label store, written frame by frame (zarr writes each chunk
+                        through a temporary file and a rename)
+    log.jsonl           append-only event log, one JSON object per line, flushed and fsynced
+                        per entry: prompts, corrections, learning, undo/redo, and one
+                        ``frame`` event per written frame with its masked entropy
+    records/NNNNNN.npz  what an event needs beside its line: a mask prompt, the labels a
+                        correction replaced (for undo)
+    inputs/NNNNNN.pt    a corrected frame's recorded decoder inputs (to learn after a resume)
+    adapters/NNNNNN/    every object's adapter after each change (a folder renamed into place)
+
+Rules that make a crash cost at most the frame in progress: a file an event refers to is
+complete (written to a temporary name, fsynced, renamed) before the event's line is
+appended; a frame counts as written only once its ``frame`` line is in the log (a chunk
+written without it is cleared on resume); a last line cut short by a kill is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .store import LabelStore
+
+__all__ = ["SessionFolder", "SessionFolderError", "image_fingerprint", "FORMAT"]
+
+FORMAT = 1
+META_FILE = "session.json"
+LOG_FILE = "log.jsonl"
+LABELS_DIR = "labels.zarr"
+
+
+class SessionFolderError(ValueError):
+    """A session folder that cannot be used: missing, corrupt, of another image or model."""
+
+
+def image_fingerprint(frames) -> Dict:
+    """What identifies a stack cheaply: its (N, Y, X) shape, dtype, and the SHA-256 of the
+    raw bytes of its first, middle and last frames.
+
+    Parameters
+    ----------
+    frames : napari_lit.core.FrameSource
+
+    Returns
+    -------
+    dict
+        ``shape`` (list of int), ``dtype`` (str), ``sha256`` (hex str).
+    """
+    n = frames.n_frames
+    h = hashlib.sha256()
+    for i in sorted({0, n // 2, n - 1}):
+        raw = np.ascontiguousarray(frames.raw(i))
+        h.update(str(raw.shape).encode())
+        h.update(raw.tobytes())
+    return {"shape": [n, *frames.frame_shape], "dtype": str(np.asarray(frames.raw(0)).dtype),
+            "sha256": h.hexdigest()}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync the file, rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class SessionFolder:
+    """The files of one session (see the module's text for the layout).
+
+    Use :meth:`create` or :meth:`open`.
+
+    Attributes
+    ----------
+    path : Path
+    meta : dict
+        The contents of ``session.json``.
+    store : LabelStore
+    events : list of dict
+        The log as read at :meth:`open` (empty for a new folder).
+    """
+
+    def __init__(self, path: Path, meta: Dict, store: LabelStore, events: List[Dict]):
+        self.path = Path(path)
+        self.meta = meta
+        self.store = store
+        self.events = events
+        self._seq = max((int(e.get("seq", 0)) for e in events), default=0)
+        self._log = None
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, path: Union[str, Path], shape: Sequence[int], meta: Dict) -> "SessionFolder":
+        """Create a new session folder.
+
+        Parameters
+        ----------
+        path : str or Path
+            A folder that does not exist yet, or an empty one.
+        shape : (N, Y, X)
+            Label store shape.
+        meta : dict
+            JSON-serialisable description (image fingerprint, model, settings), saved as
+            ``session.json`` with ``format`` and ``created`` added.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and is not empty.
+        PermissionError
+            If ``path`` cannot be written.
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} already exists and is not an empty folder: "
+                                  f"open it to resume, or choose a new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"the session folder {path} is not writable")
+        meta = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+        store = LabelStore.create(path / LABELS_DIR, shape)
+        _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+        (path / LOG_FILE).touch()
+        return cls(path, meta, store, [])
+
+    @classmethod
+    def open(cls, path: Union[str, Path]) -> "SessionFolder":
+        """Open an existing session folder and read its log.
+
+        A last log line cut short (the process was killed while writing it) is dropped and
+        the file truncated to the last complete line.
+
+        Raises
+        ------
+        SessionFolderError
+            If ``path`` is not a session folder, its ``session.json`` is unreadable or of
+            another format, or a log line other than the last is corrupt.
+        """
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            raise SessionFolderError(f"{path} is not a napari-lit session folder (no {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SessionFolderError(f"{meta_path} is unreadable: {exc}") from None
+        if meta.get("format") != FORMAT:
+            raise SessionFolderError(f"{path} has session format {meta.get('format')!r}; this napari-lit "
+                                     f"reads format {FORMAT}")
+        try:
+            store = LabelStore.open(path / LABELS_DIR)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SessionFolderError(f"{path}: {exc}") from None
+        events = cls._read_log(path / LOG_FILE)
+        return cls(path, meta, store, events)
+
+    @staticmethod
+    def _read_log(log_path: Path) -> List[Dict]:
+        if not log_path.is_file():
+            raise SessionFolderError(f"{log_path.parent} has no {LOG_FILE}")
+        data = log_path.read_bytes()
+        events, good_end, pos = [], 0, 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            line = data[pos:] if end < 0 else data[pos:end]
+            try:
+                events.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if end >= 0 and data[end + 1:].strip():
+                    raise SessionFolderError(
+                        f"{log_path}: line {len(events) + 1} is corrupt and is not the last one; "
+                        f"the log cannot be trusted past it") from None
+                break  # a torn last line
+            if end < 0:  # complete JSON but no newline: the write was cut before it
+                good_end = len(data)
+                break
+            good_end = pos = end + 1
+        if good_end < len(data):
+            with open(log_path, "rb+") as f:
+                f.truncate(good_end)
+                os.fsync(f.fileno())
+        if good_end and not data[:good_end].endswith(b"\n"):
+            with open(log_path, "ab") as f:
+                f.write(b"\n")
+                os.fsync(f.fileno())
+        return events
+
+    # --------------------------------------------------------------------- writing
+    def next_seq(self) -> int:
+        """The sequence number of the next event (also names the files it refers to)."""
+        return self._seq + 1
+
+    def append(self, event: Dict) -> Dict:
+        """Append ``event`` (with ``seq`` and ``time`` added) to the log, flushed and fsynced.
+
+        Raises
+        ------
+        OSError
+            If the folder cannot be written (full disk, removed, read-only); what was saved
+            before stays valid.
+        """
+        self._seq += 1
+        event = {"seq": self._seq, "time": round(time.time(), 3), **event}
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        if self._log is None:
+            self._log = open(self.path / LOG_FILE, "a", encoding="utf-8")
+        self._log.write(line)
+        self._log.flush()
+        os.fsync(self._log.fileno())
+        return event
+
+    def save_record(self, name: str, **arrays: np.ndarray) -> str:
+        """Save ``arrays`` as ``records/<name>.npz`` (compressed, atomically); returns the
+        path relative to the folder, for an event to refer to."""
+        rel = f"records/{name}.npz"
+        target = self.path / rel
+        target.parent.mkdir(exist_ok=True)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+        _atomic_write(target, write)
+        return rel
+
+    def load_record(self, rel: str) -> Dict[str, np.ndarray]:
+        with np.load(self.path / rel) as data:
+            return {k: data[k] for k in data.files}
+
+    def save_inputs(self, name: str, inputs) -> str:
+        """Save a frame's decoder inputs (tensors) as ``inputs/<name>.pt``; returns the
+        relative path."""
+        import torch
+
+        rel = f"inputs/{name}.pt"
+        target = self.path / rel
+        target.parent.mkdir(exist_ok=True)
+        payload = {"inputs": dict(inputs), "memory_attention": getattr(inputs, "memory_attention", None)}
+        _atomic_write(target, lambda p: torch.save(payload, p))
+        return rel
+
+    def load_inputs(self, rel: str):
+        import torch
+
+        from ._sam2 import DecoderInputs
+
+        payload = torch.load(self.path / rel, map_location="cpu", weights_only=False)
+        out = DecoderInputs(payload["inputs"])
+        if payload.get("memory_attention") is not None:
+            out.memory_attention = payload["memory_attention"]
+        return out
+
+    def save_adapters(self, name: str, adapter, examples: Dict[int, List[str]]) -> str:
+        """Save every object's adapter (weights + peft config, :meth:`DecoderAdapter.save`)
+        and which saved corrections each one has learned from (``examples``: object id ->
+        list of ``inputs/`` paths) as ``adapters/<name>/``, renamed into place when complete;
+        returns the relative path."""
+        rel = f"adapters/{name}"
+        target = self.path / rel
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f".{name}.{uuid.uuid4().hex}.partial")
+        try:
+            tmp.mkdir()
+            objs = sorted(int(k) for k in adapter.n_corrections if adapter.has_adapter(int(k)))
+            for k in objs:
+                adapter.save(tmp / f"obj{k}", k)
+            (tmp / "index.json").write_text(json.dumps({
+                "objects": objs, "n_corrections": {str(k): int(v) for k, v in adapter.n_corrections.items()},
+                "examples": {str(k): list(v) for k, v in examples.items()}}))
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(target.parent)
+        return rel
+
+    def adapters_index(self, rel: str) -> Dict:
+        """The ``index.json`` of a saved adapters folder."""
+        return json.loads((self.path / rel / "index.json").read_text())
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # ------------------------------------------------------------------- reading
+    def logged_frames(self) -> Dict[int, Dict[int, float]]:
+        """Frames whose ``frame`` event is in the log -> their masked entropy per object."""
+        out: Dict[int, Dict[int, float]] = {}
+        for e in self.events:
+            if e.get("kind") == "frame":
+                out[int(e["frame"])] = {int(k): float(v) for k, v in e.get("entropy", {}).items()}
+        return out
+
+    def check_image(self, fingerprint: Dict) -> None:
+        """Raise :class:`SessionFolderError` unless ``fingerprint`` (see
+        :func:`image_fingerprint`) is the one this session was made on."""
+        mine = self.meta.get("image", {})
+        if mine.get("shape") != fingerprint["shape"] or mine.get("dtype") != fingerprint["dtype"]:
+            raise SessionFolderError(
+                f"{self.path} belongs to an image of shape {mine.get('shape')} {mine.get('dtype')}, "
+                f"not to this one ({fingerprint['shape']} {fingerprint['dtype']})")
+        if mine.get("sha256") != fingerprint["sha256"]:
+            raise SessionFolderError(
+                f"{self.path} belongs to another image of the same shape (its frames differ): open the "
+                f"image it was made on ({self.meta.get('source') or 'source not recorded'})")
+
+    def check_model(self, name: str, checksum: Optional[str]) -> None:
+        """Raise :class:`SessionFolderError` unless the session was made with this model."""
+        mine = self.meta.get("model", {})
+        if mine.get("sha256") and checksum and mine["sha256"] != checksum:
+            raise SessionFolderError(
+                f"{self.path} was made with model {mine.get('name')} (sha256 {mine['sha256'][:12]}...), "
+                f"but {name} (sha256 {checksum[:12]}...) is loaded: its adapters and prompts belong to "
+                f"that model")
+
+    def frames_to_clear(self) -> Tuple[int, ...]:
+        """Frames the store holds but the log does not vouch for (written when the process
+        was killed, before their ``frame`` line)."""
+        logged = set(self.logged_frames())
+        return tuple(f for f in self.store.frames_done if f not in logged)
