@@ -34,9 +34,9 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
-def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_mask=None,
+def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prompt_mask=None,
             prompt_frame: Optional[int] = None, mask_obj_id: int = 1, device: str = "auto",
-            overwrite: bool = False, progress: bool = True) -> "LabelStore":
+            overwrite: bool = False, progress: bool = True, session=None) -> "LabelStore":
     """Segment a stack from click prompts and/or a mask prompt, writing a label store.
 
     Parameters
@@ -45,8 +45,11 @@ def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_ma
         TIFF, zarr array or folder of frames, (N, Y, X[, C]).
     prompts : str or Path or None
         CSV with ``frame,y,x,label,object_id`` (see :func:`napari_lit.io.read_prompts_csv`).
-    out : str or Path
+    out : str or Path, optional
         New ``.zarr`` label store, (N, Y, X) uint32.
+    session : str or Path, optional
+        Instead of ``out``: a new session folder (label store, log of the prompts and of
+        every written frame), which ``napari-lit resume`` finishes if this run is killed.
     model, config, device
         See :func:`napari_lit.models.load_predictor`.
     prompt_mask : str or Path, optional
@@ -82,9 +85,13 @@ def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_ma
         raise UsageError("give click prompts (--prompts FILE.csv) and/or a mask prompt (--prompt-mask FILE --prompt-frame F)")
     if (prompt_mask is None) != (prompt_frame is None):
         raise UsageError("--prompt-mask and --prompt-frame go together")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
+    if (out is None) == (session is None):
+        raise UsageError("give an output label store (--out FILE.zarr) or a session folder (--session FOLDER)")
+    target = Path(out if out is not None else session)
+    if session is not None and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} already exists: finish it with `napari-lit resume {target}`, or choose a new folder")
+    if out is not None and target.exists() and not overwrite:
+        raise UsageError(f"{target} already exists (pass --overwrite to replace it)")
     try:
         stack = open_image(image)
         click_prompts = read_prompts_csv(prompts) if prompts is not None else []
@@ -119,7 +126,16 @@ def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_ma
         source = FrameSource(stack, image_size=predictor.image_size)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{Path(image).name}: {exc}") from None
-    tracker = Tracker(predictor, source)
+    if session is not None:
+        from .core.session import LitSession
+
+        try:
+            lit = LitSession.create_in(session, predictor, source, learn=False, source=str(Path(image).resolve()))
+        except (FileExistsError, PermissionError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        tracker, store = lit, lit.store  # prompts and frames go through the session: logged
+    else:
+        tracker = Tracker(predictor, source)
     for p in click_prompts:
         tracker.add_points(p.frame, p.obj_id, p.points, p.labels)
     if mask is not None:
@@ -129,18 +145,98 @@ def segment(image, prompts, out, model: str = "lit-tiny", config=None, prompt_ma
         else:
             for i in ids:
                 tracker.add_mask(prompt_frame, i, mask == i)
-    store = LabelStore.create(out, (n, h, w), overwrite=overwrite,
-                              attrs={"model": model, "image": str(image)})
+    if session is None:
+        store = LabelStore.create(out, (n, h, w), overwrite=overwrite,
+                                  attrs={"model": model, "image": str(image)})
     bar = _progress(n, "segment") if progress else None
     try:
         for result in tracker.propagate(direction="both"):
-            store.write_frame(result.frame_idx, result.labels())
+            if session is None:
+                store.write_frame(result.frame_idx, result.labels())
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+        if session is not None:
+            tracker.close()
     return store
+
+
+def resume(folder, image=None, model: Optional[str] = None, config=None, device: str = "auto",
+           learn_pending: bool = True, progress: bool = True):
+    """Finish a session folder: learn from corrections whose training was cut short, then
+    propagate over the frames that have no labels yet (frames already written are kept).
+
+    Parameters
+    ----------
+    folder : str or Path
+        A session folder (from ``napari-lit segment --session`` or the napari widget).
+    image : str or Path, optional
+        The image; the path recorded in the folder by default.
+    model : str, optional
+        The model; the one recorded in the folder by default (a custom checkpoint also
+        needs ``config``).
+    config, device
+        See :func:`napari_lit.models.load_predictor`.
+    learn_pending : bool
+        Train the adapters on pending corrections first (as the widget does before
+        propagating).
+    progress : bool
+
+    Returns
+    -------
+    napari_lit.core.session.LitSession
+        Closed; its ``store`` is complete.
+
+    Raises
+    ------
+    UsageError
+        If the folder is not a session folder, the image is missing or not the session's,
+        or the model is not the one the session was made with.
+    """
+    import json
+
+    from .core.folder import META_FILE, SessionFolderError
+    from .core.session import LitSession
+    from .io.readers import open_image
+    from .models import ModelUnavailableError, load_predictor
+    from .models.build import CheckpointError
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{folder} is not a napari-lit session folder (no {META_FILE})") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{folder / META_FILE} is unreadable: {exc}") from None
+    image = image or meta.get("source")
+    if image is None:
+        raise UsageError(f"{folder} does not record its image: give it (napari-lit resume {folder} --image PATH)")
+    model = model or (meta.get("model") or {}).get("name") or "lit-tiny"
+    try:
+        stack = open_image(image)
+        predictor = load_predictor(model, config=config, device=device)
+        session = LitSession.resume(folder, predictor, stack)
+    except (FileNotFoundError, ValueError, ModelUnavailableError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        if learn_pending:
+            for frame, obj in session.pending_learning():
+                for _ in session.learn_from(frame, obj):
+                    pass
+        missing = session.n_frames - len(session.store.frames_done)
+        bar = _progress(missing, "resume") if progress and missing else None
+        try:
+            for _ in session.continue_propagation() if session.tracker.prompt_frames() else ():
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        session.close()
+    return session
 
 
 def _read_mask(path):
@@ -169,8 +265,17 @@ def _read_mask(path):
 def _cmd_segment(args) -> int:
     store = segment(args.image, args.prompts, args.out, model=args.model, config=args.config,
                     prompt_mask=args.prompt_mask, prompt_frame=args.prompt_frame, device=args.device,
-                    overwrite=args.overwrite, progress=not args.quiet)
+                    overwrite=args.overwrite, progress=not args.quiet, session=args.session)
     print(f"wrote {len(store.frames_done)} frames of labels {store.shape} to {store.path}")
+    return 0
+
+
+def _cmd_resume(args) -> int:
+    session = resume(args.folder, image=args.image, model=args.model, config=args.config, device=args.device,
+                     learn_pending=not args.no_learn, progress=not args.quiet)
+    store = session.store
+    print(f"{args.folder}: {len(store.frames_done)} of {store.shape[0]} frames labelled, "
+          f"{len(session.corrections)} corrections; labels in {store.path}")
     return 0
 
 
@@ -194,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", help="CSV with header frame,y,x,label,object_id")
     s.add_argument("--prompt-mask", help="mask image used as a prompt (nonzero = object)")
     s.add_argument("--prompt-frame", type=int, help="frame of --prompt-mask")
-    s.add_argument("--out", required=True, help="output label store (.zarr)")
+    s.add_argument("--out", help="output label store (.zarr)")
+    s.add_argument("--session", help="instead of --out: a new session folder (resumable with `napari-lit resume`)")
     s.add_argument("--model", default="lit-tiny", help="lit-tiny (default), sam2.1_hiera_tiny|small|base_plus|large, or a .pt file")
     s.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -207,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-model", help="train or resume the embedded lit-tiny model", add_help=False)
     t.set_defaults(func=None)
+
+    r = sub.add_parser("resume", help="finish a session folder after a crash or a stop")
+    r.add_argument("folder", help="session folder")
+    r.add_argument("--image", help="the image (default: the path the session recorded)")
+    r.add_argument("--model", help="the model (default: the one the session recorded)")
+    r.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    r.add_argument("--no-learn", action="store_true", help="do not train on corrections whose learning was cut short")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_resume)
 
     m = sub.add_parser("models", help="list the model catalogue")
     m.set_defaults(func=_cmd_models)
