@@ -209,7 +209,7 @@ def test_sam2_download_shows_in_napari_progress(make_napari_viewer, qtbot, tmp_p
     assert widget.session is not None, widget.status_label.text()
     assert len(bars) == 1
     widget.close_session()
-    stores = sorted(p.name for p in tmp_path.glob("*.zarr"))
+    stores = sorted(p.name for p in tmp_path.glob("*.litsession"))
     assert len(stores) == 2, stores
 
 
@@ -361,3 +361,55 @@ def test_self_applied_learning_and_memory_gate_switches(loop, qtbot, monkeypatch
     state = s.tracker.state
     remembered = state["output_dict_per_obj"][state["obj_id_to_idx"][obj]]["non_cond_frame_outputs"]
     assert not [f for f in remembered if f > 4]
+
+
+def test_session_folder_undo_redo_and_open_session(loop, qtbot):
+    """The widget's session is a session folder; U / Shift-U undo and redo a correction;
+    "Open session" resumes the folder: labels, clicks in the prompts layer, the pending
+    correction (learned before the next propagation)."""
+    viewer, widget, gt = loop
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    target = gt == obj
+    widget.labels_layer.selected_label = obj
+    ys, xs = np.nonzero(target[0])
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    s = widget.session
+    folder = s.folder.path
+    assert folder.parent == widget.store_dir and folder.suffix == ".litsession"
+    before = s.store.read_frame(6).copy()
+    ys, xs = np.nonzero(target[6])
+    widget.points_layer.add([6, ys.mean(), xs.mean() + 2])  # a correction on a tracked frame
+    _wait(qtbot, widget)
+    corrected = s.store.read_frame(6).copy()
+    widget.undo()
+    assert np.array_equal(s.store.read_frame(6), before) and not s.corrections
+    widget.redo()
+    assert np.array_equal(s.store.read_frame(6), corrected) and len(s.corrections) == 1
+    assert (6, obj) in widget._pending
+    labels = np.asarray(s.store.array[:]).copy()
+    widget.close_session()
+
+    widget.open_session(folder)
+    _wait(qtbot, widget)
+    r = widget.session
+    assert r is not None and r is not s, widget.status_label.text()
+    assert r.folder.path == folder
+    differ = [f for f in range(len(gt)) if not np.array_equal(r.store.read_frame(f), labels[f])]
+    assert not differ, (differ, r.store.frames_done, sorted(r.folder.logged_frames()))
+    assert np.array_equal(np.asarray(widget.labels_layer.data[6]), labels[6])
+    assert r.tracker.prompt_frames(obj) == [0, 6] and r.pending_learning() == [(6, obj)]
+    assert len(widget.points_layer.data) == 2  # the clicks, shown again
+    assert sorted(widget.points_layer.data[:, 0].round().astype(int).tolist()) == [0, 6]
+    widget.propagate("forward")  # learns the pending correction first, then resumes from it
+    _wait(qtbot, widget)
+    assert r.n_learned == 1 and r.pending_learning() == []
+    # another image: a clear refusal, the open session stays
+    viewer.add_image(np.zeros((5, 32, 32), np.uint8), name="other")
+    widget.image_combo.setCurrentText("other")
+    widget.open_session(folder)
+    _wait(qtbot, widget)
+    assert "belongs to an image of shape" in widget.status_label.text()
+    assert widget.session is r and r.folder.path == folder

@@ -18,9 +18,13 @@ Keyboard shortcuts (viewer-wide while the widget is open)::
     F            flag the current frame as wrong: show the adapted prediction
     A            accept the adapted prediction
     H            add the hint of a flagged frame (a star) as a click
-    U            undo the last correction
+    U / Shift-U  undo / redo the last correction (labels and adapter together)
     ]  /  [      next / previous uncertain frame
     Escape       cancel the running propagation or training
+
+Every session is a session folder (:mod:`napari_lit.core.folder`) in the widget's session
+folder: prompts, corrections, adapters, uncertainty and every written frame are saved when
+they happen. "Open session" resumes one (after a crash, too) on the image it was made on.
 
 The "Review" box plots the selected object's masked entropy per frame (Lazy-XMem eq. 2-4,
 computed from the tracker's logits as frames are written); clicking the plot jumps to that
@@ -30,7 +34,6 @@ frame.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -69,6 +72,7 @@ SHORTCUTS = {
     "A": "accept the adapted prediction",
     "H": "click where the hint (star) shows",
     "U": "undo the last correction",
+    "Shift-U": "redo the last undone correction",
     "]": "next uncertain frame (masked entropy >= the review threshold)",
     "[": "previous uncertain frame",
     "Escape": "cancel",
@@ -78,6 +82,23 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 
 
+def default_session_dir() -> Path:
+    """Where the widget keeps session folders unless told otherwise: ``$NAPARI_LIT_SESSIONS``
+    or ``~/napari-lit/sessions`` (created on first use)."""
+    import os
+
+    folder = Path(os.environ.get("NAPARI_LIT_SESSIONS") or Path.home() / "napari-lit" / "sessions")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _safe_name(name: str) -> str:
+    """A layer name as a file name (no path separators or odd characters)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
 class LitWidget(QWidget):
     """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
 
@@ -85,7 +106,8 @@ class LitWidget(QWidget):
     ----------
     napari_viewer : napari.Viewer
     store_dir : str or Path, optional
-        Folder for label stores (a temporary folder by default).
+        Folder for session folders; by default ``napari-lit/sessions`` in the user's home
+        folder (kept across restarts, so a crash never loses the work).
 
     Attributes
     ----------
@@ -98,7 +120,7 @@ class LitWidget(QWidget):
     def __init__(self, napari_viewer, store_dir=None):
         super().__init__()
         self.viewer = napari_viewer
-        self.store_dir = Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="napari-lit-"))
+        self.store_dir = Path(store_dir) if store_dir else default_session_dir()
         self.session = None
         self.labels_layer = None
         self.points_layer = None
@@ -197,7 +219,13 @@ class LitWidget(QWidget):
         form.addRow(self.advanced)
         self.start_button = QPushButton("Start session")
         self.start_button.clicked.connect(self.start)
-        form.addRow(self.start_button)
+        self.open_button = QPushButton("Open session…")
+        self.open_button.setToolTip("resume a session folder (also after a crash) on the image it was made on")
+        self.open_button.clicked.connect(lambda: self.open_session())
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.open_button)
+        form.addRow(row)
         layout.addWidget(setup)
 
         loop = QGroupBox("Segment")
@@ -230,12 +258,15 @@ class LitWidget(QWidget):
         self.accept_button.clicked.connect(self.accept_suggestion)
         grid.addWidget(self.flag_button, 3, 0)
         grid.addWidget(self.accept_button, 3, 1)
-        self.undo_button = QPushButton("Undo last correction")
+        self.undo_button = QPushButton("Undo correction")
         self.undo_button.clicked.connect(self.undo)
+        self.redo_button = QPushButton("Redo correction")
+        self.redo_button.clicked.connect(self.redo)
         self.reset_button = QPushButton("Reset adapter")
         self.reset_button.clicked.connect(self.reset_adapter)
         grid.addWidget(self.undo_button, 4, 0)
-        grid.addWidget(self.reset_button, 4, 1)
+        grid.addWidget(self.redo_button, 4, 1)
+        grid.addWidget(self.reset_button, 5, 0, 1, 2)
         self.status_label = QLabel("no session")
         self.status_label.setWordWrap(True)
         grid.addWidget(self.status_label, 5, 0, 1, 2)
@@ -341,7 +372,8 @@ class LitWidget(QWidget):
 
     def _set_session_controls(self, enabled: bool):
         for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
-                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.reset_button,
+                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.redo_button,
+                  self.reset_button,
                   self.prev_uncertain_button, self.next_uncertain_button):
             w.setEnabled(enabled)
 
@@ -412,7 +444,11 @@ class LitWidget(QWidget):
         self.worker = worker
         self.progress_bar.setRange(0, opts["total"] or 0)
         self.progress_bar.setValue(0)
-        count = {"n": 0}
+        count = {"n": 0, "failed": False}
+
+        def errored(exc):
+            count["failed"] = True
+            self._show_error(exc)
 
         def yielded(value):
             count["n"] += 1
@@ -426,12 +462,13 @@ class LitWidget(QWidget):
             self.progress_bar.setValue(1)
             if opts["on_done"] is not None:
                 opts["on_done"]()
-            self._update_status()
+            if not count["failed"]:  # an error stays in the status line
+                self._update_status()
             self.worker = None
             self._next()
 
         worker.yielded.connect(yielded)
-        worker.errored.connect(self._show_error)
+        worker.errored.connect(errored)
         worker.finished.connect(finished)
         self._status(f"{name} ...")
         worker.start()
@@ -477,12 +514,14 @@ class LitWidget(QWidget):
         adapter_config = AdapterConfig(rank=self.rank_spin.value(), alpha=float(self.rank_spin.value()),
                                        lr=self.lr_spin.value(), max_steps=self.steps_spin.value())
         layer = self.image_layer
-        stem = f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        store_path = self.store_dir / f"{stem}.zarr"
+        stem = f"{_safe_name(layer.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder = self.store_dir / f"{stem}.litsession"
         n = 1
-        while store_path.exists():  # two sessions started within one second
+        while folder.exists():  # two sessions started within one second
             n += 1
-            store_path = self.store_dir / f"{stem}-{n}.zarr"
+            folder = self.store_dir / f"{stem}-{n}.litsession"
+        source = getattr(getattr(layer, "source", None), "path", None) or layer.name
+        learn = self.learn_check.isChecked()
         result = {}
 
         def load():
@@ -502,8 +541,12 @@ class LitWidget(QWidget):
                 if bar is not None:
                     bar.close()
             yield "model loaded"
-            result["session"] = LitSession(predictor, stack, store_path, learn=self.learn_check.isChecked(),
-                                           adapter_config=adapter_config)
+            session = LitSession.create_in(folder, predictor, stack, learn=learn, adapter_config=adapter_config,
+                                           source=source)
+            session.folder.meta["view"] = {"axis": view.axis, "fixed": {str(k): v for k, v in view.fixed.items()},
+                                           "layer": layer.name}
+            session.folder.save_meta()
+            result["session"] = session
             yield "session ready"
 
         def done():
@@ -513,6 +556,95 @@ class LitWidget(QWidget):
         if self.session is not None:
             self.close_session()
         self._run(f"loading {model}", load, total=2, on_done=done)
+
+    def open_session(self, folder=None):
+        """Resume the session folder ``folder`` (a folder dialog when None) on the selected
+        image layer, in a worker: labels, clicks, corrections (undo/redo), adapters and
+        uncertainty come back; corrections whose learning was cut short are learned before
+        the next propagation; "Propagate" fills the frames still missing."""
+        from ._view import StackView
+
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self, "Open a napari-lit session folder", str(self.store_dir))
+            if not folder:
+                return
+        folder = Path(folder)
+        if self.busy:
+            self._show_error(RuntimeError("a model call is running; cancel it first"))
+            return
+        try:
+            from ..core.folder import SessionFolder
+
+            meta = SessionFolder.read_meta(folder)
+            layer = self.image_layer
+            if layer is None:
+                raise ValueError(f"open the image this session was made on first ({meta.get('source')})")
+            saved = meta.get("view") or {}
+            view = StackView(layer.ndim, int(saved.get("axis", 0)), {int(k): int(v) for k, v in saved.get("fixed", {}).items()})
+            if view.axis >= layer.ndim - 2 or any(a >= layer.ndim - 2 for a in view.fixed):
+                raise ValueError(f"{folder.name} was made on a {len(meta['image']['shape'])}D stack along axis "
+                                 f"{view.axis}; {layer.name!r} has {layer.ndim} dimensions")
+            data = layer.data[0] if layer.multiscale else layer.data
+            stack = view.select(data)
+            from ..core.folder import check_image, image_fingerprint
+            from ..core.frames import FrameSource
+
+            # the wrong image is refused here, before a model is loaded
+            check_image(folder, meta, image_fingerprint(FrameSource(stack)))
+        except (ValueError, OSError) as exc:
+            self._show_error(exc)
+            return
+        model = (meta.get("model") or {}).get("name") or "lit-tiny"
+        config = self.config_edit.text() or None
+        device = self.device_combo.currentText()
+        result = {}
+
+        def load():
+            from ..core.session import LitSession
+            from ..models import load_predictor
+
+            predictor = load_predictor(model, config=config, device=device, progress=False)
+            yield "model loaded"
+            result["session"] = LitSession.resume(folder, predictor, stack)
+            yield "session resumed"
+
+        def done():
+            if "session" in result:  # the open session is closed only now: a failed resume keeps it
+                if self.session is not None:
+                    self.close_session()
+                session = result["session"]
+                self._install_session(session, layer, view)
+                for frame, obj in session.pending_learning():
+                    self._pending[(frame, obj)] = False
+                self._show_prompts(session)
+                self._refresh_labels(self.current_frame, force=True)
+
+        self._run(f"resuming {folder.name}", load, total=2, on_done=done)
+
+    def _show_prompts(self, session):
+        """Put a resumed session's clicks in the prompts layer (without prompting again)."""
+        coords, positive, ids = [], [], []
+        for (frame, obj), prompt in sorted(session._prompts.items()):
+            if prompt["kind"] != "points":
+                continue
+            for yx, label in zip(prompt["points"], prompt["labels"]):
+                coords.append(self.view.coords(frame, yx))
+                positive.append(bool(label))
+                ids.append(int(obj))
+        if coords:
+            import pandas as pd
+
+            # not a user's click: the layer's data event must not prompt sam2 again
+            self.points_layer.events.data.disconnect(self._on_points)
+            try:
+                self.points_layer.data = np.asarray(coords)
+            finally:
+                self.points_layer.events.data.connect(self._on_points)
+            self.points_layer.features = pd.DataFrame({"positive": positive, "obj_id": ids})
+            self.points_layer.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in positive]
+            self._set_click_defaults(positive=not self.negative_mode)
 
     def _install_session(self, session, image_layer, view):
         self.session = session
@@ -838,6 +970,17 @@ class LitWidget(QWidget):
             self._refresh_labels(c.frame_idx, force=True)
         self._update_status()
 
+    def redo(self):
+        """Redo the last undone correction (its prompt, labels and adapter state)."""
+        if self.session is None or self.busy:
+            return
+        c = self.session.redo()
+        if c is not None:
+            if not c.learned and self.session.learn:
+                self._pending[(c.frame_idx, c.obj_id)] = False
+            self._refresh_labels(c.frame_idx, force=True)
+        self._update_status()
+
     def reset_adapter(self):
         """Forget what was learned for all objects."""
         if self.session is None or self.busy:
@@ -873,7 +1016,7 @@ class LitWidget(QWidget):
             "P": lambda _v: self.propagate("forward"), "Shift-P": lambda _v: self.propagate("backward"),
             "F": lambda _v: self.flag_frame(), "A": lambda _v: self.accept_suggestion(),
             "H": lambda _v: self.click_hint(),
-            "U": lambda _v: self.undo(), "Escape": lambda _v: self.cancel(),
+            "U": lambda _v: self.undo(), "Shift-U": lambda _v: self.redo(), "Escape": lambda _v: self.cancel(),
             "]": lambda _v: self.goto_uncertain(1), "[": lambda _v: self.goto_uncertain(-1),
         }
         self._bound = []

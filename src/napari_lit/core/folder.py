@@ -35,7 +35,7 @@ import numpy as np
 
 from .store import LabelStore
 
-__all__ = ["SessionFolder", "SessionFolderError", "image_fingerprint", "FORMAT"]
+__all__ = ["SessionFolder", "SessionFolderError", "image_fingerprint", "check_image", "FORMAT"]
 
 FORMAT = 1
 META_FILE = "session.json"
@@ -169,6 +169,24 @@ class SessionFolder:
             another format, or a log line other than the last is corrupt.
         """
         path = Path(path)
+        meta = cls.read_meta(path)
+        try:
+            store = LabelStore.open(path / LABELS_DIR)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SessionFolderError(f"{path}: {exc}") from None
+        events = cls._read_log(path / LOG_FILE)
+        return cls(path, meta, store, events)
+
+    @staticmethod
+    def read_meta(path: Union[str, Path]) -> Dict:
+        """The ``session.json`` of the session folder ``path`` (without reading the log).
+
+        Raises
+        ------
+        SessionFolderError
+            If it is missing, unreadable or of another format.
+        """
+        path = Path(path)
         meta_path = path / META_FILE
         if not meta_path.is_file():
             raise SessionFolderError(f"{path} is not a napari-lit session folder (no {META_FILE})")
@@ -179,12 +197,11 @@ class SessionFolder:
         if meta.get("format") != FORMAT:
             raise SessionFolderError(f"{path} has session format {meta.get('format')!r}; this napari-lit "
                                      f"reads format {FORMAT}")
-        try:
-            store = LabelStore.open(path / LABELS_DIR)
-        except (FileNotFoundError, ValueError) as exc:
-            raise SessionFolderError(f"{path}: {exc}") from None
-        events = cls._read_log(path / LOG_FILE)
-        return cls(path, meta, store, events)
+        return meta
+
+    def save_meta(self) -> None:
+        """Write :attr:`meta` back to ``session.json`` (atomically)."""
+        _atomic_write(self.path / META_FILE, lambda p: p.write_text(json.dumps(self.meta, indent=2)))
 
     @staticmethod
     def _read_log(log_path: Path) -> List[Dict]:
@@ -333,15 +350,7 @@ class SessionFolder:
     def check_image(self, fingerprint: Dict) -> None:
         """Raise :class:`SessionFolderError` unless ``fingerprint`` (see
         :func:`image_fingerprint`) is the one this session was made on."""
-        mine = self.meta.get("image", {})
-        if mine.get("shape") != fingerprint["shape"] or mine.get("dtype") != fingerprint["dtype"]:
-            raise SessionFolderError(
-                f"{self.path} belongs to an image of shape {mine.get('shape')} {mine.get('dtype')}, "
-                f"not to this one ({fingerprint['shape']} {fingerprint['dtype']})")
-        if mine.get("sha256") != fingerprint["sha256"]:
-            raise SessionFolderError(
-                f"{self.path} belongs to another image of the same shape (its frames differ): open the "
-                f"image it was made on ({self.meta.get('source') or 'source not recorded'})")
+        check_image(self.path, self.meta, fingerprint)
 
     def check_model(self, name: str, checksum: Optional[str]) -> None:
         """Raise :class:`SessionFolderError` unless the session was made with this model."""
@@ -357,3 +366,17 @@ class SessionFolder:
         was killed, before their ``frame`` line)."""
         logged = set(self.logged_frames())
         return tuple(f for f in self.store.frames_done if f not in logged)
+
+
+def check_image(path: Path, meta: Dict, fingerprint: Dict) -> None:
+    """Raise :class:`SessionFolderError` unless ``fingerprint`` (see :func:`image_fingerprint`)
+    is the image the session folder ``path`` with ``meta`` (its ``session.json``) was made on."""
+    mine = meta.get("image", {})
+    if mine.get("shape") != fingerprint["shape"] or mine.get("dtype") != fingerprint["dtype"]:
+        raise SessionFolderError(
+            f"{path} belongs to an image of shape {mine.get('shape')} {mine.get('dtype')}, "
+            f"not to this one ({fingerprint['shape']} {fingerprint['dtype']})")
+    if mine.get("sha256") != fingerprint["sha256"]:
+        raise SessionFolderError(
+            f"{path} belongs to another image of the same shape (its frames differ): open the "
+            f"image it was made on ({meta.get('source') or 'source not recorded'})")
