@@ -428,8 +428,19 @@ class DecoderAdapter:
 
     @staticmethod
     def target_tensor(inputs: DecoderInputs, target_mask):
-        """A (Y, X) bool mask as the (1, 1, h, w) float training target at the decoder's
-        output resolution (4x the embedding's), area-resampled and thresholded at 0.5."""
+        """A mask as the training target at the decoder's output resolution.
+
+        Parameters
+        ----------
+        inputs : DecoderInputs
+            The frame's decoder inputs (their embedding's size sets the output's: 4x).
+        target_mask : (Y, X) array-like of bool
+
+        Returns
+        -------
+        (1, 1, h, w) float32 tensor
+            Area-resampled, thresholded at 0.5.
+        """
         import torch
         import torch.nn.functional as F
 

@@ -273,6 +273,7 @@ class SessionFolder:
         return rel
 
     def load_record(self, rel: str) -> Dict[str, np.ndarray]:
+        """The arrays of the record ``rel`` (a path :meth:`save_record` returned)."""
         with np.load(self.path / rel) as data:
             return {k: data[k] for k in data.files}
 
@@ -289,6 +290,7 @@ class SessionFolder:
         return rel
 
     def load_inputs(self, rel: str):
+        """The decoder inputs saved as ``rel`` (a path :meth:`save_inputs` returned), on CPU."""
         import torch
 
         from ._sam2 import DecoderInputs
@@ -330,10 +332,12 @@ class SessionFolder:
         return rel
 
     def adapters_index(self, rel: str) -> Dict:
-        """The ``index.json`` of a saved adapters folder."""
+        """The ``index.json`` of the saved adapters folder ``rel`` (objects, corrections
+        count, training examples)."""
         return json.loads((self.path / rel / "index.json").read_text())
 
     def close(self) -> None:
+        """Close the log file (appending opens it again)."""
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -353,7 +357,9 @@ class SessionFolder:
         check_image(self.path, self.meta, fingerprint)
 
     def check_model(self, name: str, checksum: Optional[str]) -> None:
-        """Raise :class:`SessionFolderError` unless the session was made with this model."""
+        """Raise :class:`SessionFolderError` unless the session was made with the model
+        ``name`` whose checkpoint has SHA-256 ``checksum`` (not checked when either side
+        did not record one)."""
         mine = self.meta.get("model", {})
         if mine.get("sha256") and checksum and mine["sha256"] != checksum:
             raise SessionFolderError(

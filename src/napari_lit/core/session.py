@@ -77,13 +77,28 @@ RESUME_WARMUP = 8
 
 @dataclass
 class Correction:
-    """What undo and redo need: the corrected ``frame_idx`` and ``obj_id``; the prompt it
-    set (``prompt``) and the frame's prompt for the object before it (``prompt_before``,
-    None when the frame was only tracked); the frame's labels (Y, X), the adapter state
-    (a :meth:`DecoderAdapter.snapshot`, or a saved adapters folder of the session folder)
-    and the masked entropy per object before it and, once undone, after it; whether the
-    adapter ``learned`` from it; ``inputs`` (the session folder file of the frame's decoder
-    inputs, if saved)."""
+    """What undo and redo need to take a correction back and apply it again.
+
+    Attributes
+    ----------
+    frame_idx, obj_id : int
+        The corrected frame and object.
+    labels_before, labels_after : (Y, X) uint32 ndarray
+        The frame's labels before the correction, and (once undone) with it.
+    adapter_before, adapter_after : dict, str or None
+        The adapter state before it and (once undone) with it: a
+        :meth:`DecoderAdapter.snapshot`, or after a resume the saved adapters folder of the
+        session folder (None: no adapter).
+    entropy_before, entropy_after : dict of int to float
+        Masked entropy per object on the frame, before and (once undone) with it.
+    learned : bool
+        Whether the adapter learned from it.
+    prompt, prompt_before : dict or None
+        The prompt it set, and the frame's prompt for the object before it (None when the
+        frame was only tracked).
+    inputs : str or None
+        The session folder's file of the frame's decoder inputs, if saved.
+    """
 
     frame_idx: int
     obj_id: int
@@ -161,8 +176,14 @@ class LitSession:
                   adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None) -> "LitSession":
         """A new session saved in the new session folder ``folder``.
 
-        ``source`` (e.g. the image's path) is recorded to say which image a folder belongs
-        to. See :class:`LitSession` for the other parameters.
+        Parameters
+        ----------
+        folder : str or Path
+            A folder that does not exist yet (or is empty).
+        predictor, frames, learn, adapter_config
+            As for :class:`LitSession`.
+        source : str, optional
+            Where the image comes from (e.g. its path), recorded so a resume can find it.
 
         Raises
         ------
