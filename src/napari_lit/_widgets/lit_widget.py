@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -290,10 +291,16 @@ class LitWidget(QWidget):
         ax.set_xlabel("frame", fontsize=7)
         ax.set_ylabel("uncertainty", fontsize=7)
         ax.tick_params(labelsize=6)
-        (self._review_line,) = ax.plot([], [], lw=1, color="tab:orange", marker=".", ms=3)
-        self._review_threshold_line = ax.axhline(0.2, color="grey", ls=":", lw=0.8)
-        self._review_frame_line = ax.axvline(0, color="tab:blue", lw=0.8)
+        # the curve and the two markers are drawn by blitting over a cached background, so
+        # that frames streaming in cost a few ms on the GUI thread, not a full redraw
+        (self._review_line,) = ax.plot([], [], lw=1, color="tab:orange", marker=".", ms=3, animated=True)
+        self._review_threshold_line = ax.axhline(0.2, color="grey", ls=":", lw=0.8, animated=True)
+        self._review_frame_line = ax.axvline(0, color="tab:blue", lw=0.8, animated=True)
         self._review_ax = ax
+        self._review_background = None
+        self.review_canvas.mpl_connect("draw_event", self._on_review_draw)
+        # the constrained layout costs 2/3 of a draw: lay out once per canvas size, then freeze it
+        self.review_canvas.mpl_connect("resize_event", lambda _: self.review_figure.set_layout_engine("constrained"))
         self.review_canvas.mpl_connect("button_press_event", self._on_review_click)
         grid.addWidget(self.review_canvas, 0, 0, 1, 3)
         self.review_threshold = QDoubleSpinBox()
@@ -324,20 +331,53 @@ class LitWidget(QWidget):
         if not self._review_timer.isActive():
             self._review_timer.start()
 
-    def update_review(self):
-        """Redraw the uncertainty plot of the selected object (and the current frame)."""
+    def update_review(self, now: bool = False):
+        """Redraw the uncertainty plot of the selected object (and the current frame); with
+        ``now``, a full redraw before returning.
+
+        Only the curve and markers are redrawn (blitted over a cached background) unless the
+        axis limits change. The y-limit moves in steps (0.01 x 2^k) and not while a model call
+        runs (values above it are drawn at the top edge until the call ends): a full redraw
+        takes 30-100 ms of the GUI thread when the model is using the cores."""
         ax = self._review_ax
+        threshold = self.review_threshold_value()
         if self.session is None:
-            self._review_line.set_data([], [])
+            values = np.zeros(0)
+            xlim, top = (-0.5, 0.5), 1.0
         else:
             values = self.session.uncertainty(self.obj_id)
-            self._review_line.set_data(np.arange(len(values)), values)
-            ax.set_xlim(-0.5, len(values) - 0.5)
+            xlim = (-0.5, len(values) - 0.5)
             top = np.nanmax(values) if np.isfinite(values).any() else 0.0
-            ax.set_ylim(0, max(0.01, float(top) * 1.15, self.review_threshold_value() * 1.15))
+            top = max(0.01, float(top), threshold) * 1.15
+            top = 0.01 * 2 ** np.ceil(np.log2(top / 0.01))
             self._review_frame_line.set_xdata([self.current_frame, self.current_frame])
-        self._review_threshold_line.set_ydata([self.review_threshold_value()] * 2)
-        self.review_canvas.draw_idle()
+        if self.busy and self._review_background is not None and ax.get_xlim() == xlim:
+            top = ax.get_ylim()[1]  # no rescale while a model call runs
+        self._review_line.set_data(np.arange(len(values)), np.minimum(values, top))
+        self._review_threshold_line.set_ydata([threshold] * 2)
+        if now or ax.get_xlim() != xlim or ax.get_ylim() != (0.0, top) or self._review_background is None:
+            ax.set_xlim(*xlim)
+            ax.set_ylim(0.0, top)
+            if now:
+                self.review_canvas.draw()  # _on_review_draw caches the background
+            else:
+                self.review_canvas.draw_idle()
+            return
+        canvas = self.review_canvas
+        canvas.restore_region(self._review_background)
+        self._draw_review_artists()
+        canvas.blit(ax.bbox)
+
+    def _draw_review_artists(self):
+        for artist in (self._review_threshold_line, self._review_line, self._review_frame_line):
+            self._review_ax.draw_artist(artist)
+
+    def _on_review_draw(self, event):
+        """After a full draw: keep the background without the curve, then draw the curve."""
+        if isinstance(self.review_figure.get_layout_engine(), ConstrainedLayoutEngine):
+            self.review_figure.set_layout_engine("none")  # keeps the positions just computed
+        self._review_background = self.review_canvas.copy_from_bbox(self._review_ax.bbox)
+        self._draw_review_artists()
 
     def review_threshold_value(self) -> float:
         """The review threshold in effect: the spin box's value, or with "auto" (0) the 90th
@@ -438,6 +478,7 @@ class LitWidget(QWidget):
 
         if not self._queue:
             self.worker = None
+            self._schedule_review()  # rescale the plot now that no model call runs
             return
         name, gen_func, opts = self._queue.popleft()
         worker = create_worker(gen_func, _start_thread=False)
@@ -673,7 +714,7 @@ class LitWidget(QWidget):
         self.points_layer.mode = "add"
         self._set_session_controls(True)
         self._update_status()
-        self._schedule_review()
+        self.update_review(now=True)  # the full draw here, while no model call runs
 
     def close_session(self):
         """Cancel running work and close the session (layers stay in the viewer)."""
