@@ -105,8 +105,9 @@ def test_frame_source_dask_and_zarr(tmp_path):
         (np.zeros((10, 10)), "2 dimensions"),
         (np.zeros((0, 10, 10)), "empty"),
         (np.zeros((2, 3, 10, 10, 1)), "5 dimensions"),
-        (np.zeros((3, 10, 10, 7)), "channels last"),
-        (np.full((2, 4, 4), "a"), "dtype"),
+        (np.zeros((3, 16, 16, 7)), "channels last"),
+        (np.full((2, 16, 16), "a"), "dtype"),
+        (np.zeros((512, 512, 3)), "too small"),  # (Y, X, N) given as (N, Y, X)
     ],
 )
 def test_frame_source_rejects_bad_stacks(data, err):
@@ -115,7 +116,7 @@ def test_frame_source_rejects_bad_stacks(data, err):
 
 
 def test_frame_source_index_errors():
-    src = FrameSource(np.zeros((3, 8, 8), np.uint8), image_size=16)
+    src = FrameSource(np.zeros((3, 16, 16), np.uint8), image_size=16)
     with pytest.raises(IndexError, match="0..2"):
         src[3]
     with pytest.raises(TypeError):

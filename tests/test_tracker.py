@@ -86,7 +86,7 @@ def test_bad_prompts_raise_clear_errors(tracker, call, exc, msg):
 
 def test_frame_source_size_must_match_model(predictor):
     with pytest.raises(ValueError, match="expects"):
-        Tracker(predictor, FrameSource(np.zeros((2, 8, 8)), image_size=predictor.image_size * 2))
+        Tracker(predictor, FrameSource(np.zeros((2, 16, 16)), image_size=predictor.image_size * 2))
 
 
 def test_closing_propagation_stops_early(predictor, clip):

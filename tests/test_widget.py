@@ -413,3 +413,21 @@ def test_session_folder_undo_redo_and_open_session(loop, qtbot):
     _wait(qtbot, widget)
     assert "belongs to an image of shape" in widget.status_label.text()
     assert widget.session is r and r.folder.path == folder
+
+
+def test_click_outside_the_image_is_dropped_with_a_message(loop, qtbot):
+    """A click off the image (napari lets one add it) is removed with a message; the next
+    click on that frame still works (the off-image point would make every prompt fail)."""
+    viewer, widget, gt = loop
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    widget.labels_layer.selected_label = obj
+    h, w = gt.shape[1:]
+    widget.points_layer.add([0, h + 40, w / 2])
+    _wait(qtbot, widget)
+    assert "outside the image" in widget.status_label.text() and "ignored" in widget.status_label.text()
+    assert len(widget.points_layer.data) == 0 and widget.session.store.frames_done == ()
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    assert len(widget.points_layer.data) == 1 and widget.session.store.frames_done == (0,)
+    assert _iou(np.asarray(widget.labels_layer.data[0]) == obj, gt[0] == obj) > 0.5

@@ -790,15 +790,34 @@ class LitWidget(QWidget):
 
         if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
             return
-        frames = {int(self.view.frame(self.points_layer.data[i])) for i in event.data_indices}
-        for frame in frames:
+        data = np.asarray(self.points_layer.data)
+        indices = [int(i) % len(data) for i in event.data_indices]  # napari may say -1: the last
+        added = data[indices]
+        frame, yx = self.view.frame(added), self.view.yx(added)
+        h, w = self.session.store.shape[1:]
+        outside = ((frame < 0) | (frame >= self.session.n_frames) | (yx[:, 0] < -0.5) | (yx[:, 0] > h - 0.5)
+                   | (yx[:, 1] < -0.5) | (yx[:, 1] > w - 0.5))
+        if outside.any():
+            # a click off the image would make every later prompt on its frame fail: drop it
+            (y, x), f = yx[outside][0], frame[outside][0]
+            self.points_layer.events.data.disconnect(self._on_points)
+            try:
+                self.points_layer.selected_data = {i for i, o in zip(indices, outside) if o}
+                self.points_layer.remove_selected()
+            finally:
+                self.points_layer.events.data.connect(self._on_points)
+            self._show_error(ValueError(f"a click at (y={y:.0f}, x={x:.0f}) on frame {f} is outside the image "
+                                        f"(frames 0..{self.session.n_frames - 1}, {h} x {w} px): ignored"))
+        for frame in sorted({int(f) for f in frame[~outside]}):
             self._prompt_frame(frame, self.obj_id)
 
     def _clicks(self, frame: int, obj_id: int):
         data = self.points_layer.data
         feats = self.points_layer.features
         sel = (self.view.frame(data) == frame) & (feats["obj_id"].to_numpy() == obj_id)
-        return self.view.yx(data[sel]), feats["positive"].to_numpy()[sel].astype(int)
+        h, w = self.session.store.shape[1:]  # a click on an edge pixel's outer half is on it
+        yx = np.clip(self.view.yx(data[sel]), 0, [h - 1, w - 1])
+        return yx, feats["positive"].to_numpy()[sel].astype(int)
 
     def _prompt_frame(self, frame: int, obj_id: int):
         points, labels = self._clicks(frame, obj_id)

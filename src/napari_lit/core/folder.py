@@ -23,11 +23,13 @@ written without it is cleared on resume); a last line cut short by a kill is dro
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -35,7 +37,8 @@ import numpy as np
 
 from .store import LabelStore
 
-__all__ = ["SessionFolder", "SessionFolderError", "image_fingerprint", "check_image", "FORMAT"]
+__all__ = ["SessionFolder", "SessionFolderError", "SessionWriteError", "saving", "image_fingerprint", "check_image",
+           "FORMAT"]
 
 FORMAT = 1
 META_FILE = "session.json"
@@ -45,6 +48,27 @@ LABELS_DIR = "labels.zarr"
 
 class SessionFolderError(ValueError):
     """A session folder that cannot be used: missing, corrupt, of another image or model."""
+
+
+class SessionWriteError(OSError):
+    """Saving to a session folder or label store failed (full disk, read-only, removed).
+
+    ``errno`` is the operating system's; everything saved before the failure stays valid
+    and the session can be resumed once the cause is fixed."""
+
+
+@contextmanager
+def saving(path: Union[str, Path]):
+    """Turn an operating-system error inside the block into a :class:`SessionWriteError`
+    that names ``path``, the cause, and what to do."""
+    try:
+        yield
+    except SessionWriteError:
+        raise
+    except OSError as exc:
+        raise SessionWriteError(
+            exc.errno, f"could not save to {path} ({exc.strerror or exc}); everything saved before is "
+                       f"intact: free disk space or fix permissions, then resume the session") from exc
 
 
 def image_fingerprint(frames) -> Dict:
@@ -146,13 +170,19 @@ class SessionFolder:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"{path} already exists and is not an empty folder: "
                                   f"open it to resume, or choose a new folder")
-        path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK):
-            raise PermissionError(f"the session folder {path} is not writable")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"napari-lit")  # os.access says yes to root on a read-only mount
+            probe.unlink()
+        except OSError as exc:
+            raise PermissionError(exc.errno, f"cannot create the session folder {path} "
+                                             f"({exc.strerror or exc}): choose a folder you can write to") from exc
         meta = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
-        store = LabelStore.create(path / LABELS_DIR, shape)
-        _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
-        (path / LOG_FILE).touch()
+        with saving(path):
+            store = LabelStore.create(path / LABELS_DIR, shape)
+            _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+            (path / LOG_FILE).touch()
         return cls(path, meta, store, [])
 
     @classmethod
@@ -200,8 +230,14 @@ class SessionFolder:
         return meta
 
     def save_meta(self) -> None:
-        """Write :attr:`meta` back to ``session.json`` (atomically)."""
-        _atomic_write(self.path / META_FILE, lambda p: p.write_text(json.dumps(self.meta, indent=2)))
+        """Write :attr:`meta` back to ``session.json`` (atomically).
+
+        Raises
+        ------
+        SessionWriteError
+            If the folder cannot be written; the previous ``session.json`` stays."""
+        with saving(self.path):
+            _atomic_write(self.path / META_FILE, lambda p: p.write_text(json.dumps(self.meta, indent=2)))
 
     @staticmethod
     def _read_log(log_path: Path) -> List[Dict]:
@@ -244,18 +280,30 @@ class SessionFolder:
 
         Raises
         ------
-        OSError
+        SessionWriteError
             If the folder cannot be written (full disk, removed, read-only); what was saved
-            before stays valid.
+            before stays valid: a line written in part is cut off again, so a later append
+            cannot leave a corrupt line in the middle of the log.
         """
+        event = {"seq": self._seq + 1, "time": round(time.time(), 3), **event}
+        data = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
+        with saving(self.path):
+            if self._log is None:
+                self._log = open(self.path / LOG_FILE, "ab", buffering=0)
+            start = self._log.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[self._log.write(view):]
+                os.fsync(self._log.fileno())
+            except OSError:
+                try:
+                    self._log.truncate(start)
+                except OSError:  # then the torn line is the last one: dropped when read back
+                    self._log.close()
+                    self._log = None
+                raise
         self._seq += 1
-        event = {"seq": self._seq, "time": round(time.time(), 3), **event}
-        line = json.dumps(event, separators=(",", ":")) + "\n"
-        if self._log is None:
-            self._log = open(self.path / LOG_FILE, "a", encoding="utf-8")
-        self._log.write(line)
-        self._log.flush()
-        os.fsync(self._log.fileno())
         return event
 
     def save_record(self, name: str, **arrays: np.ndarray) -> str:
@@ -263,13 +311,14 @@ class SessionFolder:
         path relative to the folder, for an event to refer to."""
         rel = f"records/{name}.npz"
         target = self.path / rel
-        target.parent.mkdir(exist_ok=True)
 
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
 
-        _atomic_write(target, write)
+        with saving(self.path):
+            target.parent.mkdir(exist_ok=True)
+            _atomic_write(target, write)
         return rel
 
     def load_record(self, rel: str) -> Dict[str, np.ndarray]:
@@ -284,9 +333,12 @@ class SessionFolder:
 
         rel = f"inputs/{name}.pt"
         target = self.path / rel
-        target.parent.mkdir(exist_ok=True)
         payload = {"inputs": dict(inputs), "memory_attention": getattr(inputs, "memory_attention", None)}
-        _atomic_write(target, lambda p: torch.save(payload, p))
+        buffer = io.BytesIO()  # serialised in memory: a failed file write is then a plain OSError
+        torch.save(payload, buffer)
+        with saving(self.path):
+            target.parent.mkdir(exist_ok=True)
+            _atomic_write(target, lambda p: p.write_bytes(buffer.getvalue()))
         return rel
 
     def load_inputs(self, rel: str):
@@ -308,7 +360,12 @@ class SessionFolder:
         returns the relative path."""
         rel = f"adapters/{name}"
         target = self.path / rel
-        target.parent.mkdir(exist_ok=True)
+        with saving(self.path):
+            target.parent.mkdir(exist_ok=True)
+            self._save_adapters(target, name, adapter, examples)
+        return rel
+
+    def _save_adapters(self, target: Path, name: str, adapter, examples: Dict[int, List[str]]) -> None:
         tmp = target.with_name(f".{name}.{uuid.uuid4().hex}.partial")
         try:
             tmp.mkdir()
@@ -329,7 +386,6 @@ class SessionFolder:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(target.parent)
-        return rel
 
     def adapters_index(self, rel: str) -> Dict:
         """The ``index.json`` of the saved adapters folder ``rel`` (objects, corrections

@@ -21,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ContrastLimits = Union[str, Tuple[float, float]]
 
+#: Smallest frame side accepted (px): anything smaller is almost surely a mixed-up axis order.
+MIN_FRAME_SIZE = 16
+
 
 def _check_stack(data) -> None:
     shape = getattr(data, "shape", None)
@@ -42,6 +45,12 @@ def _check_stack(data) -> None:
             f"expected (N, Y, X, C) with C in 1..4 channels last; got shape {tuple(shape)}. "
             f"Is the channel axis elsewhere?"
         )
+    if min(int(shape[1]), int(shape[2])) < MIN_FRAME_SIZE:
+        raise ValueError(
+            f"frames of {int(shape[1])} x {int(shape[2])} px (stack shape {tuple(shape)}) are too small to "
+            f"segment (at least {MIN_FRAME_SIZE} px a side); is the axis order (N, Y, X[, C])? A (Y, X, N) "
+            f"stack needs its frame axis moved first"
+        )
     kind = np.dtype(data.dtype).kind
     if kind not in "buif":
         raise TypeError(f"expected a numeric or boolean image; got dtype {data.dtype}")
@@ -51,6 +60,7 @@ def normalise_frame(
     frame: np.ndarray,
     contrast: ContrastLimits = "auto",
     percentiles: Tuple[float, float] = (0.5, 99.8),
+    rgb: bool = True,
 ) -> np.ndarray:
     """Map one frame to float32 RGB in [0, 1].
 
@@ -66,6 +76,9 @@ def normalise_frame(
         (natural images) and ``percentile`` otherwise.
     percentiles : (float, float)
         Lower and upper percentile for ``percentile``.
+    rgb : bool
+        Return 3 channels; with False, a grey frame stays (Y, X) and 2 channels stay 2 (what
+        :class:`FrameSource` resizes before making RGB: cheaper on large frames, same values).
 
     Returns
     -------
@@ -99,7 +112,7 @@ def normalise_frame(
     elif isinstance(contrast, str) and contrast == "percentile":
         finite = x[np.isfinite(x)]
         if finite.size == 0:
-            return np.zeros(frame.shape[:2] + (3,), np.float32)
+            return _to_rgb(np.zeros(frame.shape, np.float32)) if rgb else np.zeros(frame.shape, np.float32)
         if finite.size > 1_000_000:  # a strided sample is enough for percentiles
             finite = finite[:: finite.size // 1_000_000 + 1]
         lo, hi = (float(v) for v in np.percentile(finite, percentiles))
@@ -113,10 +126,16 @@ def normalise_frame(
         x = (x - lo) / (hi - lo)
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(x, 0.0, 1.0, out=x)
+    return _to_rgb(x) if rgb else x
+
+
+def _to_rgb(x):
+    """(Y, X) or (Y, X, 2|3) -> (Y, X, 3) float32 (grey repeated; 2 channels as red/green);
+    works on numpy arrays and on torch tensors."""
     if x.ndim == 2:
-        x = np.repeat(x[..., None], 3, axis=-1)
-    elif x.shape[-1] == 2:
-        x = np.concatenate([x, np.zeros_like(x[..., :1])], axis=-1)
+        return np.ascontiguousarray(np.repeat(x[..., None], 3, axis=-1), dtype=np.float32)
+    if x.shape[-1] == 2:
+        return np.ascontiguousarray(np.concatenate([x, np.zeros_like(x[..., :1])], axis=-1), dtype=np.float32)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -195,11 +214,19 @@ class FrameSource:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        rgb = torch.from_numpy(self.normalised(index)).permute(2, 0, 1)[None]
+        # resized before grey becomes 3 channels (resizing is per channel: the same values)
+        x = normalise_frame(self.raw(index), self.contrast, rgb=False)
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
         s = self.image_size
-        if rgb.shape[-2:] != (s, s):
-            down = rgb.shape[-1] > s or rgb.shape[-2] > s
-            rgb = F.interpolate(rgb, size=(s, s), mode="bilinear", align_corners=False, antialias=down)
+        if x.shape[-2:] != (s, s):
+            down = x.shape[-1] > s or x.shape[-2] > s
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=down)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 2:
+            x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        rgb = x
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         tensor = ((rgb - mean) / std)[0].contiguous()

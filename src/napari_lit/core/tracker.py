@@ -87,10 +87,12 @@ class FrameResult:
         out = np.zeros(self.logits.shape[1:], np.uint32)
         if not self.obj_ids:
             return out
-        best = np.argmax(self.logits, axis=0)
-        inside = np.take_along_axis(self.logits, best[None], axis=0)[0] > 0
         ids = np.asarray(self.obj_ids, np.uint32)
-        out[inside] = ids[best[inside]]
+        if len(ids) == 1:
+            out[self.logits[0] > 0] = ids[0]
+            return out
+        inside = (self.logits > 0).any(axis=0)  # argmax only where some object is present
+        out[inside] = ids[np.argmax(self.logits[:, inside], axis=0)]
         return out
 
 
