@@ -124,7 +124,7 @@ def auto_section(results: Path) -> str:
     red = 100 * (lit["total_corrections"] - auto["total_corrections"]) / max(lit["total_corrections"], 1)
     applied = auto.get("auto_applied", 0)
     parts.append(f"\ntotal corrections: " + ", ".join(f"{m} {r['total_corrections']}" for m, r in have.items())
-                 + f"; lit-auto vs lit: {red:.0f} % fewer (issue 5 asks for >= 10 %), final mean J lit "
+                 + f"; lit-auto vs lit: {abs(red):.0f} % {'fewer' if red >= 0 else 'more'} (issue 5 asks for >= 10 % fewer), final mean J lit "
                  f"{lit['mean_j']:.3f}, lit-auto {auto['mean_j']:.3f}; frames where lit-auto kept the "
                  f"adapted prediction on its own: {applied}.\n")
     return "\n".join(parts)

@@ -76,7 +76,8 @@ def loop(make_napari_viewer, qtbot, tmp_path):
     _wait(qtbot, widget)
     assert widget.session is not None, widget.status_label.text()
     yield viewer, widget, np.asarray(gt_layer.data)
-    widget.close_session()
+    if widget.session is not None:
+        widget.close_session()
 
 
 def test_cancel_stops_within_one_frame(loop, qtbot):
@@ -431,3 +432,47 @@ def test_click_outside_the_image_is_dropped_with_a_message(loop, qtbot):
     _wait(qtbot, widget)
     assert len(widget.points_layer.data) == 1 and widget.session.store.frames_done == (0,)
     assert _iou(np.asarray(widget.labels_layer.data[0]) == obj, gt[0] == obj) > 0.5
+
+
+@pytest.mark.parametrize("how", ["remove the image layer", "close the widget", "close napari"])
+def test_one_propagation_at_a_time_and_a_clean_stop_mid_run(loop, qtbot, how):
+    """A second propagation is refused while one runs; removing the session's image layer or
+    closing the widget mid-propagation stops the worker after its frame, closes the session
+    only then, and leaves a folder that resumes and finishes."""
+    from napari_lit.core.folder import SessionFolder
+    from napari_lit.core.session import LitSession
+
+    viewer, widget, gt = loop
+    obj = int(gt[0].max())
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([0, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    s, frames = widget.session, np.asarray(viewer.layers[0].data)
+    written = []
+    widget.propagate("forward")
+    widget.worker.yielded.connect(lambda r: written.append(r.frame_idx))
+    widget.propagate("backward")
+    assert "propagating forward is running" in widget.status_label.text()
+    assert not widget._queue  # the second one was not queued either
+    qtbot.waitUntil(lambda: len(written) >= 3, timeout=60_000)
+    worker = widget.worker
+    if how == "remove the image layer":
+        viewer.layers.remove(viewer.layers[0])
+    elif how == "close the widget":
+        widget.close()
+    else:
+        viewer.close()  # waits for the frame in progress, then closes the session
+        assert s._closed
+    if how != "close napari":
+        assert widget.session is None and not s._closed  # the frame in progress finishes first
+        qtbot.waitUntil(lambda: s._closed, timeout=60_000)
+        assert "error" not in widget.status_label.text().lower()
+    assert worker.abort_requested and len(written) < len(gt)
+    logged = sorted(SessionFolder.open(s.folder.path).logged_frames())
+    assert logged == list(s.store.frames_done)
+    assert set(written) <= set(logged) and len(logged) <= len(set(written)) + 1  # + the frame in progress
+    r = LitSession.resume(s.folder.path, s.tracker.predictor, frames)
+    list(r.continue_propagation())
+    assert r.store.frames_done == tuple(range(len(gt)))
+    r.close()

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 from matplotlib.layout_engine import ConstrainedLayoutEngine
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QThreadPool, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -131,13 +132,20 @@ class LitWidget(QWidget):
         self.entropy_layer = None
         self._hint: Optional[Tuple[int, int, Tuple[int, int]]] = None
         self.view = None  # StackView of the running session
+        self._session_image = None  # the image layer the session runs on
+        self._closing: List = []  # sessions closed while their worker finishes a frame
+        self._shut_down = False  # napari closed (shutdown() ran)
+        self._main_window = lambda: None  # weak reference to napari's main window, once known
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
         self.worker = None
+        self._running_name: Optional[str] = None  # what the worker does ("propagating forward")
         self._queue: Deque[Tuple[str, Callable, dict]] = deque()
         self._pending: Dict[Tuple[int, int], bool] = {}  # corrected (frame, obj) -> learned
         self._last_auto: List[Tuple[int, int]] = []  # (frame, obj) the adapter fixed in the last propagation
         self.negative_mode = False
         self._build_ui()
+        # napari's main window (a private attribute; without it, the first showEvent finds it)
+        self._watch_window(getattr(getattr(napari_viewer, "window", None), "_qt_window", None))
         self._bind_keys()
         self.viewer.layers.events.inserted.connect(self._refresh_image_choices)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -469,7 +477,8 @@ class LitWidget(QWidget):
     def _run(self, name: str, gen_func: Callable, total: int = 0, on_yield: Optional[Callable] = None,
              on_done: Optional[Callable] = None):
         """Run ``gen_func()`` (a generator function) in a thread worker, or queue it."""
-        self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done)))
+        self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done,
+                                                 session=self.session)))
         if self.worker is None:
             self._next()
 
@@ -478,30 +487,41 @@ class LitWidget(QWidget):
 
         if not self._queue:
             self.worker = None
+            self._running_name = None
             self._schedule_review()  # rescale the plot now that no model call runs
             return
         name, gen_func, opts = self._queue.popleft()
         worker = create_worker(gen_func, _start_thread=False)
         self.worker = worker
+        self._running_name = name
         self.progress_bar.setRange(0, opts["total"] or 0)
         self.progress_bar.setValue(0)
         count = {"n": 0, "failed": False}
 
         def errored(exc):
+            if self._shut_down:
+                return
             count["failed"] = True
             self._show_error(exc)
 
+        def current():  # the session it was started for is still the widget's
+            return self.session is opts["session"]
+
         def yielded(value):
+            if self._shut_down:  # napari closed: the widgets may be gone
+                return
             count["n"] += 1
             if opts["total"]:
                 self.progress_bar.setValue(min(count["n"], opts["total"]))
-            if opts["on_yield"] is not None:
+            if opts["on_yield"] is not None and current():
                 opts["on_yield"](value)
 
         def finished():
+            if self._shut_down:
+                return
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(1)
-            if opts["on_done"] is not None:
+            if opts["on_done"] is not None and current():
                 opts["on_done"]()
             if not count["failed"]:  # an error stays in the status line
                 self._update_status()
@@ -689,6 +709,7 @@ class LitWidget(QWidget):
 
     def _install_session(self, session, image_layer, view):
         self.session = session
+        self._session_image = image_layer
         self.view = view
         name = image_layer.name
         held = "".join(f", axis {a} at {i}" for a, i in sorted(view.fixed.items()))
@@ -717,17 +738,27 @@ class LitWidget(QWidget):
         self.update_review(now=True)  # the full draw here, while no model call runs
 
     def close_session(self):
-        """Cancel running work and close the session (layers stay in the viewer)."""
+        """Cancel running work and close the session (layers stay in the viewer).
+
+        A model call in progress stops after its frame or step, and the session (its log
+        file, label store) is closed only then, from the worker's ``finished`` signal: the
+        GUI never waits, and nothing is written to a closed session."""
+        session, worker = self.session, self.worker
         self.cancel()
-        if self.session is not None:
-            self.session.close()
         self.session = None
         self.view = None
         self._set_session_controls(False)
+        if session is None:
+            return
+        if worker is not None:
+            self._closing.append(session)  # shutdown() closes it if the signal cannot come
+            worker.finished.connect(session.close)
+        else:
+            session.close()
 
     def _on_layer_removed(self, event):
         layer = event.value
-        if layer is self.labels_layer or (self.session is not None and layer.name == self.image_combo.currentText()):
+        if self.session is not None and (layer is self.labels_layer or layer is self._session_image):
             self.close_session()
         self._refresh_image_choices()
 
@@ -887,8 +918,14 @@ class LitWidget(QWidget):
 
     def propagate(self, direction: str = "forward"):
         """Learn from pending corrections, then propagate in ``direction`` from the latest
-        corrected frame (or, with no pending correction, from the earliest prompted frame)."""
+        corrected frame (or, with no pending correction, from the earliest prompted frame).
+        Refused (with a message) while a propagation or training runs or waits."""
         if self.session is None:
+            return
+        running = [name for name in [self._running_name] + [q[0] for q in self._queue]
+                   if name and name.startswith(("propagating", "learning"))]
+        if running:
+            self._show_error(RuntimeError(f"{running[0]} is running: wait for it or cancel it first"))
             return
         session = self.session
         pending = [k for k, learned in self._pending.items() if not learned]
@@ -1083,6 +1120,45 @@ class LitWidget(QWidget):
         for key, func in bindings.items():
             v.bind_key(key, func, overwrite=True)
             self._bound.append(key)
+
+    # ------------------------------------------------------------- closing
+    def _watch_window(self, window) -> None:
+        """Closing ``window`` (napari's main window) or quitting stops the worker."""
+        if window is None or window is self or window is self._main_window():
+            return
+        self._main_window = weakref.ref(window)  # no reference cycle with the window
+        window.installEventFilter(self)
+
+    def showEvent(self, event):  # noqa: N802 (Qt)
+        self._watch_window(self.window())  # the window this widget is docked in
+        super().showEvent(event)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt)
+        if event.type() == QEvent.Close and obj is self._main_window():
+            if not event.spontaneous():  # viewer.close(): napari asks nothing, the window goes
+                self.shutdown()
+            else:  # the user closes it: napari may ask first; act once the window is gone
+                QTimer.singleShot(0, self._shutdown_if_closed)
+        return False
+
+    def _shutdown_if_closed(self):
+        try:
+            window = self._main_window()
+            if window is None or not window.isVisible():
+                self.shutdown()
+        except RuntimeError:  # the window (and this widget) were deleted already
+            pass
+
+    def shutdown(self, wait_ms: int = 10_000):
+        """Stop for good (napari is closing): cancel the model call, wait up to ``wait_ms``
+        for the frame or step in progress, close the session. Everything already done was
+        saved when it happened; the session folder can be opened again."""
+        self.close_session()
+        self._shut_down = True
+        if self._closing:
+            QThreadPool.globalInstance().waitForDone(wait_ms)
+        while self._closing:
+            self._closing.pop().close()  # idempotent: also connected to the worker's finished signal
 
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self.close_session()
