@@ -157,9 +157,28 @@ def test_axis_order_mismatch(predictor, tmp_path):
 
 
 # ------------------------------------------------------------------ prompts
-def test_prompt_outside_the_image(predictor, tmp_path, capsys):
+@pytest.fixture()
+def disk_session(predictor, tmp_path):
+    """(session, frames) on a 4-frame 96 x 96 disk stack; closed after the test."""
     frames, _ = _disk_stack()
     s = LitSession(predictor, frames, store=LabelStore.create(tmp_path / "l.zarr", frames.shape))
+    yield s, frames
+    s.close()
+
+
+def _cli_prompt_refused(capsys, tmp_path, frames, csv_row):
+    """``napari-lit segment`` with one prompt line: (exit status, stderr); nothing written."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", frames)
+    code, err = _cli(capsys, "segment", tmp_path / "img.tif", "--prompts",
+                     _prompts_csv(tmp_path / "p.csv", [csv_row]), "--out", tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+    return code, err
+
+
+def test_prompt_outside_the_image(disk_session, tmp_path, capsys):
+    s, frames = disk_session
     with pytest.raises(ValueError, match=r"point \(y=10, x=200\) is outside the 96 x 96 frame"):
         s.add_points(0, 1, [[10, 200]], [1])
     with pytest.raises(ValueError, match="outside the 96 x 96 frame"):
@@ -167,42 +186,25 @@ def test_prompt_outside_the_image(predictor, tmp_path, capsys):
     assert s.store.frames_done == ()  # nothing written, the session still works
     s.add_points(0, 1, [[48, 30]], [1])
     assert s.store.frames_done == (0,)
-    s.close()
-    import tifffile
-
-    tifffile.imwrite(tmp_path / "img.tif", frames)
-    code, err = _cli(capsys, "segment", tmp_path / "img.tif", "--prompts",
-                     _prompts_csv(tmp_path / "p.csv", ["0,-5,30,1,1"]), "--out", tmp_path / "o.zarr")
+    code, err = _cli_prompt_refused(capsys, tmp_path, frames, "0,-5,30,1,1")
     assert code == 2 and "outside the 96 x 96 frame" in err
 
 
-def test_prompt_on_a_frame_that_does_not_exist(predictor, tmp_path, capsys):
-    frames, _ = _disk_stack()
-    s = LitSession(predictor, frames, store=LabelStore.create(tmp_path / "l.zarr", frames.shape))
+def test_prompt_on_a_frame_that_does_not_exist(disk_session, tmp_path, capsys):
+    s, frames = disk_session
     with pytest.raises(IndexError, match=r"frame 9 does not exist.*0\.\.3"):
         s.add_points(9, 1, [[48, 30]], [1])
     with pytest.raises(IndexError, match="does not exist"):
         s.add_points(-1, 1, [[48, 30]], [1])
-    s.close()
-    import tifffile
-
-    tifffile.imwrite(tmp_path / "img.tif", frames)
-    code, err = _cli(capsys, "segment", tmp_path / "img.tif", "--prompts",
-                     _prompts_csv(tmp_path / "p.csv", ["9,48,30,1,1"]), "--out", tmp_path / "o.zarr")
+    code, err = _cli_prompt_refused(capsys, tmp_path, frames, "9,48,30,1,1")
     assert code == 2 and "frames 0..3" in err
 
 
-def test_object_id_0(predictor, tmp_path, capsys):
-    frames, _ = _disk_stack()
-    s = LitSession(predictor, frames, store=LabelStore.create(tmp_path / "l.zarr", frames.shape))
+def test_object_id_0(disk_session, tmp_path, capsys):
+    s, frames = disk_session
     with pytest.raises(ValueError, match="object id must be >= 1 .0 is the background label."):
         s.add_points(0, 0, [[48, 30]], [1])
-    s.close()
-    import tifffile
-
-    tifffile.imwrite(tmp_path / "img.tif", frames)
-    code, err = _cli(capsys, "segment", tmp_path / "img.tif", "--prompts",
-                     _prompts_csv(tmp_path / "p.csv", ["0,48,30,1,0"]), "--out", tmp_path / "o.zarr")
+    code, err = _cli_prompt_refused(capsys, tmp_path, frames, "0,48,30,1,0")
     assert code == 2 and "object_id must be >= 1" in err
 
 

@@ -10,6 +10,8 @@ import tifffile
 from napari_lit.cli import main
 from napari_lit.core.store import LabelStore
 
+from _kill import kill_when, log_events
+
 
 @pytest.fixture()
 def stack(tmp_path, clip):
@@ -100,10 +102,7 @@ def test_segment_into_a_session_killed_then_resumed(tmp_path, clip):
     """`segment --session` killed with SIGKILL halfway; `napari-lit resume` finishes it,
     keeping every frame written before the kill; the labels equal an uninterrupted run on
     the frames written before the kill."""
-    import json
     import os
-    import signal
-    import time
 
     from napari_lit.training.synthetic import generate_clip
 
@@ -119,19 +118,8 @@ def test_segment_into_a_session_killed_then_resumed(tmp_path, clip):
                              "--session", str(folder), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = folder / "log.jsonl"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            if log.is_file() and log.read_text().count('"kind":"frame"') >= 12:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    events = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+    kill_when(proc, log, lambda events: sum(e["kind"] == "frame" for e in events) >= 12, timeout=180)
+    events = log_events(log)
     before = {e["frame"] for e in events if e["kind"] == "frame"}
     assert 10 <= len(before) < 60
     store = LabelStore.open(folder / "labels.zarr", mode="r")

@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from napari_lit.core.adaptation import AdapterConfig
 from napari_lit.core.folder import SessionFolder, SessionFolderError
 from napari_lit.core.session import LitSession
+
+from _kill import kill_when
 
 
 def _largest(labels):
@@ -68,8 +71,8 @@ def test_resume_gives_back_labels_prompts_adapters_and_undo_redo(worked, predict
     store_before = np.asarray(s.store.array[:]).copy()
     prompts_before = s.tracker.prompt_frames(obj)
     entropy_before = s.uncertainty(obj)
-    adapted_before = _adapted(s, 6, obj)
-    assert adapted_before is not None
+    inputs6 = s.tracker.decoder_inputs(6, obj)  # frame 6's decoder inputs, as recorded
+    adapted_before = s.adapter.predict(obj, inputs6)[0].clone()
     n_learned = s.n_learned
     s.close()
 
@@ -81,11 +84,12 @@ def test_resume_gives_back_labels_prompts_adapters_and_undo_redo(worked, predict
         assert [c.frame_idx for c in r.corrections] == [3] and r.corrections[0].learned
         assert [c.frame_idx for c in r.undone] == [5]
         assert r.n_learned == n_learned and r.pending_learning() == []
-        # the adapter as it was: same prediction on a frame propagated again
+        # the adapter as it was: the same adapted logits from the same decoder inputs
+        assert torch.equal(r.adapter.predict(obj, inputs6)[0], adapted_before)
         list(r.continue_propagation())  # nothing missing: writes nothing
         assert np.array_equal(np.asarray(r.store.array[:]), store_before)
         list(r.tracker.propagate(start_frame=3, direction="forward"))  # records decoder inputs
-        assert np.array_equal(_adapted(r, 6, obj), adapted_before)
+        assert _adapted(r, 6, obj) is not None
         # redo after the resume brings back the correction on frame 5 with its labels
         c = r.redo()
         assert c.frame_idx == 5 and 5 in r.tracker.prompt_frames(obj)
@@ -184,11 +188,8 @@ time.sleep(60)
 
 def _run_and_kill(tmp_path, phase, ready):
     """Start a headless session in a subprocess, SIGKILL it once ``ready(events)`` holds."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from napari_lit.training.synthetic import generate_clip
 
@@ -201,24 +202,7 @@ def _run_and_kill(tmp_path, phase, ready):
     folder = tmp_path / "killed.litsession"
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(folder), str(data), phase],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = folder / "log.jsonl"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            if log.is_file():
-                events = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
-                if ready(events):
-                    break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the child never reached the point to kill it")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, folder / "log.jsonl", ready)
     return folder, frames, labels, int(obj)
 
 

@@ -63,6 +63,19 @@ def _wait(qtbot, widget, timeout=120_000, beat=None):
         beat.active = False
 
 
+
+def _click_object(widget, qtbot, gt, obj=None, frame=0):
+    """Select object ``obj`` (default: the largest on frame 0), click its centroid on
+    ``frame`` as a user does, wait for the segmentation; returns the object id."""
+    if obj is None:
+        obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(gt[frame] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([frame, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    return obj
+
+
 @pytest.fixture()
 def loop(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
@@ -82,11 +95,7 @@ def loop(make_napari_viewer, qtbot, tmp_path):
 
 def test_cancel_stops_within_one_frame(loop, qtbot):
     viewer, widget, gt = loop
-    obj = int(gt[0].max())
-    ys, xs = np.nonzero(gt[0] == obj)
-    widget.labels_layer.selected_label = obj
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
+    obj = _click_object(widget, qtbot, gt, int(gt[0].max()))
     written = []
     widget.propagate("forward")
     worker = widget.worker
@@ -221,11 +230,7 @@ def test_review_plot_and_uncertain_frame_navigation(loop, qtbot):
     from matplotlib.backend_bases import MouseEvent
 
     viewer, widget, gt = loop
-    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
-    ys, xs = np.nonzero(gt[0] == obj)
-    widget.labels_layer.selected_label = obj
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
+    obj = _click_object(widget, qtbot, gt)
     widget.propagate("forward")
     _wait(qtbot, widget)
     qtbot.waitUntil(lambda: not widget._review_timer.isActive(), timeout=5_000)
@@ -261,12 +266,8 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
     """F (in a worker): the adapted prediction and the eq. 6 hint; A accepts the prediction;
     H turns the hint into a click on that frame."""
     viewer, widget, gt = loop
-    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    obj = _click_object(widget, qtbot, gt)
     target = gt == obj
-    widget.labels_layer.selected_label = obj
-    ys, xs = np.nonzero(target[0])
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
     widget.propagate("forward")
     _wait(qtbot, widget)
     ys, xs = np.nonzero(target[5])
@@ -333,12 +334,8 @@ def test_self_applied_learning_and_memory_gate_switches(loop, qtbot, monkeypatch
 
     monkeypatch.setattr(session_module, "self_applied_prediction", spy)
     viewer, widget, gt = loop
-    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    obj = _click_object(widget, qtbot, gt)
     target = gt == obj
-    widget.labels_layer.selected_label = obj
-    ys, xs = np.nonzero(target[0])
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
     widget.propagate("forward")
     _wait(qtbot, widget)
     assert not asked  # off by default
@@ -369,12 +366,8 @@ def test_session_folder_undo_redo_and_open_session(loop, qtbot):
     "Open session" resumes the folder: labels, clicks in the prompts layer, the pending
     correction (learned before the next propagation)."""
     viewer, widget, gt = loop
-    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    obj = _click_object(widget, qtbot, gt)
     target = gt == obj
-    widget.labels_layer.selected_label = obj
-    ys, xs = np.nonzero(target[0])
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
     widget.propagate("forward")
     _wait(qtbot, widget)
     s = widget.session
@@ -443,11 +436,7 @@ def test_one_propagation_at_a_time_and_a_clean_stop_mid_run(loop, qtbot, how):
     from napari_lit.core.session import LitSession
 
     viewer, widget, gt = loop
-    obj = int(gt[0].max())
-    ys, xs = np.nonzero(gt[0] == obj)
-    widget.labels_layer.selected_label = obj
-    widget.points_layer.add([0, ys.mean(), xs.mean()])
-    _wait(qtbot, widget)
+    obj = _click_object(widget, qtbot, gt, int(gt[0].max()))
     s, frames = widget.session, np.asarray(viewer.layers[0].data)
     written = []
     widget.propagate("forward")
