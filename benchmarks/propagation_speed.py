@@ -6,8 +6,13 @@ clip played back and forth, so motion stays continuous), prompts the largest obj
 (the CLI's path), and reports frames/s overall and in the first and last 10 % of frames, and
 the process's peak resident memory.
 
+With ``--stock``, the same frames (as the JPEG folder sam2 reads) also go through sam2's
+stock ``init_state`` + ``propagate_in_video``, which loads every frame into memory and keeps
+every frame's outputs, in a separate process, so the two peak-memory figures compare in one
+run (issue 6's benchmark: ``--frames 2000 --size 1024 --stock``).
+
     python benchmarks/propagation_speed.py [--frames 500] [--size 512] [--model lit-tiny]
-        [--threads 2] [--objects 1] [--out benchmarks/results/propagation_speed.json]
+        [--threads 2] [--objects 1] [--stock] [--out benchmarks/results/propagation_speed.json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ import numpy as np
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def make_stack(path: Path, n_frames: int, size: int, seed: int = 0):
@@ -68,13 +78,16 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2) 
         for obj in objects:
             tracker.add_mask(0, int(obj), labels0 == obj)
         store = LabelStore.create(Path(tmp) / "labels.zarr", (n_frames, size, size))
-        times = []
+        times, rss = [], []
         t_prev = time.perf_counter()
         for result in tracker.propagate(direction="forward"):
             store.write_frame(result.frame_idx, result.labels())
             now = time.perf_counter()
             times.append(now - t_prev)
             t_prev = now
+            if result.frame_idx % max(1, n_frames // 20) == 0:
+                rss.append([int(result.frame_idx), _current_rss_mb()])
+        held, pruned = tracker.state_frames(), tracker.n_pruned
     times = np.array(times[1:])  # frame 0 is the prompt frame (no model pass)
     k = max(1, len(times) // 10)
     return {
@@ -90,8 +103,79 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2) 
         "ms_per_frame_median": float(np.median(times) * 1000),
         "peak_rss_mb": _peak_rss_mb(),
         "peak_rss_mb_before_model": rss_before,
+        "rss_mb_by_frame": rss,
+        "sam2_state_frames_at_end": held,
+        "sam2_state_frames_dropped": pruned,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
+
+
+def _write_jpegs(stack, folder: Path) -> None:
+    """The stack as the numbered JPEG folder sam2's stock loader reads (8-bit, contrast
+    stretched over the whole stack as sam2 users do before exporting)."""
+    from PIL import Image
+
+    folder.mkdir()
+    lo, hi = float(np.min(stack[0])), float(np.max(stack[0]))
+    for t in range(stack.shape[0]):
+        frame = np.clip((np.asarray(stack[t], np.float32) - lo) / max(hi - lo, 1) * 255, 0, 255).astype(np.uint8)
+        Image.fromarray(frame).convert("RGB").save(folder / f"{t:05d}.jpg", quality=95)
+
+
+def _stock_child(jpeg_dir: str, labels0_path: str, model: str, threads: int, n_objects: int, out_path: str):
+    """sam2's own init_state (every frame loaded) and propagate_in_video (every output kept)."""
+    import torch
+
+    from napari_lit.models import load_predictor
+
+    torch.set_num_threads(threads)
+    predictor = load_predictor(model, device="cpu")
+    labels0 = np.load(labels0_path)
+    rss_before = _peak_rss_mb()
+    t0 = time.perf_counter()
+    state = predictor.init_state(video_path=jpeg_dir)
+    load_s = time.perf_counter() - t0
+    ids, counts = np.unique(labels0[labels0 > 0], return_counts=True)
+    for obj in ids[np.argsort(counts)[::-1][:n_objects]]:
+        predictor.add_new_mask(state, frame_idx=0, obj_id=int(obj), mask=labels0 == obj)
+    times, t_prev = [], time.perf_counter()
+    for _ in predictor.propagate_in_video(state):
+        now = time.perf_counter()
+        times.append(now - t_prev)
+        t_prev = now
+    times = np.array(times[1:])
+    k = max(1, len(times) // 10)
+    Path(out_path).write_text(json.dumps({
+        "frames_per_s": float(1 / times.mean()),
+        "frames_per_s_first_10pct": float(1 / times[:k].mean()),
+        "frames_per_s_last_10pct": float(1 / times[-k:].mean()),
+        "load_s": load_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb_before_state": rss_before,
+    }))
+
+
+def run_stock(n_frames: int, size: int, model: str, threads: int, n_objects: int) -> dict:
+    """The stock sam2 path on the same generated stack, in a child process."""
+    import multiprocessing
+
+    import zarr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stack.zarr"
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=make_stack, args=(path, n_frames, size))
+        child.start()
+        child.join()
+        _write_jpegs(zarr.open_array(str(path), mode="r"), Path(tmp) / "jpeg")
+        out = Path(tmp) / "stock.json"
+        child = ctx.Process(target=_stock_child, args=(str(Path(tmp) / "jpeg"), str(path) + ".labels0.npy", model,
+                                                       threads, n_objects, str(out)))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            return {"failed": f"exit code {child.exitcode} (out of memory?)"}
+        return json.loads(out.read_text())
 
 
 def main(argv=None) -> int:
@@ -101,9 +185,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="lit-tiny")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objects", type=int, default=1, help="objects tracked at once")
+    p.add_argument("--stock", action="store_true", help="also run sam2's stock init_state on the same frames")
     p.add_argument("--out", default="benchmarks/results/propagation_speed.json")
     args = p.parse_args(argv)
     result = run(args.frames, args.size, args.model, args.threads, args.objects)
+    result["last_over_first_10pct_time"] = result["frames_per_s_first_10pct"] / result["frames_per_s_last_10pct"]
+    if args.stock:
+        stock = run_stock(args.frames, args.size, args.model, args.threads, args.objects)
+        result["stock_sam2"] = stock
+        if "peak_rss_mb" in stock:
+            result["stock_over_ours_peak_rss"] = stock["peak_rss_mb"] / result["peak_rss_mb"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_lit.core import FrameSource, Tracker
+from napari_lit.core import FrameSource, Tracker, _sam2
 
 
 @pytest.fixture()
@@ -145,3 +145,35 @@ def test_memory_gate_keeps_unsure_frames_out_of_sam2_memory(tracker, object_on_f
     assert not tracker.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
     np.testing.assert_allclose(always[1].logits, plain[1], atol=1e-4)  # frame 1 sees the same memory
     assert max(np.abs(always[f].logits - plain[f]).max() for f in range(3, len(plain))) > 0.1
+
+
+def test_bounded_state_keeps_memory_flat_and_masks_unchanged(predictor):
+    """With a state budget, sam2's per-frame outputs stop growing (the farthest tracked
+    frames are dropped), and since sam2 never reads those, every mask equals the unbounded
+    run's, forward and then backward from a prompt in the middle."""
+    from napari_lit.training.synthetic import generate_clip
+
+    n = 100
+    c = generate_clip(np.random.default_rng(11), n, 96, kind="nuclei")
+    frames, labels = c.frames[..., 0], c.labels
+    obj = int(np.bincount(labels[35].ravel())[1:].argmax() + 1)
+    runs = {}
+    for budget in (None, 1):  # 1 byte: keep the fewest sam2 allows
+        t = Tracker(predictor, frames, state_budget_bytes=budget)
+        t.add_mask(35, obj, labels[35] == obj)
+        held, masks = [], {}
+        for r in t.propagate(direction="both"):
+            held.append(t.state_frames())
+            masks[r.frame_idx] = r.labels()
+        runs[budget] = (masks, held, t.n_pruned)
+        t.close()
+    (full, held_full, _), (bounded, held_bounded, pruned) = runs[None], runs[1]
+    reach = _sam2.memory_reach(predictor)
+    assert max(held_full) == n - 1 and pruned > 0
+    # flat: the keep limit (2 reach + 1 for the smallest budget) plus the frames sam2 reads
+    # around the one prompted frame (2 reach + 1) and the frame in progress
+    assert max(held_bounded) <= 2 * (2 * reach + 1) + 1 < n - 1
+    assert max(held_bounded[-40:]) <= 2 * (2 * reach + 1) + 1  # not growing at the end either
+    assert sorted(bounded) == list(range(n))
+    for f in range(n):
+        assert np.array_equal(bounded[f], full[f]), f

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from unittest import mock
 
-__all__ = ["SUPPORTED_SAM2", "init_inference_state", "is_conditioning_frame", "propagate_in_video", "tracked_frames"]
+__all__ = ["SUPPORTED_SAM2", "init_inference_state", "is_conditioning_frame", "propagate_in_video", "tracked_frames",
+           "memory_reach", "prune_tracked_outputs"]
 
 SUPPORTED_SAM2 = ("1.1.0", "1.0")
 
@@ -73,6 +74,44 @@ def forget_frame_memory(state: dict, obj_id: int, frame_idx: int) -> bool:
     if obj_idx is None:
         return False
     return state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(int(frame_idx), None) is not None
+
+
+def memory_reach(predictor) -> int:
+    """How many frames back sam2 reads from when it tracks a frame: its memory bank
+    (``num_maskmem`` frames at the evaluation stride) and its object pointers
+    (``max_obj_ptrs_in_encoder`` frames)."""
+    stride = int(getattr(predictor, "memory_temporal_stride_for_eval", 1))
+    return max(int(predictor.num_maskmem) * stride, int(getattr(predictor, "max_obj_ptrs_in_encoder", 16)))
+
+
+def output_nbytes(out: dict) -> int:
+    """Bytes of the tensors in one of sam2's per-frame outputs."""
+    total = 0
+    for v in out.values():
+        for t in v if isinstance(v, (list, tuple)) else [v]:
+            total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
+    return total
+
+
+def prune_tracked_outputs(state: dict, frame_idx: int, reach: int, keep: int) -> int:
+    """Bound sam2's per-frame state: drop tracked (non-conditioning) outputs until each
+    object holds at most ``keep`` of them, farthest from ``frame_idx`` first, never one
+    within ``reach`` frames of ``frame_idx`` or of the object's prompted frames (what sam2
+    reads when it tracks on from either). Labels already written elsewhere are not
+    touched. Returns how many were dropped."""
+    dropped = 0
+    for obj_idx, per_obj in state["output_dict_per_obj"].items():
+        outputs = per_obj["non_cond_frame_outputs"]
+        if len(outputs) <= keep:
+            continue
+        cond = sorted(set(per_obj["cond_frame_outputs"]) | set(state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"]))
+        far = [f for f in outputs
+               if abs(f - frame_idx) > reach and all(abs(f - c) > reach for c in cond)]
+        far.sort(key=lambda f: -abs(f - frame_idx))
+        for f in far[: len(outputs) - keep]:
+            del outputs[f]
+            dropped += 1
+    return dropped
 
 
 def propagate_in_video(predictor, state: dict, start_frame_idx: int, max_frame_num_to_track, reverse: bool):

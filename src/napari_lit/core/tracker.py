@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("forward", "backward", "both")
 
+#: Default bound of sam2's per-frame outputs per object (bytes): a few hundred frames of a
+#: 1024 px SAM2.1 model, thousands of lit-tiny's, before the farthest are dropped.
+DEFAULT_STATE_BUDGET = 256 * 2**20
+
 
 @dataclass
 class FrameResult:
@@ -116,6 +120,14 @@ class Tracker:
     record_decoder_inputs : bool
         Keep the mask decoder's inputs of recently tracked frames (per object), which
         learning from corrections needs (:mod:`napari_lit.core.adaptation`).
+    state_budget_bytes : int, optional
+        Upper bound of sam2's per-frame outputs kept in its inference state (memory features,
+        object pointers, low-resolution masks), per object; None keeps all (as sam2 does).
+        Over the budget, the tracked frames farthest from the frame in progress go first,
+        never the ones sam2 reads from (:func:`napari_lit.core._sam2.prune_tracked_outputs`),
+        so memory stays flat over any number of frames and propagation is unchanged. A
+        click later on a dropped frame starts from the frames' prompts and the nearby memory
+        still held, without that frame's earlier mask as a prior.
 
     Raises
     ------
@@ -124,7 +136,7 @@ class Tracker:
     """
 
     def __init__(self, predictor, frames, offload_state_to_cpu: bool = False,
-                 record_decoder_inputs: bool = False):
+                 record_decoder_inputs: bool = False, state_budget_bytes: Optional[int] = DEFAULT_STATE_BUDGET):
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         elif frames.image_size != predictor.image_size:
@@ -136,12 +148,32 @@ class Tracker:
         self.frames = frames
         self.state = init_inference_state(predictor, frames, offload_state_to_cpu)
         self.context = _sam2.ObjectContext(predictor, self.state) if record_decoder_inputs else None
+        self.state_budget_bytes = state_budget_bytes
+        self._reach = _sam2.memory_reach(predictor)
+        self._keep: Optional[int] = None  # outputs per object that fit the budget (from the first one)
+        self.n_pruned = 0  #: tracked-frame outputs dropped from sam2's state so far
 
     def close(self) -> None:
         """Detach from the predictor (restores what recording decoder inputs changed)."""
         if self.context is not None:
             self.context.close()
             self.context = None
+
+    def _bound_state(self, frame_idx: int) -> None:
+        """Keep sam2's per-frame outputs within :attr:`state_budget_bytes` (per object)."""
+        if self.state_budget_bytes is None:
+            return
+        if self._keep is None:
+            sizes = [_sam2.output_nbytes(out) for d in self.state["output_dict_per_obj"].values()
+                     for out in d["non_cond_frame_outputs"].values()]
+            if not sizes:
+                return
+            self._keep = max(2 * self._reach + 1, int(self.state_budget_bytes // max(max(sizes), 1)))
+        self.n_pruned += _sam2.prune_tracked_outputs(self.state, frame_idx, self._reach, self._keep)
+
+    def state_frames(self) -> int:
+        """How many tracked-frame outputs sam2's state holds now (all objects)."""
+        return sum(len(d["non_cond_frame_outputs"]) for d in self.state["output_dict_per_obj"].values())
 
     def decoder_inputs(self, frame_idx: int, obj_id: int):
         """Mask-decoder inputs recorded when ``frame_idx`` of ``obj_id`` was last tracked.
@@ -394,6 +426,7 @@ class Tracker:
                         continue
                     seen.add(frame_idx)
                     result = _as_result(frame_idx, obj_ids, masks)
+                    self._bound_state(frame_idx)
                     if memory_gate is not None and result.obj_ids:
                         # before sam2 goes on to the next frame (its generator waits here)
                         unsure = [o for o, h in zip(result.obj_ids, result.masked_entropy()) if h > memory_gate]
