@@ -77,6 +77,7 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     from .core.frames import FrameSource
     from .core.store import LabelStore
     from .core.tracker import Tracker
+    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
     from .io.readers import open_image, read_prompts_csv
     from .models import ModelUnavailableError, load_predictor
     from .models.build import CheckpointError
@@ -123,7 +124,10 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     except (ModelUnavailableError, CheckpointError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
-        source = FrameSource(stack, image_size=predictor.image_size)
+        lowres = None
+        if is_ome_zarr(image):  # model inputs from the pyramid level nearest the model's size
+            _, lowres, _ = frames_of(open_ome_zarr(image), predictor.image_size)
+        source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{Path(image).name}: {exc}") from None
     if session is not None:

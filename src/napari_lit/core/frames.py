@@ -151,13 +151,19 @@ class FrameSource:
     contrast : see :func:`normalise_frame`
     cache_size : int
         How many model inputs to keep (most recently used).
+    lowres : array-like, (N, y, x) or (N, y, x, C), optional
+        The same frames at a lower resolution (an OME-Zarr pyramid level, see
+        :func:`napari_lit.io.ngff.choose_level`): model inputs are read from it, which reads
+        far less than the full frames; :attr:`frame_shape` (and so the masks) stay at the
+        full resolution of ``data``.
 
     Raises
     ------
     TypeError
         If ``data`` is not array-like or not numeric.
     ValueError
-        If ``data`` is not 3D/4D or is empty.
+        If ``data`` is not 3D/4D or is empty, or ``lowres`` does not match it (frames,
+        channels, no larger).
 
     Notes
     -----
@@ -168,9 +174,16 @@ class FrameSource:
     """
 
     def __init__(self, data, image_size: int = 1024, contrast: ContrastLimits = "auto",
-                 cache_size: int = 4):
+                 cache_size: int = 4, lowres=None):
         _check_stack(data)
+        if lowres is not None:
+            _check_stack(lowres)
+            full, low = tuple(data.shape), tuple(lowres.shape)
+            if low[0] != full[0] or low[3:] != full[3:] or low[1] > full[1] or low[2] > full[2]:
+                raise ValueError(f"the lower-resolution frames {low} do not match the stack {full}: same "
+                                 f"frames and channels, no larger in Y and X expected")
         self.data = data
+        self.lowres = lowres
         self.image_size = int(image_size)
         self.contrast = contrast
         self.cache_size = max(1, int(cache_size))
@@ -215,7 +228,8 @@ class FrameSource:
             self._cache.move_to_end(index)
             return self._cache[index]
         # resized before grey becomes 3 channels (resizing is per channel: the same values)
-        x = normalise_frame(self.raw(index), self.contrast, rgb=False)
+        raw = self.raw(index) if self.lowres is None else np.asarray(self.lowres[index])
+        x = normalise_frame(raw, self.contrast, rgb=False)
         x = torch.from_numpy(np.ascontiguousarray(x))
         x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
         s = self.image_size

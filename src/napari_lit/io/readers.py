@@ -146,9 +146,11 @@ def open_image(path: Union[str, Path]):
             raise ValueError(f"cannot read {path} as a zarr array: {exc}") from exc
         if hasattr(node, "shape"):
             return node
+        from .ngff import is_ome_zarr, open_ome_zarr
+
+        if is_ome_zarr(path):  # the full-resolution level (see io.ngff for reading a coarser one)
+            return open_ome_zarr(path).levels[0]
         arrays = sorted(name for name, _ in node.arrays())
-        if "0" in arrays:  # OME-Zarr multiscale: level 0 is full resolution
-            return node["0"]
         if len(arrays) == 1:
             return node[arrays[0]]
         raise ValueError(f"{path} is a zarr group with arrays {arrays}; open one array inside it")
