@@ -465,3 +465,32 @@ def test_one_propagation_at_a_time_and_a_clean_stop_mid_run(loop, qtbot, how):
     list(r.continue_propagation())
     assert r.store.frames_done == tuple(range(len(gt)))
     r.close()
+
+
+def test_multiscale_layer_reads_model_inputs_from_the_nearest_level(make_napari_viewer, qtbot, tmp_path):
+    """A multiscale image (as napari opens OME-Zarr): the model reads the pyramid level
+    nearest its input size, the labels are at full resolution."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lit", "timelapse")
+    image, gt = np.asarray(viewer.layers[0].data), np.asarray(viewer.layers[1].data)
+    viewer.layers.clear()
+    n = 6
+    big = np.kron(image[:n], np.ones((1, 2, 2), image.dtype))  # 512 px; level 1 is the 256 px original
+    viewer.add_image([big, image[:n], image[:n, ::2, ::2]], multiscale=True, name="pyramid")
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    widget.image_combo.setCurrentText("pyramid")
+    widget.start()
+    _wait(qtbot, widget)
+    s = widget.session
+    assert s is not None, widget.status_label.text()
+    assert s.tracker.frames.lowres.shape == image[:n].shape and s.store.shape == big.shape
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(gt[0] == obj)
+    widget.labels_layer.selected_label = obj
+    widget.points_layer.add([0, 2 * ys.mean(), 2 * xs.mean()])
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    big_gt = np.kron(gt[:n], np.ones((1, 2, 2), gt.dtype))
+    ious = [_iou(s.store.read_frame(t) == obj, big_gt[t] == obj) for t in range(n)]
+    assert np.mean(ious) > 0.5, ious

@@ -94,6 +94,23 @@ def default_session_dir() -> Path:
     return folder
 
 
+def _model_frames(layer, view, stack, image_size: int):
+    """The session's :class:`FrameSource`: for a multiscale layer (e.g. OME-Zarr), model
+    inputs come from the pyramid level nearest the model's input size (among the levels
+    with all of level 0's frames), masks stay at full resolution."""
+    from ..core.frames import FrameSource
+    from ..io.ngff import choose_level
+
+    lowres = None
+    if layer.multiscale:
+        shapes = [tuple(d.shape)[:-1] if layer.rgb else tuple(d.shape) for d in layer.data]
+        same = [i for i, shape in enumerate(shapes) if shape[:-2] == shapes[0][:-2]]
+        level = same[choose_level([shapes[i] for i in same], image_size)]
+        if level:
+            lowres = view.select(layer.data[level])
+    return FrameSource(stack, image_size=image_size, lowres=lowres)
+
+
 def _safe_name(name: str) -> str:
     """A layer name as a file name (no path separators or odd characters)."""
     import re
@@ -602,7 +619,8 @@ class LitWidget(QWidget):
                 if bar is not None:
                     bar.close()
             yield "model loaded"
-            session = LitSession.create_in(folder, predictor, stack, learn=learn, adapter_config=adapter_config,
+            frames = _model_frames(layer, view, stack, predictor.image_size)
+            session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config,
                                            source=source)
             session.folder.meta["view"] = {"axis": view.axis, "fixed": {str(k): v for k, v in view.fixed.items()},
                                            "layer": layer.name}
@@ -668,7 +686,8 @@ class LitWidget(QWidget):
 
             predictor = load_predictor(model, config=config, device=device, progress=False)
             yield "model loaded"
-            result["session"] = LitSession.resume(folder, predictor, stack)
+            result["session"] = LitSession.resume(folder, predictor,
+                                                  _model_frames(layer, view, stack, predictor.image_size))
             yield "session resumed"
 
         def done():
