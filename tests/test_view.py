@@ -83,3 +83,33 @@ def test_stack_view_holds_the_other_axes_at_the_viewer_position(tmp_path):
         StackView.from_layer(layer, 2, point=(0, 0, 0, 0))
     with pytest.raises(ValueError, match="single 2D image"):
         StackView.from_layer(_Layer(data[0, 0], (1, 1), (0, 0)), 0, point=(0, 0))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_4d_propagation_along_t_and_along_z(predictor, clip, tmp_path, axis):
+    """A (T, Z, Y, X) zarr image: a session along T (at a held Z) or along Z (at a held T)
+    segments exactly what a session on that 3D stack alone does."""
+    from napari_lit.core.session import LitSession
+    from napari_lit.core.store import LabelStore
+
+    frames, labels = clip  # 8 frames: the propagated axis
+    other = 3
+    shape = (len(frames), other) if axis == 0 else (other, len(frames))
+    data = zarr.open_array(str(tmp_path / "tzyx.zarr"), mode="w", shape=shape + frames.shape[1:], dtype=frames.dtype,
+                           chunks=(1, 1) + frames.shape[1:])
+    for i in range(other):  # noise elsewhere, the clip at index 2 of the held axis
+        block = frames if i == 2 else np.random.default_rng(i).integers(0, 255, frames.shape, dtype=frames.dtype)
+        data[(slice(None), i) if axis == 0 else (i, slice(None))] = block
+    layer = _Layer(data, (1, 1, 1, 1), (0, 0, 0, 0))
+    view = StackView.from_layer(layer, axis, point=(2, 2, 0, 0))
+    assert view.fixed == {1 - axis: 2}
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    out = []
+    for name, stack in (("4d", view.select(data)), ("3d", frames)):
+        s = LitSession(predictor, stack, store=LabelStore.create(tmp_path / f"{name}.zarr", frames.shape))
+        s.add_mask(0, obj, labels[0] == obj)
+        list(s.propagate())
+        out.append(np.asarray(s.store.array[:]))
+        s.close()
+    assert out[0].shape == frames.shape and (out[0] == obj).any()
+    np.testing.assert_array_equal(out[0], out[1])
