@@ -106,14 +106,27 @@ def test_ngff_labels_are_found_by_readers_with_their_metadata(ome_image, predict
     assert any("labels" in str(n.zarr.path) for n in root)
 
 
-def test_cli_segments_ome_zarr(ome_image, tmp_path, capsys):
+def test_cli_segments_ome_zarr_into_its_labels_group_and_exports_tiff(ome_image, tmp_path, capsys):
+    import tifffile
+    import zarr
+
     path, frames, labels = ome_image
     obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
     ys, xs = np.nonzero(labels[0] == obj)
     (tmp_path / "p.csv").write_text(f"frame,y,x,label,object_id\n0,{ys.mean():.0f},{xs.mean():.0f},1,{obj}\n")
-    assert main(["segment", str(path), "--prompts", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o.zarr"),
-                 "--quiet"]) == 0
-    import zarr
-
-    out = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")
-    assert out.shape == (6, 512, 512) and (np.asarray(out[0]) == obj).any()
+    prompts = ["--prompts", str(tmp_path / "p.csv"), "--quiet"]
+    assert main(["segment", str(path), "--out", str(tmp_path / "o.zarr")] + prompts) == 0  # a plain store
+    plain = np.asarray(zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[:])
+    assert plain.shape == (6, 512, 512) and (plain[0] == obj).any()
+    assert main(["segment", str(path)] + prompts) == 0  # no --out: the image's labels/ group
+    assert main(["segment", str(path)] + prompts) == 2  # not over it without --overwrite
+    assert "already exists" in capsys.readouterr().err
+    ngff = np.asarray(zarr.open_array(str(path / "labels" / "napari-lit" / "s0"), mode="r")[:])
+    np.testing.assert_array_equal(ngff, plain)
+    # export to TIFF, from the NGFF label image and from the plain store
+    for src, name in ((path / "labels" / "napari-lit", "a.tif"), (tmp_path / "o.zarr", "b.tif")):
+        assert main(["export", str(src), str(tmp_path / name), "--quiet"]) == 0
+        back = tifffile.imread(tmp_path / name)
+        assert back.dtype == np.uint32
+        np.testing.assert_array_equal(back, plain)
+    assert main(["export", str(path), str(tmp_path / "c.tif"), "--quiet"]) == 2  # the image is no label image

@@ -36,7 +36,8 @@ def _progress(total: int, desc: str):
 
 def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prompt_mask=None,
             prompt_frame: Optional[int] = None, mask_obj_id: int = 1, device: str = "auto",
-            overwrite: bool = False, progress: bool = True, session=None) -> "LabelStore":
+            overwrite: bool = False, progress: bool = True, session=None,
+            labels_name: str = "napari-lit") -> "LabelStore":
     """Segment a stack from click prompts and/or a mask prompt, writing a label store.
 
     Parameters
@@ -46,7 +47,9 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     prompts : str or Path or None
         CSV with ``frame,y,x,label,object_id`` (see :func:`napari_lit.io.read_prompts_csv`).
     out : str or Path, optional
-        New ``.zarr`` label store, (N, Y, X) uint32.
+        New ``.zarr`` label store, (N, Y, X) uint32. For an OME-Zarr image it may be left
+        out: the labels then go into the image's ``labels/<labels_name>`` group (NGFF, with
+        the image's axes and pyramid).
     session : str or Path, optional
         Instead of ``out``: a new session folder (label store, log of the prompts and of
         every written frame), which ``napari-lit resume`` finishes if this run is killed.
@@ -58,6 +61,8 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
         Frame of ``prompt_mask`` (required with it).
     mask_obj_id : int
         Object id of the mask prompt; a label image with several ids prompts each id.
+    labels_name : str
+        Name of the NGFF label image (OME-Zarr input without ``out``).
     overwrite : bool
         Replace an existing output store.
     progress : bool
@@ -77,7 +82,7 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     from .core.frames import FrameSource
     from .core.store import LabelStore
     from .core.tracker import Tracker
-    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
+    from .io.ngff import NgffLabelStore, frames_of, is_ome_zarr, open_ome_zarr
     from .io.readers import open_image, read_prompts_csv
     from .models import ModelUnavailableError, load_predictor
     from .models.build import CheckpointError
@@ -86,12 +91,13 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
         raise UsageError("give click prompts (--prompts FILE.csv) and/or a mask prompt (--prompt-mask FILE --prompt-frame F)")
     if (prompt_mask is None) != (prompt_frame is None):
         raise UsageError("--prompt-mask and --prompt-frame go together")
-    if (out is None) == (session is None):
+    ngff = out is None and session is None and is_ome_zarr(image)
+    if (out is None) == (session is None) and not ngff:
         raise UsageError("give an output label store (--out FILE.zarr) or a session folder (--session FOLDER)")
-    target = Path(out if out is not None else session)
+    target = Path(image) / "labels" / labels_name if ngff else Path(out if out is not None else session)
     if session is not None and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists: finish it with `napari-lit resume {target}`, or choose a new folder")
-    if out is not None and target.exists() and not overwrite:
+    if session is None and target.exists() and not overwrite:
         raise UsageError(f"{target} already exists (pass --overwrite to replace it)")
     try:
         stack = open_image(image)
@@ -149,7 +155,12 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
         else:
             for i in ids:
                 tracker.add_mask(prompt_frame, i, mask == i)
-    if session is None:
+    if ngff:
+        try:
+            store = NgffLabelStore.create_in(open_ome_zarr(image), name=labels_name, overwrite=overwrite)
+        except ValueError as exc:
+            raise UsageError(f"{exc}; give --out FILE.zarr instead") from None
+    elif session is None:
         store = LabelStore.create(out, (n, h, w), overwrite=overwrite,
                                   attrs={"model": model, "image": str(image)})
     bar = _progress(n, "segment") if progress else None
@@ -269,7 +280,8 @@ def _read_mask(path):
 def _cmd_segment(args) -> int:
     store = segment(args.image, args.prompts, args.out, model=args.model, config=args.config,
                     prompt_mask=args.prompt_mask, prompt_frame=args.prompt_frame, device=args.device,
-                    overwrite=args.overwrite, progress=not args.quiet, session=args.session)
+                    overwrite=args.overwrite, progress=not args.quiet, session=args.session,
+                    labels_name=args.labels_name)
     print(f"wrote {len(store.frames_done)} frames of labels {store.shape} to {store.path}")
     return 0
 
@@ -280,6 +292,67 @@ def _cmd_resume(args) -> int:
     store = session.store
     print(f"{args.folder}: {len(store.frames_done)} of {store.shape[0]} frames labelled, "
           f"{len(session.corrections)} corrections; labels in {store.path}")
+    return 0
+
+
+def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write a label store to a multi-page TIFF, one frame at a time (BigTIFF, so any size).
+
+    Parameters
+    ----------
+    labels : str or Path
+        A label store (``.zarr``), an NGFF label image (``image.zarr/labels/NAME``; its
+        full-resolution level) or a session folder.
+    out : str or Path
+        The TIFF file; ``tifffile.imread`` reads it back as (N, Y, X) uint32.
+    overwrite : bool
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    UsageError
+        If ``labels`` is none of these or ``out`` exists (without ``overwrite``).
+    """
+    import numpy as np
+    import tifffile
+    import zarr
+
+    from .core.folder import LABELS_DIR, META_FILE
+
+    src, out = Path(labels), Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
+    if (src / META_FILE).is_file():
+        src = src / LABELS_DIR
+    try:
+        node = zarr.open(str(src), mode="r")
+    except Exception as exc:
+        raise UsageError(f"cannot read {src} as labels: {exc}") from None
+    if not hasattr(node, "shape"):  # an NGFF label image: its full-resolution level
+        attrs = dict(node.attrs).get("ome", dict(node.attrs))
+        datasets = attrs.get("multiscales", [{}])[0].get("datasets")
+        if not datasets or "image-label" not in attrs:
+            raise UsageError(f"{src} is a zarr group but not an NGFF label image (image.zarr/labels/NAME expected)")
+        node = node[datasets[0]["path"]]
+    if node.ndim != 3 or node.dtype.kind not in "ui":
+        raise UsageError(f"{src} is not a (N, Y, X) label image: {node.shape} {node.dtype}")
+    bar = _progress(node.shape[0], "export") if progress else None
+    with tifffile.TiffWriter(out, bigtiff=True) as tif:
+        for t in range(node.shape[0]):
+            tif.write(np.asarray(node[t]), contiguous=True, photometric="minisblack")
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _cmd_export(args) -> int:
+    out = export_tiff(args.labels, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out}")
     return 0
 
 
@@ -303,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", help="CSV with header frame,y,x,label,object_id")
     s.add_argument("--prompt-mask", help="mask image used as a prompt (nonzero = object)")
     s.add_argument("--prompt-frame", type=int, help="frame of --prompt-mask")
-    s.add_argument("--out", help="output label store (.zarr)")
+    s.add_argument("--out", help="output label store (.zarr); for an OME-Zarr image, default: its labels/ group")
+    s.add_argument("--labels-name", default="napari-lit", help="name of the NGFF label image (OME-Zarr, no --out)")
     s.add_argument("--session", help="instead of --out: a new session folder (resumable with `napari-lit resume`)")
     s.add_argument("--model", default="lit-tiny", help="lit-tiny (default), sam2.1_hiera_tiny|small|base_plus|large, or a .pt file")
     s.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
@@ -327,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-learn", action="store_true", help="do not train on corrections whose learning was cut short")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_resume)
+
+    e = sub.add_parser("export", help="write labels (store, NGFF label image or session) to a TIFF")
+    e.add_argument("labels", help="label store .zarr, image.zarr/labels/NAME, or a session folder")
+    e.add_argument("out", help="output .tif (multi-page, BigTIFF)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("models", help="list the model catalogue")
     m.set_defaults(func=_cmd_models)
