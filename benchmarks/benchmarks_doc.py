@@ -224,7 +224,63 @@ def uncertainty_section(results: Path, docs: Path) -> str:
     return "\n".join(parts)
 
 
-def speed_section(results: Path) -> str:
+def long_stack_part(results: Path, docs: Path) -> str:
+    """Issue 6: 2000 frames of 1024 x 1024 uint16, napari-lit vs sam2's stock init_state."""
+    f = results / "long_stack_2000x1024.json"
+    if not f.is_file():
+        return ""
+    r = json.loads(f.read_text())
+    stock = r.get("stock_sam2", {})
+    parts = ["### A stack larger than sam2 wants to hold: 2000 frames of 1024 x 1024\n",
+             "```bash\npython benchmarks/propagation_speed.py --frames 2000 --size 1024 --stock "
+             "--out benchmarks/results/long_stack_2000x1024.json\n```\n",
+             f"{r['frames']} frames of {r['frame_size'][0]} x {r['frame_size'][1]} uint16 "
+             f"({r['frames'] * r['frame_size'][0] * r['frame_size'][1] * 2 / 2**30:.1f} GiB) in a zarr array; "
+             "napari-lit reads, normalises and encodes frames on demand, writes each frame's labels to disk and "
+             "keeps sam2's per-frame state within a budget. sam2's stock `init_state` (same frames as the JPEG "
+             "folder it reads, same model) loads every frame into memory first and keeps every frame's "
+             "outputs. Both in one run of the script, each in its own process.\n",
+             "| | frames/s | first 10 % | last 10 % | last/first time per frame | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| napari-lit | {r['frames_per_s']:.1f} | {r['frames_per_s_first_10pct']:.1f} | "
+             f"{r['frames_per_s_last_10pct']:.1f} | **{r['last_over_first_10pct_time']:.2f}** | "
+             f"**{r['peak_rss_mb'] / 1024:.2f} GB** |"]
+    if "peak_rss_mb" in stock:
+        parts.append(f"| sam2 stock `init_state` | {stock['frames_per_s']:.1f} | {stock['frames_per_s_first_10pct']:.1f} | "
+                     f"{stock['frames_per_s_last_10pct']:.1f} | "
+                     f"{stock['frames_per_s_first_10pct'] / stock['frames_per_s_last_10pct']:.2f} | "
+                     f"{stock['peak_rss_mb'] / 1024:.2f} GB (+ {stock['load_s']:.0f} s loading) |")
+        parts.append(f"\nPeak memory ratio, stock / napari-lit: **{r['stock_over_ours_peak_rss']:.1f}x**. "
+                     "Issue 6 asks for a peak RSS <= 2.5 GB and a last-10 %/first-10 % time per frame <= 1.2. "
+                     "sam2's state held " + str(r.get("sam2_state_frames_at_end", "?")) + " tracked frames at the end ("
+                     + str(r.get("sam2_state_frames_dropped", "?")) + " dropped, none that sam2 reads). The stock "
+                     "path is faster per frame only because it reads frames already shrunk to 256 px in memory "
+                     "and writes nothing; napari-lit reads each 1024 x 1024 frame from disk and writes its "
+                     "labels at full size.")
+    elif stock:
+        parts.append(f"| sam2 stock `init_state` | {stock.get('failed', 'failed')} | | | | |")
+    if r.get("rss_mb_by_frame"):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        frames, rss = zip(*r["rss_mb_by_frame"])
+        fig, ax = plt.subplots(figsize=(6, 2.6), layout="constrained")
+        ax.plot(frames, np.array(rss) / 1024, marker=".", label="napari-lit, resident memory")
+        if "peak_rss_mb" in stock:
+            ax.axhline(stock["peak_rss_mb"] / 1024, color="tab:red", ls="--", label="sam2 stock init_state, peak")
+        ax.set_xlabel("frame")
+        ax.set_ylabel("GB")
+        ax.set_ylim(0, None)
+        ax.legend(fontsize=8)
+        fig.savefig(docs / "long-stack-memory.png", dpi=110)
+        plt.close(fig)
+        parts.append("\n![resident memory over 2000 frames](long-stack-memory.png)\n")
+    return "\n".join(parts) + "\n"
+
+
+def speed_section(results: Path, docs: Path) -> str:
     parts = []
     speeds = [json.loads(f.read_text()) for f in sorted(results.glob("propagation_speed*.json"))]
     if speeds:
@@ -244,6 +300,7 @@ def speed_section(results: Path) -> str:
                          f"{r['ms_per_frame_median']:.0f} | {r['peak_rss_mb']:.0f} MB | "
                          f"{r['peak_rss_mb_before_model']:.0f} MB |")
         parts.append(f"\n({speeds[0]['machine']}.)\n")
+    parts.append(long_stack_part(results, docs))
     a = results / "adaptation_speed.json"
     if a.is_file():
         r = json.loads(a.read_text())
@@ -271,7 +328,7 @@ def main(argv=None) -> int:
             "reruns everything and rewrites this page.\n",
             tracking_section(results, docs), corrections_section(results, docs), auto_section(results),
             ablation_section(results),
-            uncertainty_section(results, docs), speed_section(results)]
+            uncertainty_section(results, docs), speed_section(results, docs)]
     out.write_text("\n".join(t for t in text if t))
     print(f"wrote {out}")
     return 0

@@ -51,5 +51,7 @@ if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 3 --out $OUT/propagation_speed_3objects.json
   .venv/bin/python benchmarks/adaptation_speed.py --out $OUT/adaptation_speed.json
+  # issue 6: 2000 frames of 1024 x 1024 uint16, and sam2's stock init_state on the same frames
+  .venv/bin/python benchmarks/propagation_speed.py --frames 2000 --size 1024 --stock --out $OUT/long_stack_2000x1024.json
 fi
 .venv/bin/python benchmarks/benchmarks_doc.py --results $OUT --out docs/benchmarks.md

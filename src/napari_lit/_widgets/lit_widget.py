@@ -771,7 +771,13 @@ class LitWidget(QWidget):
             return
         if worker is not None:
             self._closing.append(session)  # shutdown() closes it if the signal cannot come
-            worker.finished.connect(session.close)
+
+            def close_later():
+                session.close()
+                if session in self._closing:
+                    self._closing.remove(session)
+
+            worker.finished.connect(close_later)
         else:
             session.close()
 

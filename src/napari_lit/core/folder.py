@@ -22,6 +22,7 @@ written without it is cleared on resume); a last line cut short by a kill is dro
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -142,6 +143,7 @@ class SessionFolder:
         self.store = store
         self.events = events
         self._seq = max((int(e.get("seq", 0)) for e in events), default=0)
+        self._torn = False  # a failed append could not cut its partial line off again
         self._log = None
 
     # ------------------------------------------------------------------ creation
@@ -288,6 +290,8 @@ class SessionFolder:
         event = {"seq": self._seq + 1, "time": round(time.time(), 3), **event}
         data = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
         with saving(self.path):
+            if self._torn:
+                raise OSError(errno.EIO, "an earlier write left a line cut short; reopen (resume) the session")
             if self._log is None:
                 self._log = open(self.path / LOG_FILE, "ab", buffering=0)
             start = self._log.seek(0, os.SEEK_END)
@@ -299,9 +303,8 @@ class SessionFolder:
             except OSError:
                 try:
                     self._log.truncate(start)
-                except OSError:  # then the torn line is the last one: dropped when read back
-                    self._log.close()
-                    self._log = None
+                except OSError:  # the torn line must stay the last: no more appends until reopened
+                    self._torn = True
                 raise
         self._seq += 1
         return event

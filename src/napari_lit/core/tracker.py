@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("forward", "backward", "both")
 
-#: Default bound of sam2's per-frame outputs per object (bytes): a few hundred frames of a
-#: 1024 px SAM2.1 model, thousands of lit-tiny's, before the farthest are dropped.
-DEFAULT_STATE_BUDGET = 256 * 2**20
+#: Default bound of sam2's per-frame outputs per object (bytes): about 50 frames of a
+#: 1024 px SAM2.1 model, about 580 of lit-tiny's, before the farthest are dropped.
+DEFAULT_STATE_BUDGET = 64 * 2**20
 
 
 @dataclass
