@@ -177,3 +177,23 @@ def test_bounded_state_keeps_memory_flat_and_masks_unchanged(predictor):
     assert sorted(bounded) == list(range(n))
     for f in range(n):
         assert np.array_equal(bounded[f], full[f]), f
+
+
+def test_two_recording_trackers_on_one_predictor_close_in_any_order(predictor, clip, object_on_frame0):
+    """Each tracker records its own frames' decoder inputs; closing them first-in-first-out
+    leaves the shared predictor as it was (sam2's own method, no wrapper)."""
+    frames, _ = clip
+    obj, mask = object_on_frame0
+    a = Tracker(predictor, frames, record_decoder_inputs=True)
+    b = Tracker(predictor, frames[::-1].copy(), record_decoder_inputs=True)
+    for t in (a, b):
+        t.add_mask(0, obj, mask)
+        list(t.propagate(direction="forward", max_frames=3))
+    ia, ib = a.decoder_inputs(2, obj), b.decoder_inputs(2, obj)
+    assert ia is not None and ib is not None
+    assert not np.array_equal(ia["image_embeddings"].numpy(), ib["image_embeddings"].numpy())  # each its own
+    a.close()
+    list(b.propagate(direction="forward", max_frames=5))  # b still records after a is gone
+    assert b.decoder_inputs(4, obj) is not None
+    b.close()
+    assert "_run_single_frame_inference" not in vars(predictor)

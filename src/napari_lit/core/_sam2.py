@@ -201,26 +201,22 @@ class ObjectContext:
             memory_attention = memory_attention.get_base_model()
         self._pending_memory = None
         self._mem_hook = memory_attention.register_forward_pre_hook(self._memory_pre_hook, with_kwargs=True)
-        self._had_instance_attr = "_run_single_frame_inference" in vars(predictor)
-        self._orig_run = predictor._run_single_frame_inference
-        predictor._run_single_frame_inference = self._run_single_frame_inference
+        _contexts_of(predictor).append(self)
         self._hook = self._decoder.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
-    def _run_single_frame_inference(self, inference_state, output_dict, frame_idx, *args, **kwargs):
+    def _enter(self, inference_state, output_dict, frame_idx, args, kwargs) -> None:
+        """Note which (frame, object) sam2 is about to decode (None: not this tracker's)."""
         obj_id = None
-        for idx, d in inference_state["output_dict_per_obj"].items():
-            if d is output_dict:
-                obj_id = inference_state["obj_idx_to_id"][idx]
-                break
+        if inference_state is self.state:
+            for idx, d in inference_state["output_dict_per_obj"].items():
+                if d is output_dict:
+                    obj_id = inference_state["obj_idx_to_id"][idx]
+                    break
         point_inputs = kwargs.get("point_inputs", args[2] if len(args) > 2 else None)
         mask_inputs = kwargs.get("mask_inputs", args[3] if len(args) > 3 else None)
         is_init = kwargs.get("is_init_cond_frame", args[1] if len(args) > 1 else False)
         tracking = point_inputs is None and mask_inputs is None and not is_init
-        self.current = (int(frame_idx), obj_id, tracking)
-        try:
-            return self._orig_run(inference_state, output_dict, frame_idx, *args, **kwargs)
-        finally:
-            self.current = None
+        self.current = (int(frame_idx), obj_id, tracking) if inference_state is self.state else None
 
     def _memory_pre_hook(self, module, args, kwargs):
         """Keep the memory attention's inputs of the frame in progress; they join the
@@ -271,15 +267,55 @@ class ObjectContext:
         self._bytes = 0
 
     def close(self) -> None:
-        """Remove the hook and restore sam2's method."""
+        """Remove the hooks; the last context of a predictor (closed in any order) gives
+        sam2's method back."""
         self._hook.remove()
         self._mem_hook.remove()
-        if self._had_instance_attr:  # another context below us: hand back its wrapper
-            self.predictor._run_single_frame_inference = self._orig_run
-        else:
-            del self.predictor._run_single_frame_inference
+        contexts = _contexts_of(self.predictor)
+        if self in contexts:
+            contexts.remove(self)
+        if not contexts:
+            _uninstall(self.predictor)
         self._records.clear()
         self._bytes = 0
+
+
+_CONTEXTS = "_napari_lit_contexts"
+_BEFORE = "_napari_lit_run_before"
+
+
+def _contexts_of(predictor) -> list:
+    """The open ObjectContexts of ``predictor``; the first call wraps sam2's
+    ``_run_single_frame_inference`` on that instance once, for all of them: each notes which
+    frame and object is decoded, whatever order they are later closed in."""
+    contexts = vars(predictor).get(_CONTEXTS)
+    if contexts is None:
+        contexts = []
+        before = vars(predictor).get("_run_single_frame_inference")  # someone else's wrapper, if any
+        run = predictor._run_single_frame_inference
+
+        def dispatch(inference_state, output_dict, frame_idx, *args, **kwargs):
+            for c in list(contexts):
+                c._enter(inference_state, output_dict, frame_idx, args, kwargs)
+            try:
+                return run(inference_state, output_dict, frame_idx, *args, **kwargs)
+            finally:
+                for c in list(contexts):
+                    c.current = None
+
+        setattr(predictor, _CONTEXTS, contexts)
+        setattr(predictor, _BEFORE, before)
+        predictor._run_single_frame_inference = dispatch
+    return contexts
+
+
+def _uninstall(predictor) -> None:
+    before = vars(predictor).pop(_BEFORE, None)
+    vars(predictor).pop(_CONTEXTS, None)
+    if before is not None:
+        predictor._run_single_frame_inference = before
+    else:
+        vars(predictor).pop("_run_single_frame_inference", None)
 
 
 def select_tracking_mask(low_res_multimasks, ious, object_score_logits, no_obj_score: float = -1024.0):
