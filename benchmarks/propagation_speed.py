@@ -52,7 +52,7 @@ def make_stack(path: Path, n_frames: int, size: int, seed: int = 0):
     np.save(str(path) + ".labels0.npy", clip.labels[0])
 
 
-def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2) -> dict:
+def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, prefetch: int = 0) -> dict:
     import torch
 
     from napari_lit.core import FrameSource, LabelStore, Tracker
@@ -72,7 +72,7 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2) 
         labels0 = np.load(str(path) + ".labels0.npy")
         rss_before = _peak_rss_mb()
         predictor = load_predictor(model, device="cpu")
-        tracker = Tracker(predictor, FrameSource(stack, image_size=predictor.image_size))
+        tracker = Tracker(predictor, FrameSource(stack, image_size=predictor.image_size, prefetch=prefetch))
         ids, counts = np.unique(labels0[labels0 > 0], return_counts=True)
         objects = ids[np.argsort(counts)[::-1][:n_objects]]
         for obj in objects:
@@ -97,6 +97,7 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2) 
         "dtype": "uint16",
         "objects": len(objects),
         "threads": threads,
+        "prefetch": prefetch,
         "frames_per_s": float(1 / times.mean()),
         "frames_per_s_first_10pct": float(1 / times[:k].mean()),
         "frames_per_s_last_10pct": float(1 / times[-k:].mean()),
@@ -185,10 +186,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="lit-tiny")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objects", type=int, default=1, help="objects tracked at once")
+    p.add_argument("--prefetch", type=int, default=0, help="frames read ahead in a background thread")
     p.add_argument("--stock", action="store_true", help="also run sam2's stock init_state on the same frames")
     p.add_argument("--out", default="benchmarks/results/propagation_speed.json")
     args = p.parse_args(argv)
-    result = run(args.frames, args.size, args.model, args.threads, args.objects)
+    result = run(args.frames, args.size, args.model, args.threads, args.objects, args.prefetch)
     result["last_over_first_10pct_time"] = result["frames_per_s_first_10pct"] / result["frames_per_s_last_10pct"]
     if args.stock:
         stock = run_stock(args.frames, args.size, args.model, args.threads, args.objects)

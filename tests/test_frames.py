@@ -121,3 +121,44 @@ def test_frame_source_index_errors():
         src[3]
     with pytest.raises(TypeError):
         src[1.5]
+
+
+def test_prefetch_reads_ahead_in_the_direction_of_reading_and_gives_the_same_inputs():
+    import time
+
+    data = np.random.default_rng(1).integers(0, 4000, (12, 40, 48)).astype(np.uint16)
+    reads = []
+
+    class Counting:
+        shape, dtype = data.shape, data.dtype
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return data[i]
+
+    plain = FrameSource(data, image_size=32)
+    src = FrameSource(Counting(), image_size=32, prefetch=3)
+    assert src.cache_size >= 5
+    for i in (0, 1):
+        assert torch_equal(src[i], plain[i])
+    deadline = time.time() + 10
+    while not {2, 3, 4} <= set(reads) and time.time() < deadline:
+        time.sleep(0.01)
+    assert {2, 3, 4} <= set(reads) and 9 not in reads  # ahead, not everything
+    n = len(reads)
+    assert torch_equal(src[3], plain[3]) and len(reads) >= n  # served from the prefetch
+    assert reads.count(3) == 1
+    for i in (9, 8):  # backwards now
+        assert torch_equal(src[i], plain[i])
+    deadline = time.time() + 10
+    while not {7, 6} <= set(reads) and time.time() < deadline:
+        time.sleep(0.01)
+    assert {7, 6} <= set(reads)
+    src.close()
+    assert torch_equal(src[5], plain[5])  # still usable after close
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

@@ -114,3 +114,24 @@ def test_dataset_layout(tmp_path):
     (seq / "meta.json").write_text(json.dumps({"layout": "hdf5"}))
     with pytest.raises(ValueError, match="unknown layout"):
         load_sequence(seq)
+
+
+def test_label_store_at_the_full_shape_of_a_4d_image(tmp_path):
+    """A (T, Z, Y, X) store written along Z at T = 2: frames land there, the slice is
+    recorded, and opening the store finds it again."""
+    store = LabelStore.create(tmp_path / "l.zarr", (3, 5, 8, 9), frame_axis=1, fixed={0: 2})
+    assert store.shape == (5, 8, 9) and store.array.shape == (3, 5, 8, 9)
+    frame = np.arange(72, dtype=np.uint32).reshape(8, 9)
+    store.write_frame(4, frame)
+    full = np.asarray(store.array[:])
+    np.testing.assert_array_equal(full[2, 4], frame)
+    assert full.sum() == frame.sum()  # nowhere else
+    again = LabelStore.open(tmp_path / "l.zarr")
+    assert again.shape == (5, 8, 9) and again.frames_done == (4,)
+    np.testing.assert_array_equal(again.read_frame(4), frame)
+    again.clear_frame(4)
+    assert not np.asarray(again.array[:]).any() and again.frames_done == ()
+    with pytest.raises(ValueError, match="frame axis and an index on every other"):
+        LabelStore.create(tmp_path / "bad.zarr", (3, 5, 8, 9), frame_axis=1)  # T not held
+    with pytest.raises(ValueError, match="frame axis and an index"):
+        LabelStore.create(tmp_path / "bad2.zarr", (3, 5, 8, 9), frame_axis=1, fixed={0: 7})  # out of range

@@ -150,8 +150,10 @@ def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napa
     assert widget.session is not None, widget.status_label.text()
     assert widget.session.n_frames == len(image) and widget.view.fixed == {1: 1}
     labels = widget.labels_layer
-    assert labels.data.shape == (len(image), 1) + image.shape[1:] and labels.translate[1] == 1
+    assert labels.data.shape == tcyx.shape and tuple(labels.translate) == tuple(layer.translate)  # full shape
     assert tuple(labels.scale) == tuple(layer.scale)
+    assert widget.session.store.array.shape == tcyx.shape  # stored at the image's full shape too
+    assert widget.points_layer.translate[1] == 1  # the prompts sit on the held channel
     obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
     ys, xs = np.nonzero(gt[0] == obj)
     widget.labels_layer.selected_label = obj
@@ -163,24 +165,38 @@ def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napa
     assert store.frames_done == tuple(range(len(image)))
     ious = [_iou(store.read_frame(t) == obj, gt[t] == obj) for t in range(len(image))]
     assert np.mean(ious) > 0.5, ious
-    np.testing.assert_array_equal(np.asarray(labels.data[3, 0]), store.read_frame(3))
+    np.testing.assert_array_equal(np.asarray(labels.data[3, 1]), store.read_frame(3))
+    assert not np.asarray(labels.data[:, 0]).any()  # nothing on the other channel
     # painting the 4D labels layer writes through to the store and is a correction of frame 3
     viewer.dims.set_current_step(0, 3)
     assert widget.current_frame == 3
     free = np.argwhere(store.read_frame(3) == 0)[len(np.argwhere(store.read_frame(3) == 0)) // 2]
     labels.brush_size = 3
-    labels.paint((3, 0, *free), obj)
+    labels.paint((3, 1, *free), obj)
     assert store.read_frame(3)[tuple(free)] == obj
     _wait(qtbot, widget)
     assert (3, obj) in widget._pending
     # the bucket fill works through the 4D view too (napari indexes it with arrays)
     before = store.read_frame(5)
     blob = tuple(np.argwhere(before == obj)[0])
-    labels.fill((5, 0, *blob), 7)
+    labels.fill((5, 1, *blob), 7)
     after = store.read_frame(5)
     assert after[blob] == 7 and (after == 7).sum() > 1 and (after == obj).sum() < (before == obj).sum()
     assert np.array_equal(after[after != 7], before[after != 7])  # nothing else touched
     _wait(qtbot, widget)
+    # paint on the other channel stays in the label image but is no correction of the session
+    labels.paint((4, 0, *free), obj)
+    _wait(qtbot, widget)
+    assert (4, obj) not in widget._pending and np.asarray(labels.data[4, 0]).any()
+    # the session folder opens again with its full-shape labels
+    folder = widget.session.folder.path
+    frame5 = store.read_frame(5).copy()
+    widget.close_session()
+    widget.open_session(folder)
+    _wait(qtbot, widget)
+    assert widget.session is not None, widget.status_label.text()
+    assert widget.labels_layer.data.shape == tcyx.shape
+    np.testing.assert_array_equal(widget.session.store.read_frame(5), frame5)
     widget.close_session()
 
 

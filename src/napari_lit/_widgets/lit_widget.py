@@ -111,6 +111,12 @@ def _model_frames(layer, view, stack, image_size: int):
     return FrameSource(stack, image_size=image_size, lowres=lowres)
 
 
+def _label_shape(layer) -> Tuple[int, ...]:
+    """The full label shape of an image layer: its level-0 shape without the RGB axis."""
+    shape = tuple(int(v) for v in (layer.data[0] if layer.multiscale else layer.data).shape)
+    return shape[:-1] if layer.rgb else shape
+
+
 def _safe_name(name: str) -> str:
     """A layer name as a file name (no path separators or odd characters)."""
     import re
@@ -150,6 +156,8 @@ class LitWidget(QWidget):
         self._hint: Optional[Tuple[int, int, Tuple[int, int]]] = None
         self.view = None  # StackView of the running session
         self._session_image = None  # the image layer the session runs on
+        self._session_scale: Tuple[float, ...] = ()  # scale and translate of the one-slice session layers
+        self._session_translate: Tuple[float, ...] = ()
         self._closing: List = []  # sessions closed while their worker finishes a frame
         self._shut_down = False  # napari closed (shutdown() ran)
         self._main_window = lambda: None  # weak reference to napari's main window, once known
@@ -620,7 +628,8 @@ class LitWidget(QWidget):
                     bar.close()
             yield "model loaded"
             frames = _model_frames(layer, view, stack, predictor.image_size)
-            session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config,
+            full = dict(label_shape=_label_shape(layer), frame_axis=view.axis, fixed=view.fixed) if view.fixed else {}
+            session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config, **full,
                                            source=source)
             session.folder.meta["view"] = {"axis": view.axis, "fixed": {str(k): v for k, v in view.fixed.items()},
                                            "layer": layer.name}
@@ -732,23 +741,30 @@ class LitWidget(QWidget):
         self.view = view
         name = image_layer.name
         held = "".join(f", axis {a} at {i}" for a, i in sorted(view.fixed.items()))
-        self.labels_layer = self.viewer.add_labels(view.expand(session.store.array), name=f"{name} LIT labels{held}",
-                                                   scale=image_layer.scale, translate=view.translate(image_layer))
+        # the prompt layers (and overlays) are one slice thick, placed at the held position
+        self._session_scale = tuple(image_layer.scale)
+        self._session_translate = view.translate(image_layer)
+        if session.store.array.ndim == view.ndim:  # labels at the image's full shape
+            labels_data, labels_translate = session.store.array, tuple(image_layer.translate)
+        else:  # an (N, Y, X) store (e.g. a session from an earlier version) seen in place
+            labels_data, labels_translate = view.expand(session.store.array), self._session_translate
+        self.labels_layer = self.viewer.add_labels(labels_data, name=f"{name} LIT labels{held}",
+                                                   scale=image_layer.scale, translate=labels_translate)
         self.labels_layer.selected_label = 1
         self.labels_layer.events.paint.connect(self._on_paint)
         self.points_layer = self.viewer.add_points(
             np.empty((0, view.ndim)), name=f"{name} LIT prompts", ndim=view.ndim, size=7,
             features={"positive": np.array([], bool), "obj_id": np.array([], int)},
-            face_color=POSITIVE_COLOR, border_color="white", scale=self.labels_layer.scale,
-            translate=self.labels_layer.translate,
+            face_color=POSITIVE_COLOR, border_color="white", scale=self._session_scale,
+            translate=self._session_translate,
         )
         self._set_click_defaults(positive=not self.negative_mode)
         self.points_layer.events.data.connect(self._on_points)
         self.points_layer.mouse_drag_callbacks.append(self._points_mouse)
         self.labels_layer.events.selected_label.connect(self._sync_obj)
         self.shapes_layer = self.viewer.add_shapes(ndim=view.ndim, name=f"{name} LIT boxes", edge_color="yellow",
-                                                   face_color="transparent", scale=self.labels_layer.scale,
-                                                   translate=self.labels_layer.translate)
+                                                   face_color="transparent", scale=self._session_scale,
+                                                   translate=self._session_translate)
         self.shapes_layer.events.data.connect(self._on_shapes)
         self.viewer.layers.selection.active = self.points_layer
         self.points_layer.mode = "add"
@@ -912,15 +928,25 @@ class LitWidget(QWidget):
             return
         frames = set()
         session_frames = self.session.n_frames
+        full = self.session.store.array.ndim == self.view.ndim  # labels at the image's full shape
         for atom in event.value:
             idx = atom[0]
             # napari's history atoms hold index arrays (point edits) or slices (masked
-            # region edits) per axis
+            # region edits) per axis; only paint on the session's slice is a correction
+            # (elsewhere in a full-shape label image it stays as painted)
+            keep = True
+            for a, i in self.view.fixed.items():
+                at = i if full else 0
+                held = idx[a]
+                keep = keep & ((at in range(*held.indices(at + 1))) if isinstance(held, slice)
+                               else (np.asarray(held) == at))
             along = idx[self.view.axis]
             if isinstance(along, slice):
-                frames.update(range(*along.indices(session_frames)))
+                if np.all(keep):
+                    frames.update(range(*along.indices(session_frames)))
             else:
-                frames.update(int(f) for f in np.unique(np.asarray(along)))
+                along = np.asarray(along)
+                frames.update(int(f) for f in np.unique(along[np.broadcast_to(keep, along.shape)]))
         obj_id, session = self.obj_id, self.session
         for frame in frames:
             mask = session.store.read_frame(frame) == obj_id
@@ -1011,8 +1037,8 @@ class LitWidget(QWidget):
             if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
                 self.hint_layer = self.viewer.add_points(
                     coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=18,
-                    face_color="yellow", border_color="black", scale=self.labels_layer.scale,
-                    translate=self.labels_layer.translate)
+                    face_color="yellow", border_color="black", scale=self._session_scale,
+                    translate=self._session_translate)
             else:
                 self.hint_layer.data = coords[None]
             self.viewer.layers.selection.active = self.points_layer
@@ -1026,8 +1052,8 @@ class LitWidget(QWidget):
         data = self.view.expand(data)
         if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
             self.suggestion_layer = self.viewer.add_labels(data, name="LIT suggestion (A: accept)", opacity=0.5,
-                                                           scale=self.labels_layer.scale,
-                                                           translate=self.labels_layer.translate)
+                                                           scale=self._session_scale,
+                                                           translate=self._session_translate)
         else:
             self.suggestion_layer.data = data
         if self.hint_layer is not None and self.hint_layer in self.viewer.layers:  # the star on top
@@ -1040,12 +1066,12 @@ class LitWidget(QWidget):
         """The pixel entropy of ``frame`` as an overlay shown on that frame only (a layer one
         frame thick, placed at it)."""
         data = np.expand_dims(entropy, [a for a in range(self.view.ndim - 2)])
-        translate = np.asarray(self.labels_layer.translate, float).copy()
-        translate[self.view.axis] += frame * float(self.labels_layer.scale[self.view.axis])
+        translate = np.asarray(self._session_translate, float).copy()
+        translate[self.view.axis] += frame * float(self._session_scale[self.view.axis])
         if self.entropy_layer is None or self.entropy_layer not in self.viewer.layers:
             self.entropy_layer = self.viewer.add_image(
                 data, name="LIT uncertainty (flagged frame)", colormap="inferno", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), scale=self.labels_layer.scale, translate=translate)
+                opacity=0.6, contrast_limits=(0, 1), scale=self._session_scale, translate=translate)
         else:
             self.entropy_layer.data = data
             self.entropy_layer.translate = translate

@@ -148,15 +148,19 @@ class SessionFolder:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, path: Union[str, Path], shape: Sequence[int], meta: Dict) -> "SessionFolder":
+    def create(cls, path: Union[str, Path], shape: Sequence[int], meta: Dict, frame_axis: int = 0,
+               fixed: Optional[Dict[int, int]] = None) -> "SessionFolder":
         """Create a new session folder.
 
         Parameters
         ----------
         path : str or Path
             A folder that does not exist yet, or an empty one.
-        shape : (N, Y, X)
+        shape : (N, Y, X), or the full shape of a 4D+ image
             Label store shape.
+        frame_axis, fixed
+            For a 4D+ shape: the slice the session writes (see
+            :meth:`napari_lit.core.store.LabelStore.create`).
         meta : dict
             JSON-serialisable description (image fingerprint, model, settings), saved as
             ``session.json`` with ``format`` and ``created`` added.
@@ -182,7 +186,7 @@ class SessionFolder:
                                              f"({exc.strerror or exc}): choose a folder you can write to") from exc
         meta = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
         with saving(path):
-            store = LabelStore.create(path / LABELS_DIR, shape)
+            store = LabelStore.create(path / LABELS_DIR, shape, frame_axis=frame_axis, fixed=fixed)
             _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
             (path / LOG_FILE).touch()
         return cls(path, meta, store, [])

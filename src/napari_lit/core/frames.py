@@ -156,6 +156,13 @@ class FrameSource:
         :func:`napari_lit.io.ngff.choose_level`): model inputs are read from it, which reads
         far less than the full frames; :attr:`frame_shape` (and so the masks) stay at the
         full resolution of ``data``.
+    prefetch : int
+        Read and normalise this many frames ahead (in the direction frames are being asked
+        for) in a background thread; 0 (default) reads each frame when asked. Prefetched
+        inputs count against ``cache_size``, which is raised to at least ``prefetch + 2``.
+        Meant for slow storage (network drives, object stores): on this project's 2-core
+        machine with local zarr it gains nothing (11.2 vs 11.7 frames/s, 1024 px frames),
+        as reading competes with the model for the same cores.
 
     Raises
     ------
@@ -174,7 +181,7 @@ class FrameSource:
     """
 
     def __init__(self, data, image_size: int = 1024, contrast: ContrastLimits = "auto",
-                 cache_size: int = 4, lowres=None):
+                 cache_size: int = 4, lowres=None, prefetch: int = 0):
         _check_stack(data)
         if lowres is not None:
             _check_stack(lowres)
@@ -182,11 +189,18 @@ class FrameSource:
             if low[0] != full[0] or low[3:] != full[3:] or low[1] > full[1] or low[2] > full[2]:
                 raise ValueError(f"the lower-resolution frames {low} do not match the stack {full}: same "
                                  f"frames and channels, no larger in Y and X expected")
+        import threading
+
         self.data = data
         self.lowres = lowres
+        self.prefetch = max(0, int(prefetch))
+        self._lock = threading.Lock()
+        self._pending: dict = {}  # frame -> Future of its model input
+        self._pool = None
+        self._last: Optional[int] = None
         self.image_size = int(image_size)
         self.contrast = contrast
-        self.cache_size = max(1, int(cache_size))
+        self.cache_size = max(1, int(cache_size), int(prefetch) + 2)
         self._cache: "OrderedDict[int, object]" = OrderedDict()
 
     @property
@@ -220,13 +234,62 @@ class FrameSource:
         return normalise_frame(self.raw(index), self.contrast)
 
     def __getitem__(self, index: int):
+        index = self._check_index(index)
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                tensor = self._cache[index]
+            else:
+                tensor = None
+            pending = self._pending.pop(index, None)
+        if tensor is None:
+            tensor = pending.result() if pending is not None else self._model_input(index)
+            self._remember(index, tensor)
+        self._prefetch_after(index)
+        return tensor
+
+    def _remember(self, index: int, tensor) -> None:
+        with self._lock:
+            self._cache[index] = tensor
+            self._cache.move_to_end(index)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def _prefetch_after(self, index: int) -> None:
+        """Start reading the next ``prefetch`` frames in the direction of the last two
+        requests, in a background thread (their I/O and normalisation then overlap the
+        model's work on this frame)."""
+        if not self.prefetch:
+            self._last = index
+            return
+        step = 1 if self._last is None or index >= self._last else -1
+        self._last = index
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-lit-prefetch")
+        with self._lock:
+            for k in range(1, self.prefetch + 1):
+                j = index + k * step
+                if 0 <= j < self.n_frames and j not in self._cache and j not in self._pending:
+                    self._pending[j] = self._pool.submit(self._model_input, j)
+            for j in [j for j in self._pending if abs(j - index) > 2 * self.prefetch]:
+                self._pending.pop(j).cancel()  # the reader went elsewhere
+
+    def close(self) -> None:
+        """Stop the prefetch thread (if any); the source stays usable."""
+        with self._lock:
+            for f in self._pending.values():
+                f.cancel()
+            self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _model_input(self, index: int):
         import torch
         import torch.nn.functional as F
 
-        index = self._check_index(index)
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
         # resized before grey becomes 3 channels (resizing is per channel: the same values)
         raw = self.raw(index) if self.lowres is None else np.asarray(self.lowres[index])
         x = normalise_frame(raw, self.contrast, rgb=False)
@@ -243,8 +306,4 @@ class FrameSource:
         rgb = x
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        tensor = ((rgb - mean) / std)[0].contiguous()
-        self._cache[index] = tensor
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return tensor
+        return ((rgb - mean) / std)[0].contiguous()

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -173,7 +173,9 @@ class LitSession:
     # ------------------------------------------------------------ session folder
     @classmethod
     def create_in(cls, folder: Union[str, Path], predictor, frames, learn: bool = True,
-                  adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None) -> "LitSession":
+                  adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None,
+                  label_shape: Optional[Sequence[int]] = None, frame_axis: int = 0,
+                  fixed: Optional[Dict[int, int]] = None) -> "LitSession":
         """A new session saved in the new session folder ``folder``.
 
         Parameters
@@ -184,6 +186,11 @@ class LitSession:
             As for :class:`LitSession`.
         source : str, optional
             Where the image comes from (e.g. its path), recorded so a resume can find it.
+        label_shape : sequence of int, optional
+            The full shape of a 4D+ image the frames are a slice of, e.g. (T, Z, Y, X): the
+            labels are stored at that shape, the session writing the slice with frames along
+            ``frame_axis`` and the other non-spatial axes at ``fixed`` (axis -> index).
+            Default: (N, Y, X).
 
         Raises
         ------
@@ -204,7 +211,15 @@ class LitSession:
             "learn": bool(learn),
             "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
-        folder = SessionFolder.create(folder, (frames.n_frames,) + frames.frame_shape, meta)
+        if label_shape is None:
+            folder = SessionFolder.create(folder, (frames.n_frames,) + frames.frame_shape, meta)
+        else:
+            label_shape = tuple(int(v) for v in label_shape)
+            if len(label_shape) < 3 or label_shape[-2:] != frames.frame_shape or \
+                    label_shape[frame_axis] != frames.n_frames:
+                raise ValueError(f"label_shape {label_shape} does not hold the {frames.n_frames} frames of "
+                                 f"{frames.frame_shape} along axis {frame_axis}")
+            folder = SessionFolder.create(folder, label_shape, meta, frame_axis=frame_axis, fixed=fixed)
         return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder)
 
     @classmethod

@@ -1,15 +1,19 @@
 """Label store: masks written frame by frame into a zarr array on disk.
 
-The store is a zarr (v3) array shaped (N, Y, X), dtype uint32 (0 = background, value =
-object id), with one chunk per frame, so writing frame ``t`` touches one chunk file and a
-napari Labels layer can view the array directly. Which frames hold results is recorded in
-the array's attributes after each write.
+The store is a zarr (v3) array, dtype uint32 (0 = background, value = object id), with one
+chunk per frame, so writing frame ``t`` touches one chunk file and a napari Labels layer can
+view the array directly. Which frames hold results is recorded in the array's attributes
+after each write.
+
+The array is (N, Y, X), or the full shape of a 4D+ image (e.g. (T, Z, Y, X)): then the store
+writes one (N, Y, X) slice of it, frames along ``frame_axis`` with the other non-spatial axes
+held at ``fixed`` (recorded in the attributes, so :meth:`LabelStore.open` finds the slice).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,32 +21,50 @@ __all__ = ["LabelStore"]
 
 
 class LabelStore:
-    """A (N, Y, X) uint32 zarr label array on disk, written one frame at a time.
+    """A uint32 zarr label array on disk, written one (Y, X) frame at a time.
 
     Use :meth:`create` or :meth:`open`.
 
     Attributes
     ----------
     array : zarr.Array
-        The underlying array; ``napari.Viewer.add_labels(store.array)`` views it.
+        The underlying array, (N, Y, X) or the image's full 4D+ shape;
+        ``napari.Viewer.add_labels(store.array)`` views it.
     path : Path
+    frame_axis : int
+        The array axis frames run along.
+    fixed : dict of int to int
+        The other non-spatial array axes and the index the store's slice holds them at.
     """
 
-    def __init__(self, array, path: Path):
+    def __init__(self, array, path: Path, frame_axis: int = 0, fixed: Optional[Dict[int, int]] = None):
         self.array = array
         self.path = Path(path)
+        self.frame_axis = int(frame_axis)
+        self.fixed = {int(k): int(v) for k, v in (fixed or {}).items()}
+
+    def _key(self, frame_idx: int):
+        """Index of frame ``frame_idx`` of the slice in :attr:`array`."""
+        if self.array.ndim == 3:
+            return int(frame_idx)
+        return tuple(int(frame_idx) if a == self.frame_axis else self.fixed[a] for a in range(self.array.ndim - 2))
 
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, path: Union[str, Path], shape: Sequence[int], overwrite: bool = False,
-               attrs: Optional[dict] = None) -> "LabelStore":
+               attrs: Optional[dict] = None, frame_axis: int = 0,
+               fixed: Optional[Dict[int, int]] = None) -> "LabelStore":
         """Create an empty store.
 
         Parameters
         ----------
         path : str or Path
             A new ``.zarr`` directory.
-        shape : (N, Y, X)
+        shape : (N, Y, X), or the full (..., Y, X) shape of a 4D+ image
+        frame_axis : int
+            For a 4D+ shape: the axis frames run along.
+        fixed : dict of int to int, optional
+            For a 4D+ shape: every other non-spatial axis and the index the store writes at.
         overwrite : bool
             Replace an existing store at ``path``.
         attrs : dict, optional
@@ -53,24 +75,34 @@ class LabelStore:
         FileExistsError
             If ``path`` exists and ``overwrite`` is False.
         ValueError
-            If ``shape`` is not three positive integers.
+            If ``shape`` is not three or more positive integers, or (4D+) ``frame_axis`` and
+            ``fixed`` do not name each non-spatial axis once, within its size.
         PermissionError
             If ``path`` cannot be written.
         """
         import zarr
 
         shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"label store shape must be (N, Y, X) with positive sizes; got {shape}")
+        if len(shape) < 3 or min(shape) < 1:
+            raise ValueError(f"label store shape must be (N, Y, X) or (..., Y, X) with positive sizes; got {shape}")
+        fixed = {int(k): int(v) for k, v in (fixed or {}).items()}
+        nonspatial = set(range(len(shape) - 2))
+        if len(shape) > 3 and (frame_axis not in nonspatial or set(fixed) | {frame_axis} != nonspatial
+                               or frame_axis in fixed or any(not 0 <= v < shape[a] for a, v in fixed.items())):
+            raise ValueError(f"a {len(shape)}D label store needs the frame axis and an index on every other "
+                             f"non-spatial axis; got frame_axis {frame_axis}, fixed {fixed} for shape {shape}")
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists (use overwrite to replace it)")
         array = zarr.open_array(
-            str(path), mode="w", shape=shape, chunks=(1,) + shape[1:], dtype="uint32",
+            str(path), mode="w", shape=shape, chunks=(1,) * (len(shape) - 2) + shape[-2:], dtype="uint32",
             fill_value=0, zarr_format=3,
         )
-        array.attrs.update({"napari_lit": {"frames_done": [], **(attrs or {})}})
-        return cls(array, path)
+        meta = {"frames_done": [], **(attrs or {})}
+        if len(shape) > 3:
+            meta["slice"] = {"frame_axis": int(frame_axis), "fixed": {str(k): v for k, v in fixed.items()}}
+        array.attrs.update({"napari_lit": meta})
+        return cls(array, path, frame_axis, fixed)
 
     @classmethod
     def open(cls, path: Union[str, Path], mode: str = "r+") -> "LabelStore":
@@ -89,14 +121,20 @@ class LabelStore:
         if not path.exists():
             raise FileNotFoundError(f"no label store at {path}")
         array = zarr.open_array(str(path), mode=mode)
-        if array.ndim != 3 or array.dtype != np.uint32:
-            raise ValueError(f"{path} is not a label store: expected (N, Y, X) uint32, got {array.shape} {array.dtype}")
+        sl = dict(array.attrs.get("napari_lit", {})).get("slice")
+        if array.dtype != np.uint32 or array.ndim < 3 or (array.ndim > 3 and not sl):
+            raise ValueError(f"{path} is not a label store: expected (N, Y, X) uint32 (or a 4D+ one with its "
+                             f"slice recorded), got {array.shape} {array.dtype}")
+        if sl:
+            return cls(array, path, sl["frame_axis"], {int(k): v for k, v in sl["fixed"].items()})
         return cls(array, path)
 
     # ------------------------------------------------------------------ access
     @property
     def shape(self) -> Tuple[int, int, int]:
-        return tuple(self.array.shape)
+        """(N, Y, X) of the frames the store writes (a slice of a 4D+ array)."""
+        shape = tuple(int(s) for s in self.array.shape)
+        return (shape[self.frame_axis],) + shape[-2:]
 
     @property
     def frames_done(self) -> Tuple[int, ...]:
@@ -127,7 +165,7 @@ class LabelStore:
             raise ValueError(f"labels must be shaped {(h, w)}; got {labels.shape}")
         if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
             raise ValueError("labels must be >= 0")
-        self.array[int(frame_idx)] = labels.astype(np.uint32, copy=False)
+        self.array[self._key(frame_idx)] = labels.astype(np.uint32, copy=False)
         self._mark_done([int(frame_idx)])
 
     def write_object(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> None:
@@ -144,14 +182,14 @@ class LabelStore:
     def clear_frame(self, frame_idx: int) -> None:
         """Make frame ``frame_idx`` background again and no longer written (used on resume
         for a frame whose write the session log does not vouch for)."""
-        self.array[int(frame_idx)] = 0
+        self.array[self._key(frame_idx)] = 0
         meta = dict(self.array.attrs.get("napari_lit", {}))
         meta["frames_done"] = sorted(set(meta.get("frames_done", [])) - {int(frame_idx)})
         self.array.attrs["napari_lit"] = meta
 
     def read_frame(self, frame_idx: int) -> np.ndarray:
         """(Y, X) uint32 labels of frame ``frame_idx``."""
-        return np.asarray(self.array[int(frame_idx)])
+        return np.asarray(self.array[self._key(frame_idx)])
 
     def _mark_done(self, frames: Iterable[int]) -> None:
         meta = dict(self.array.attrs.get("napari_lit", {}))

@@ -154,10 +154,12 @@ class Tracker:
         self.n_pruned = 0  #: tracked-frame outputs dropped from sam2's state so far
 
     def close(self) -> None:
-        """Detach from the predictor (restores what recording decoder inputs changed)."""
+        """Detach from the predictor (restores what recording decoder inputs changed) and
+        stop the frame source's prefetch thread, if any."""
         if self.context is not None:
             self.context.close()
             self.context = None
+        self.frames.close()
 
     def _bound_state(self, frame_idx: int) -> None:
         """Keep sam2's per-frame outputs within :attr:`state_budget_bytes` (per object)."""
