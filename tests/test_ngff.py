@@ -130,3 +130,44 @@ def test_cli_segments_ome_zarr_into_its_labels_group_and_exports_tiff(ome_image,
         assert back.dtype == np.uint32
         np.testing.assert_array_equal(back, plain)
     assert main(["export", str(path), str(tmp_path / "c.tif"), "--quiet"]) == 2  # the image is no label image
+
+
+def test_5d_ome_zarr_time_lapse_with_channels(tmp_path, capsys):
+    """A (t, c, z, y, x) file as microscopes write it (z = 1, two channels): frames along t,
+    channels used together, labels as (t, 1, 1, y, x) with the image's pyramid."""
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr.writer import write_image
+
+    from napari_lit.io.ngff import frame_layout
+    from napari_lit.training.synthetic import generate_clip
+
+    c = generate_clip(np.random.default_rng(6), 5, 128, kind="nuclei")
+    cells = np.kron(c.frames[..., 0].astype(np.uint16) * 100 + 500, np.ones((1, 2, 2), np.uint16))  # 256 px
+    gt = np.kron(c.labels, np.ones((1, 2, 2), c.labels.dtype))
+    data = np.stack([np.full_like(cells, 300), cells], axis=1)[:, :, None]  # (t, c, z=1, y, x)
+    path = tmp_path / "tczyx.zarr"
+    write_image(data, zarr.open_group(str(path), mode="w"), axes="tczyx")
+    image = open_ome_zarr(path)
+    assert frame_layout(image) == (0, {2: 0})
+    stack, _, _ = frames_of(image, 256)
+    assert stack.shape == (5, 256, 256, 2)  # channels last, z dropped
+    obj = int(np.bincount(gt[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(gt[0] == obj)
+    (tmp_path / "p.csv").write_text(f"frame,y,x,label,object_id\n0,{ys.mean():.0f},{xs.mean():.0f},1,{obj}\n")
+    assert main(["segment", str(path), "--prompts", str(tmp_path / "p.csv"), "--quiet"]) == 0, capsys.readouterr().err
+    nodes = list(Reader(parse_url(str(path / "labels" / "napari-lit")))())
+    label = next(n for n in nodes if any(isinstance(s, Label) for s in n.specs))
+    levels = [np.asarray(d) for d in label.data]
+    assert levels[0].shape == (5, 1, 1, 256, 256) and levels[1].shape == (5, 1, 1, 128, 128)
+    out = levels[0][:, 0, 0]
+    assert (out[0] == obj).any() and set(np.unique(out)) <= {0, obj}
+    np.testing.assert_array_equal(levels[1][:, 0, 0], out[:, 1::2, 1::2])
+    iou = ((out == obj) & (gt == obj)).sum() / ((out == obj) | (gt == obj)).sum()
+    assert iou > 0.4, iou
+    # two long non-spatial axes: a clear error, nothing written
+    both = tmp_path / "tz.zarr"
+    write_image(np.zeros((3, 4, 64, 64), np.uint8), zarr.open_group(str(both), mode="w"), axes="tzyx")
+    assert main(["segment", str(both), "--prompts", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "one axis (t or z)" in capsys.readouterr().err and not (both / "labels").exists()

@@ -100,7 +100,8 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     if session is None and target.exists() and not overwrite:
         raise UsageError(f"{target} already exists (pass --overwrite to replace it)")
     try:
-        stack = open_image(image)
+        ome = open_ome_zarr(image) if is_ome_zarr(image) else None
+        stack = frames_of(ome, 0)[0] if ome is not None else open_image(image)  # (N, Y, X[, C])
         click_prompts = read_prompts_csv(prompts) if prompts is not None else []
         mask = _read_mask(prompt_mask) if prompt_mask is not None else None
     except (FileNotFoundError, ValueError) as exc:
@@ -131,8 +132,8 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
         raise UsageError(str(exc)) from None
     try:
         lowres = None
-        if is_ome_zarr(image):  # model inputs from the pyramid level nearest the model's size
-            _, lowres, _ = frames_of(open_ome_zarr(image), predictor.image_size)
+        if ome is not None:  # model inputs from the pyramid level nearest the model's size
+            _, lowres, _ = frames_of(ome, predictor.image_size)
         source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{Path(image).name}: {exc}") from None
@@ -157,7 +158,7 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
                 tracker.add_mask(prompt_frame, i, mask == i)
     if ngff:
         try:
-            store = NgffLabelStore.create_in(open_ome_zarr(image), name=labels_name, overwrite=overwrite)
+            store = NgffLabelStore.create_in(ome, name=labels_name, overwrite=overwrite)
         except ValueError as exc:
             raise UsageError(f"{exc}; give --out FILE.zarr instead") from None
     elif session is None:

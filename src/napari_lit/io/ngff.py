@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..core.store import LabelStore
 
-__all__ = ["OmeImage", "is_ome_zarr", "open_ome_zarr", "choose_level", "frames_of", "NgffLabelStore"]
+__all__ = ["OmeImage", "is_ome_zarr", "open_ome_zarr", "choose_level", "frame_layout", "frames_of", "NgffLabelStore"]
 
 
 @dataclass
@@ -129,42 +129,71 @@ def choose_level(shapes: Sequence[Sequence[int]], image_size: int) -> int:
     return best
 
 
+def frame_layout(image: OmeImage) -> Tuple[int, Dict[int, int]]:
+    """Which axis frames run along and where the other non-spatial axes are held.
+
+    The frame axis is the one t or z axis longer than 1 (or the only t/z axis); every other
+    non-spatial axis except the channel axis must have size 1 (held at 0), as in the common
+    (t, c, z, y, x) files of a time-lapse (z = 1) or a z-stack (t = 1).
+
+    Returns
+    -------
+    (frame_axis, fixed) : (int, dict of int to int)
+        Array axes; ``fixed`` holds the singleton axes (not the channel axis) at 0.
+
+    Raises
+    ------
+    ValueError
+        If there is no t/z axis, or more than one of them is longer than 1.
+    """
+    shape = image.shapes[0]
+    candidates = [i for i, a in enumerate(image.axes[:-2]) if a != "c"]
+    if not candidates:
+        raise ValueError(f"{image.path.name} has axes {image.axes}: no t or z axis to propagate along")
+    long = [i for i in candidates if shape[i] > 1]
+    if len(long) > 1:
+        raise ValueError(f"{image.path.name} has axes {image.axes} of sizes {shape}: napari-lit propagates along "
+                         f"one axis (t or z); open it in napari and pick one (the widget holds the others)")
+    frame_axis = long[0] if long else candidates[0]
+    return frame_axis, {i: 0 for i in candidates if i != frame_axis}
+
+
 def frames_of(image: OmeImage, image_size: int):
     """The (N, Y, X[, C]) stack to segment and the pyramid level to read model inputs from.
 
     Parameters
     ----------
     image : OmeImage
-        With one non-spatial axis (t or z) besides an optional channel axis.
+        See :func:`frame_layout` for the axes it may have.
     image_size : int
         The model's input side (px), for :func:`choose_level`.
 
     Returns
     -------
     (stack, lowres, level) : (dask array, dask array, int)
-        Level 0 and the chosen level, channels moved last; ``lowres`` is ``stack`` when
-        the chosen level is 0.
+        Level 0 and the chosen level, singleton axes dropped and channels moved last;
+        ``lowres`` is ``stack`` when the chosen level is 0.
 
     Raises
     ------
     ValueError
-        If the image has no frame axis or more than one (t and z: choose one first).
+        See :func:`frame_layout`.
     """
-    frame_axes = [a for a in image.axes[:-2] if a != "c"]
-    if len(frame_axes) != 1:
-        raise ValueError(f"{image.path.name} has axes {image.axes}: napari-lit propagates along one axis (t or z); "
-                         f"{'none is there' if not frame_axes else 'pick one in napari (the widget holds the others)'}")
+    frame_axis, fixed = frame_layout(image)
     level = choose_level(image.shapes, image_size)
 
-    def channels_last(arr):
-        if "c" in image.axes:
-            import dask.array as da
+    def stack_of(arr):
+        import dask.array as da
 
-            return da.moveaxis(arr, image.axes.index("c"), -1)
+        key = tuple(fixed.get(i, slice(None)) for i in range(arr.ndim))
+        kept = [a for i, a in enumerate(image.axes) if i not in fixed]
+        arr = arr[key]
+        if "c" in kept:
+            arr = da.moveaxis(arr, kept.index("c"), -1)
         return arr
 
-    stack = channels_last(image.levels[0])
-    return stack, (channels_last(image.levels[level]) if level else stack), level
+    stack = stack_of(image.levels[0])
+    return stack, (stack_of(image.levels[level]) if level else stack), level
 
 
 class NgffLabelStore(LabelStore):
@@ -173,15 +202,16 @@ class NgffLabelStore(LabelStore):
     Level 0 has the image's full-resolution shape; the other levels follow the image's
     pyramid (every write also writes the frame, subsampled, to them), and the metadata
     (multiscales with the image's axes and transformations, ``image-label``) is written by
-    ``ome-zarr``. Only images with one non-spatial axis (t or z) and no channel axis, shaped
-    (N, Y, X), are supported so far.
+    ``ome-zarr``. The label image has the image's axes with the channel axis of size 1; the
+    store writes the (N, Y, X) frames along the image's frame axis (:func:`frame_layout`).
 
     Use :meth:`create_in`; :meth:`LabelStore.open` on ``image.zarr/labels/NAME/<level 0>``
     opens level 0 like any label store.
     """
 
-    def __init__(self, array, path: Path, pyramid: Sequence = ()):
-        super().__init__(array, path)
+    def __init__(self, array, path: Path, pyramid: Sequence = (), frame_axis: int = 0,
+                 fixed: Optional[Dict[int, int]] = None):
+        super().__init__(array, path, frame_axis, fixed)
         self.pyramid = list(pyramid)  # levels 1.. (zarr arrays)
 
     @classmethod
@@ -199,16 +229,17 @@ class NgffLabelStore(LabelStore):
         Raises
         ------
         ValueError
-            If the image is not (N, Y, X) (a channel axis or more non-spatial axes).
+            If the image has no single frame axis (:func:`frame_layout`).
         FileExistsError
             If the label image exists and ``overwrite`` is False.
         """
         import zarr
         from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
-        if len(image.axes) != 3 or image.axes[0] not in ("t", "z"):
-            raise ValueError(f"NGFF labels are written for (t|z, y, x) images so far; {image.path.name} has "
-                             f"axes {image.axes}")
+        frame_axis, fixed = frame_layout(image)
+        channel = image.axes.index("c") if "c" in image.axes else None
+        if channel is not None:
+            fixed = {**fixed, channel: 0}
         root = zarr.open_group(str(image.path), mode="r+")
         labels = root.require_group("labels")
         if name in labels:
@@ -221,15 +252,20 @@ class NgffLabelStore(LabelStore):
         datasets, arrays = [], []
         for i, shape in enumerate(image.shapes):
             key = f"s{i}"
-            arrays.append(group.create_array(key, shape=shape, chunks=(1,) + tuple(shape[1:]), dtype="uint32",
-                                             fill_value=0))
+            shape = tuple(1 if a == channel else int(v) for a, v in enumerate(shape))  # labels: one channel
+            arrays.append(group.create_array(key, shape=shape, chunks=(1,) * (len(shape) - 2) + shape[-2:],
+                                             dtype="uint32", fill_value=0))
             datasets.append({"path": key, "coordinateTransformations": image.transforms[i]
                              if i < len(image.transforms) and image.transforms[i] else
                              [{"type": "scale", "scale": [1.0] * len(shape)}]})
         axes = [{"name": a, "type": "time" if a == "t" else "space"} for a in image.axes]
         write_multiscales_metadata(group, datasets, axes=axes, name=name)
         write_label_metadata(labels, name)
-        store = cls(arrays[0], Path(image.path) / "labels" / name / "s0", arrays[1:])
+        store = cls(arrays[0], Path(image.path) / "labels" / name / "s0", arrays[1:], frame_axis, fixed)
+        meta = dict(store.array.attrs.get("napari_lit", {}))
+        if len(image.axes) > 3:  # so LabelStore.open finds the slice
+            meta["slice"] = {"frame_axis": frame_axis, "fixed": {str(k): v for k, v in fixed.items()}}
+        store.array.attrs["napari_lit"] = {"frames_done": [], **meta}
         return store
 
     def write_frame(self, frame_idx: int, labels: np.ndarray) -> None:
@@ -240,16 +276,22 @@ class NgffLabelStore(LabelStore):
     def clear_frame(self, frame_idx: int) -> None:
         super().clear_frame(frame_idx)
         for level in self.pyramid:
-            level[int(frame_idx)] = 0
+            level[self._level_key(level, frame_idx)] = 0
+
+    def _level_key(self, level, frame_idx: int):
+        """Index of frame ``frame_idx`` in a coarser ``level`` (its frame axis may be shorter)."""
+        n, n_level = self.shape[0], int(level.shape[self.frame_axis])
+        f = min(int(frame_idx) * n_level // n, n_level - 1)
+        return tuple(f if a == self.frame_axis else self.fixed.get(a, 0) for a in range(level.ndim - 2))
 
     def _write_pyramid(self, frame_idx: int, labels: np.ndarray) -> None:
         h, w = labels.shape
         for level in self.pyramid:
-            lh, lw = int(level.shape[1]), int(level.shape[2])
+            lh, lw = int(level.shape[-2]), int(level.shape[-1])
             # nearest neighbour at the level's pixel centres (labels must not be blended)
             ys = np.minimum(((np.arange(lh) + 0.5) * h / lh).astype(int), h - 1)
             xs = np.minimum(((np.arange(lw) + 0.5) * w / lw).astype(int), w - 1)
-            level[int(frame_idx)] = labels[np.ix_(ys, xs)]
+            level[self._level_key(level, frame_idx)] = labels[np.ix_(ys, xs)]
 
 
 def _ome_attrs(group) -> dict:
