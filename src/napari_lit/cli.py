@@ -180,7 +180,7 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
 
 
 def resume(folder, image=None, model: Optional[str] = None, config=None, device: str = "auto",
-           learn_pending: bool = True, progress: bool = True):
+           learn_pending: bool = True, progress: bool = True, finish: bool = True):
     """Finish a session folder: learn from corrections whose training was cut short, then
     propagate over the frames that have no labels yet (frames already written are kept).
 
@@ -199,11 +199,14 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
         Train the adapters on pending corrections first (as the widget does before
         propagating).
     progress : bool
+    finish : bool
+        Propagate over the missing frames and close the session (default); with False,
+        return the session open as it stands (pending corrections learned).
 
     Returns
     -------
     napari_lit.core.session.LitSession
-        Closed; its ``store`` is complete.
+        Closed, its ``store`` complete (open as it stands with ``finish=False``).
 
     Raises
     ------
@@ -241,6 +244,12 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
             for frame, obj in session.pending_learning():
                 for _ in session.learn_from(frame, obj):
                     pass
+    except BaseException:
+        session.close()
+        raise
+    if not finish:  # the session as it stands, open: the caller closes it
+        return session
+    try:
         missing = session.n_frames - len(session.store.frames_done)
         bar = _progress(missing, "resume") if progress and missing else None
         try:
@@ -357,6 +366,69 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "cpu", retries: int = 2,
+          progress: bool = True):
+    """Segment many stacks the way a session taught (``napari-lit batch``).
+
+    Parameters
+    ----------
+    inputs : list of str
+        Stacks, glob patterns or CSV files of paths.
+    source : str or Path
+        A session folder (its prompts and adapters are exported to ``out/recipe``; the
+        session's image and model must be reachable) or a recipe folder.
+    out : str or Path
+        Output folder: one ``<stack>-labels.zarr`` per stack and ``summary.csv``.
+    scheduler, workers, device, retries, progress
+        See :func:`napari_lit.batch.run_batch`.
+
+    Returns
+    -------
+    list of dict
+        The summary rows.
+
+    Raises
+    ------
+    UsageError
+        On a missing input, a folder that is neither a session nor a recipe, or a session
+        whose image or model cannot be found.
+    """
+    from .batch import RECIPE_FILE, export_recipe, expand_inputs, run_batch
+    from .core.folder import META_FILE
+
+    source, out = Path(source), Path(out)
+    try:
+        expand_inputs(inputs)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    recipe = out / "recipe"
+    if (source / RECIPE_FILE).is_file():
+        recipe = source
+    elif (recipe / RECIPE_FILE).is_file():
+        pass  # exported by an earlier run into this output folder
+    elif (source / META_FILE).is_file():
+        session = resume(source, learn_pending=True, progress=False, finish=False)
+        try:
+            export_recipe(session, recipe)
+        finally:
+            session.close()
+    else:
+        raise UsageError(f"{source} is neither a session folder ({META_FILE}) nor a recipe ({RECIPE_FILE})")
+    return run_batch(inputs, recipe, out, scheduler=scheduler, n_workers=workers, device=device, retries=retries,
+                     progress=progress)
+
+
+def _cmd_batch(args) -> int:
+    rows = batch(args.inputs, getattr(args, "from"), args.out, scheduler=args.scheduler, workers=args.workers,
+                 device=args.device, retries=args.retries, progress=not args.quiet)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} stacks segmented ({sum(r['status'] == 'skipped' for r in rows)} "
+          f"already done); summary in {Path(args.out) / 'summary.csv'}")
+    for r in failed:
+        print(f"failed: {r['input']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_models(args) -> int:
     from .models import MODELS
     from .models.catalogue import cache_dir
@@ -409,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_export)
+
+    b2 = sub.add_parser("batch", help="segment many stacks the way a session taught, on a dask cluster")
+    b2.add_argument("inputs", nargs="+", help="stacks, glob patterns, or CSV files with a path column")
+    b2.add_argument("--from", required=True, help="session folder or recipe folder")
+    b2.add_argument("--out", required=True, help="output folder (label stores and summary.csv)")
+    b2.add_argument("--scheduler", help="address of a running dask scheduler (default: a LocalCluster)")
+    b2.add_argument("--workers", type=int, default=1, help="LocalCluster worker processes (default 1)")
+    b2.add_argument("--device", default="cpu", help="cpu or cuda (on the workers)")
+    b2.add_argument("--retries", type=int, default=2, help="tries again per failed stack before reporting it")
+    b2.add_argument("--quiet", action="store_true", help="no progress bar")
+    b2.set_defaults(func=_cmd_batch)
 
     m = sub.add_parser("models", help="list the model catalogue")
     m.set_defaults(func=_cmd_models)

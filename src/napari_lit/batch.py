@@ -1,0 +1,351 @@
+"""Apply what a session learned to a whole experiment, on a ``dask.distributed`` cluster.
+
+A **recipe** is the portable result of a session (:func:`export_recipe`): the model's name and
+checksum, the adapter of every object that learned from corrections, and the prompts (clicks,
+boxes, masks) with the frames they were given on. :func:`run_batch` segments many stacks with
+it: one task per stack on a cluster (a ``LocalCluster`` by default, or an existing scheduler),
+the model loaded once per worker, each stack's labels written by the worker to its own label
+store (renamed into place when complete, so a rerun skips finished stacks and never takes a
+half-written one for done), and a summary table (objects, frames, mean masked entropy, frames
+flagged for review) of every stack, failed ones included.
+
+The recipe's prompts are copied to each stack at the same frames and pixel positions (the
+positions of a plate are imaged the same way); objects with an adapter are tracked with the
+adapted decoder on every frame (the ``lit-always`` mode), since no user is there to flag
+frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["RECIPE_FILE", "export_recipe", "expand_inputs", "segment_stack", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.json"
+SUMMARY_FILE = "summary.csv"
+#: A frame is flagged for review when an object's masked entropy reaches this (napari-lit's
+#: review threshold scale, Lazy-XMem eq. 4).
+REVIEW_ENTROPY = 0.2
+
+
+def export_recipe(session, folder: Union[str, Path]) -> Path:
+    """Write the portable result of ``session`` to the new folder ``folder``.
+
+    Parameters
+    ----------
+    session : napari_lit.core.session.LitSession
+    folder : str or Path
+        Created; ``recipe.json``, ``adapters/obj<k>/`` (peft weights + config) and
+        ``masks/*.npy`` (mask prompts).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    ValueError
+        If the session has no prompt.
+    FileExistsError
+        If ``folder`` exists and is not empty.
+    """
+    from dataclasses import asdict
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not empty")
+    prompts = sorted(session._prompts.items())
+    if not prompts:
+        raise ValueError("the session has no prompt to copy to other stacks")
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for (frame, obj), prompt in prompts:
+        entry = {"frame": int(frame), "obj_id": int(obj), "kind": prompt["kind"]}
+        if prompt["kind"] == "points":
+            entry["points"] = np.asarray(prompt["points"], float).tolist()
+            entry["labels"] = np.asarray(prompt["labels"], int).tolist()
+        elif prompt["kind"] == "box":
+            entry["box"] = np.asarray(prompt["box"], float).tolist()
+        else:
+            name = f"masks/frame{frame}-obj{obj}.npy"
+            np.save(folder / name, np.asarray(prompt["mask"], bool))
+            entry["mask"] = name
+        entries.append(entry)
+    adapted = []
+    for obj in sorted(session.tracker.obj_ids):
+        if session.adapter.has_adapter(obj):
+            session.adapter.save(folder / "adapters" / f"obj{obj}", obj)
+            adapted.append(int(obj))
+    predictor = session.tracker.predictor
+    recipe = {
+        "format": 1,
+        "model": {"name": getattr(predictor, "napari_lit_model", None),
+                  "sha256": getattr(predictor, "napari_lit_checksum", None),
+                  "image_size": int(predictor.image_size)},
+        "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(session.adapter.config).items()},
+        "adapted_objects": adapted,
+        "frame_shape": list(session.tracker.frame_shape),
+        "prompts": entries,
+    }
+    (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
+    return folder
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[Path]:
+    """Stacks from paths, glob patterns and CSV files (a ``path`` column, or the first one),
+    in order, without duplicates.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a pattern matches nothing or a path does not exist.
+    """
+    out: List[Path] = []
+    for item in inputs:
+        if str(item).lower().endswith(".csv") and Path(item).is_file():
+            with open(item, newline="") as f:
+                rows = list(csv.reader(f))
+            header = [h.strip().lower() for h in rows[0]] if rows else []
+            col = header.index("path") if "path" in header else 0
+            base = Path(item).parent
+            paths = [Path(r[col].strip()) for r in rows[1:] if r and r[col].strip()]
+            out += [p if p.is_absolute() else base / p for p in paths]
+        elif any(ch in str(item) for ch in "*?["):
+            matched = sorted(glob.glob(str(item)))
+            if not matched:
+                raise FileNotFoundError(f"{item} matches no file")
+            out += [Path(m) for m in matched]
+        else:
+            out.append(Path(item))
+    missing = [str(p) for p in out if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"not found: {', '.join(missing[:5])}")
+    seen, unique = set(), []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+_WORKER_MODELS: Dict[str, tuple] = {}  # recipe folder -> (predictor, adapter), one per worker process
+
+
+def _model_for(recipe_dir: Path, device: str):
+    """The recipe's model with its adapters, loaded once per process (a dask worker)."""
+    key = f"{Path(recipe_dir).resolve()}|{device}"
+    if key not in _WORKER_MODELS:
+        from .core.adaptation import AdapterConfig, DecoderAdapter
+        from .models import load_predictor
+
+        recipe = json.loads((Path(recipe_dir) / RECIPE_FILE).read_text())
+        predictor = load_predictor(recipe["model"]["name"], device=device)
+        want = recipe["model"].get("sha256")
+        have = getattr(predictor, "napari_lit_checksum", None)
+        if want and have and want != have:
+            raise ValueError(f"the model {recipe['model']['name']} here (sha256 {have[:12]}) is not the one "
+                             f"the recipe was made with ({want[:12]})")
+        config = AdapterConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recipe["adapter"].items()})
+        adapter = DecoderAdapter(predictor, config)
+        for obj in recipe["adapted_objects"]:
+            adapter.load(Path(recipe_dir) / "adapters" / f"obj{obj}", int(obj))
+        adapter.always = True
+        _WORKER_MODELS[key] = (predictor, adapter)
+    return _WORKER_MODELS[key]
+
+
+def _output_path(out_dir: Path, stack: Path) -> Path:
+    name = stack.name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(out_dir) / f"{name}-labels.zarr"
+
+
+def segment_stack(stack_path: Union[str, Path], recipe_dir: Union[str, Path], out_dir: Union[str, Path],
+                  device: str = "cpu", threads: Optional[int] = 1) -> Dict:
+    """Segment one stack with a recipe; the task each dask worker runs.
+
+    Parameters
+    ----------
+    stack_path : str or Path
+        TIFF, zarr, OME-Zarr, .npy or frame folder, (N, Y, X[, C]).
+    recipe_dir : str or Path
+        From :func:`export_recipe`.
+    out_dir : str or Path
+        The labels go to ``out_dir/<stack name>-labels.zarr``, written under a temporary
+        name and renamed when every frame is written; an existing one is left as it is.
+    device : str
+    threads : int, optional
+        torch threads in this task (1 suits one task per worker process; None leaves it).
+
+    Returns
+    -------
+    dict
+        ``input``, ``labels``, ``status`` (``done`` or ``skipped``), ``objects``, ``frames``,
+        ``mean_entropy``, ``flagged_frames``, ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        If the stack does not fit the recipe (another frame size) or cannot be read.
+    """
+    import torch
+
+    from .core.frames import FrameSource
+    from .core.store import LabelStore
+    from .core.tracker import Tracker
+    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
+    from .io.readers import open_image
+
+    t0 = time.perf_counter()
+    stack_path, recipe_dir, out_dir = Path(stack_path), Path(recipe_dir), Path(out_dir)
+    target = _output_path(out_dir, stack_path)
+    if target.exists():
+        store = LabelStore.open(target, mode="r")
+        meta = dict(store.array.attrs.get("napari_lit", {}))
+        return {**meta.get("summary", {}), "input": str(stack_path), "labels": str(target), "status": "skipped"}
+    if threads:
+        torch.set_num_threads(int(threads))
+    recipe = json.loads((recipe_dir / RECIPE_FILE).read_text())
+    predictor, adapter = _model_for(recipe_dir, device)
+    lowres = None
+    if is_ome_zarr(stack_path):
+        stack, lowres, _ = frames_of(open_ome_zarr(stack_path), predictor.image_size)
+    else:
+        stack = open_image(stack_path)
+    source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres)
+    if list(source.frame_shape) != list(recipe["frame_shape"]):
+        raise ValueError(f"{stack_path.name}: frames of {source.frame_shape} px, but the recipe's prompts are for "
+                         f"{tuple(recipe['frame_shape'])} px frames")
+    tracker = Tracker(predictor, source, record_decoder_inputs=True)
+    tracker.context.listeners.append(adapter.on_decoder_call)
+    partial = target.with_name(f".{target.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        n = source.n_frames
+        for p in recipe["prompts"]:
+            if p["frame"] >= n:
+                log.warning("%s: prompt on frame %d skipped (the stack has %d frames)", stack_path.name, p["frame"], n)
+                continue
+            if p["kind"] == "points":
+                tracker.add_points(p["frame"], p["obj_id"], p["points"], p["labels"], clear=True)
+            elif p["kind"] == "box":
+                tracker.add_box(p["frame"], p["obj_id"], p["box"])
+            else:
+                tracker.add_mask(p["frame"], p["obj_id"], np.load(recipe_dir / p["mask"]))
+        store = LabelStore.create(partial, (n,) + source.frame_shape, attrs={"input": str(stack_path),
+                                                                            "recipe": str(recipe_dir)})
+        entropy: Dict[int, List[float]] = {}
+        flagged = set()
+        for result in tracker.propagate(direction="both"):
+            store.write_frame(result.frame_idx, result.labels())
+            for obj, h in zip(result.obj_ids, result.masked_entropy()):
+                entropy.setdefault(int(obj), []).append(float(h))
+                if h >= REVIEW_ENTROPY:
+                    flagged.add(int(result.frame_idx))
+        if len(store.frames_done) != n:
+            raise RuntimeError(f"{stack_path.name}: only {len(store.frames_done)} of {n} frames were written")
+        summary = {"objects": len(tracker.obj_ids), "frames": n,
+                   "mean_entropy": round(float(np.mean([np.mean(v) for v in entropy.values()])), 6) if entropy else 0.0,
+                   "flagged_frames": len(flagged)}
+        meta = dict(store.array.attrs.get("napari_lit", {}))
+        store.array.attrs["napari_lit"] = {**meta, "summary": summary}
+    finally:
+        tracker.close()
+    partial.rename(target)  # complete: now it counts as done
+    return {**summary, "input": str(stack_path), "labels": str(target), "status": "done",
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_batch(inputs: Sequence[Union[str, Path]], recipe_dir: Union[str, Path], out_dir: Union[str, Path],
+              scheduler: Optional[str] = None, n_workers: int = 1, device: str = "cpu", retries: int = 2,
+              progress: bool = True, client=None) -> List[Dict]:
+    """Segment every stack of ``inputs`` with the recipe, one task per stack on a cluster.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Stacks (see :func:`expand_inputs` for globs and CSV files).
+    recipe_dir : str or Path
+    out_dir : str or Path
+        Label stores and ``summary.csv`` go here.
+    scheduler : str, optional
+        Address of a running dask scheduler; default: a ``LocalCluster`` of ``n_workers``
+        single-threaded worker processes, closed at the end.
+    n_workers : int
+    device : str
+    retries : int
+        Times a failed task (an error, or its worker died) is tried again before it is
+        reported as failed.
+    progress : bool
+    client : distributed.Client, optional
+        Use this client (and its cluster) instead.
+
+    Returns
+    -------
+    list of dict
+        One row per stack, in input order: the :func:`segment_stack` summary, or
+        ``status`` ``failed`` with the ``error``. Also written to ``out_dir/summary.csv``.
+    """
+    from distributed import Client, LocalCluster, as_completed
+
+    stacks = expand_inputs([str(i) for i in inputs])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    own = client is None
+    cluster = None
+    if own:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+    rows: Dict[int, Dict] = {}
+    try:
+        futures = {client.submit(segment_stack, str(s), str(recipe_dir), str(out_dir), device, 1,
+                                 key=f"napari-lit-{i}-{s.name}", retries=retries, pure=False): i
+                   for i, s in enumerate(stacks)}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(stacks), desc="batch", unit="stack")
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                rows[i] = future.result()
+            except Exception as exc:  # reported, never dropped
+                rows[i] = {"input": str(stacks[i]), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    table = [rows[i] for i in range(len(stacks))]
+    columns = ["input", "status", "objects", "frames", "mean_entropy", "flagged_frames", "seconds", "labels", "error"]
+    with open(out_dir / SUMMARY_FILE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in table:
+            writer.writerow(row)
+    return table

@@ -1,0 +1,136 @@
+"""Batch segmentation on dask.distributed: recipe export, a LocalCluster run with a worker
+killed mid-run, outputs equal to the single-process result, reruns skip finished stacks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("distributed")
+
+from napari_lit.batch import RECIPE_FILE, export_recipe, expand_inputs, run_batch, segment_stack  # noqa: E402
+from napari_lit.cli import main  # noqa: E402
+from napari_lit.core.adaptation import AdapterConfig  # noqa: E402
+from napari_lit.core.session import LitSession  # noqa: E402
+from napari_lit.training.synthetic import generate_clip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory, predictor):
+    """A taught session (mask prompt, a correction learned) on one position, its recipe, and
+    five more positions of the same plate as TIFF stacks."""
+    root = tmp_path_factory.mktemp("plate")
+    clips = [generate_clip(np.random.default_rng(20 + i), 24, 96, kind="nuclei") for i in range(6)]
+    for i, c in enumerate(clips):
+        tifffile.imwrite(root / f"pos{i}.tif", c.frames[..., 0])
+    c = clips[0]
+    obj = int(np.bincount(c.labels[0].ravel())[1:].argmax() + 1)
+    s = LitSession.create_in(root / "taught.litsession", predictor, c.frames[..., 0], source=str(root / "pos0.tif"),
+                             adapter_config=AdapterConfig(max_steps=5))
+    s.add_mask(0, obj, c.labels[0] == obj)
+    list(s.propagate())
+    s.add_mask(6, obj, c.labels[6] == obj)  # a correction, learned
+    list(s.learn_from(6, obj))
+    recipe = export_recipe(s, root / "recipe")
+    s.close()
+    return root, recipe, obj
+
+
+def test_recipe_holds_prompts_adapters_and_model(plate):
+    root, recipe, obj = plate
+    meta = json.loads((recipe / RECIPE_FILE).read_text())
+    assert meta["model"]["name"] == "lit-tiny" and len(meta["model"]["sha256"]) == 64
+    assert [(p["frame"], p["obj_id"], p["kind"]) for p in meta["prompts"]] == [(0, obj, "mask"), (6, obj, "mask")]
+    assert meta["adapted_objects"] == [obj] and (recipe / "adapters" / f"obj{obj}" / "adapter.pt").is_file()
+    assert np.load(recipe / meta["prompts"][0]["mask"]).dtype == bool
+    with pytest.raises(FileExistsError):
+        export_recipe(None, recipe)
+
+
+def test_expand_inputs_globs_and_csv(plate, tmp_path):
+    root, _, _ = plate
+    (tmp_path / "list.csv").write_text("path,well\n" + "".join(f"{root / f'pos{i}.tif'},A{i}\n" for i in (3, 1)))
+    got = expand_inputs([str(root / "pos[12].tif"), str(tmp_path / "list.csv")])
+    assert [p.name for p in got] == ["pos1.tif", "pos2.tif", "pos3.tif"]  # pos1 once
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        expand_inputs([str(root / "nope*.tif")])
+
+
+def test_batch_on_a_local_cluster_survives_a_killed_worker(plate, tmp_path):
+    from distributed import Client, LocalCluster
+
+    root, recipe, obj = plate
+    stacks = [root / f"pos{i}.tif" for i in range(1, 6)]
+    # the single-process result, one torch thread as on the workers
+    ref = tmp_path / "ref"
+    for s in stacks:
+        assert segment_stack(s, recipe, ref)["status"] == "done"
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    killed = {}
+
+    def kill_one_worker_mid_run():
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            if busy:
+                time.sleep(1.0)  # well inside a task (a stack takes a few seconds)
+                pids = client.run(os.getpid, workers=[busy[0]])
+                pid = pids[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one_worker_mid_run)
+    killer.start()
+    out = tmp_path / "out"
+    try:
+        rows = run_batch(stacks, recipe, out, client=client, retries=2, progress=False)
+    finally:
+        killer.join()
+        client.close()
+        cluster.close()
+    assert killed, "no worker was killed"
+    assert [r["status"] for r in rows] == ["done"] * 5, rows
+    import zarr
+
+    for s, r in zip(stacks, rows):
+        got = np.asarray(zarr.open_array(r["labels"], mode="r")[:])
+        want = np.asarray(zarr.open_array(str(ref / f"{s.stem}-labels.zarr"), mode="r")[:])
+        assert got.shape == (24, 96, 96) and (got == obj).any()
+        np.testing.assert_array_equal(got, want)
+        assert r["objects"] == 1 and r["frames"] == 24 and 0 <= r["mean_entropy"] <= 1
+    assert not list(out.glob(".*.partial"))  # no half-written store left behind
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["status"] for t in table] == ["done"] * 5 and table[0]["frames"] == "24"
+
+    # a rerun skips every finished stack; a broken stack is reported, not dropped
+    (root / "broken.tif").write_bytes(b"not a tiff")
+    assert main(["batch", *map(str, stacks), str(root / "broken.tif"), "--from", str(recipe), "--out", str(out),
+                 "--retries", "0", "--quiet"]) == 1
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["status"] for t in table] == ["skipped"] * 5 + ["failed"]
+    assert "broken.tif" in table[-1]["error"]
+
+
+def test_batch_from_a_session_folder(plate, tmp_path, capsys):
+    root, _, obj = plate
+    assert main(["batch", str(root / "pos5.tif"), "--from", str(root / "taught.litsession"), "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "recipe" / RECIPE_FILE).is_file()  # exported from the session
+    import zarr
+
+    labels = np.asarray(zarr.open_array(str(tmp_path / "o" / "pos5-labels.zarr"), mode="r")[:])
+    assert (labels == obj).any()
