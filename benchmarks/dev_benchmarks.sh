@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
-#   (also: corrections, auto, ablation, uncertainty, speed)
+#   (also: corrections, auto, ablation, uncertainty, speed, batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -53,5 +53,9 @@ if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/adaptation_speed.py --out $OUT/adaptation_speed.json
   # issue 6: 2000 frames of 1024 x 1024 uint16, and sam2's stock init_state on the same frames
   .venv/bin/python benchmarks/propagation_speed.py --frames 2000 --size 1024 --stock --out $OUT/long_stack_2000x1024.json
+fi
+if [ "$what" = all ] || [ "$what" = batch ]; then
+  # issue 8: 16 stacks on a dask LocalCluster with 1 and 2 workers
+  .venv/bin/python benchmarks/batch_scaling.py --stacks 16 --frames 60 --size 256 --out $OUT/batch_scaling.json
 fi
 .venv/bin/python benchmarks/benchmarks_doc.py --results $OUT --out docs/benchmarks.md
