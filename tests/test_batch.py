@@ -134,3 +134,36 @@ def test_batch_from_a_session_folder(plate, tmp_path, capsys):
 
     labels = np.asarray(zarr.open_array(str(tmp_path / "o" / "pos5-labels.zarr"), mode="r")[:])
     assert (labels == obj).any()
+
+
+def test_detect_recipe_clicks_every_object_of_each_stack(plate, predictor, tmp_path):
+    """--prompts detect: one click per object found on frame 0 of each stack (not the
+    taught stack's positions); the one taught adapter serves every detected object."""
+    from scipy import ndimage as ndi
+
+    from napari_lit.batch import detect_objects
+
+    root, _, _ = plate
+    c = generate_clip(np.random.default_rng(24), 24, 96, kind="nuclei")  # the plate's pos4
+    gt0 = c.labels[0]
+    clicks = detect_objects(c.frames[0, ..., 0])
+    inside = [int(gt0[y, x]) for y, x in clicks]
+    assert sum(i > 0 for i in inside) >= 0.8 * len(clicks) and len(set(i for i in inside if i)) >= 2
+    s = LitSession.resume(root / "taught.litsession", predictor, tifffile.imread(root / "pos0.tif"))
+    recipe = export_recipe(s, tmp_path / "recipe", prompts="detect")
+    s.close()
+    meta = json.loads((recipe / RECIPE_FILE).read_text())
+    assert meta["prompt_mode"] == "detect" and meta["prompts"] == []
+    row = segment_stack(root / "pos4.tif", recipe, tmp_path / "out")
+    assert row["objects"] == len(clicks)
+    import zarr
+
+    labels = np.asarray(zarr.open_array(row["labels"], mode="r")[0])
+    # each detected object's mask overlaps the ground-truth object it was clicked in
+    hits = []
+    for k, (y, x) in enumerate(clicks, start=1):
+        g = gt0 == gt0[y, x]
+        if gt0[y, x]:
+            hits.append(((labels == k) & g).sum() / max(((labels == k) | g).sum(), 1))
+    assert np.median(hits) > 0.4, hits
+    assert ndi.label(labels > 0)[1] >= 2

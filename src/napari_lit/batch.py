@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["RECIPE_FILE", "export_recipe", "expand_inputs", "segment_stack", "run_batch"]
+__all__ = ["RECIPE_FILE", "export_recipe", "detect_objects", "expand_inputs", "segment_stack", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ SUMMARY_FILE = "summary.csv"
 REVIEW_ENTROPY = 0.2
 
 
-def export_recipe(session, folder: Union[str, Path]) -> Path:
+def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", detect_frame: int = 0,
+                  polarity: str = "bright", min_area: int = 30) -> Path:
     """Write the portable result of ``session`` to the new folder ``folder``.
 
     Parameters
@@ -48,6 +49,13 @@ def export_recipe(session, folder: Union[str, Path]) -> Path:
     folder : str or Path
         Created; ``recipe.json``, ``adapters/obj<k>/`` (peft weights + config) and
         ``masks/*.npy`` (mask prompts).
+    prompts : {"copy", "detect"}
+        ``copy``: the session's prompts at the same frames and positions on every stack (a
+        fixed field of view). ``detect``: one positive click per object detected on frame
+        ``detect_frame`` of each stack (:func:`detect_objects`: Otsu threshold, connected
+        components of at least ``min_area`` px, ``polarity`` bright or dark objects), ids
+        1..K; when the session taught exactly one object's adapter, every detected object
+        uses it.
 
     Returns
     -------
@@ -66,12 +74,14 @@ def export_recipe(session, folder: Union[str, Path]) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not empty")
-    prompts = sorted(session._prompts.items())
-    if not prompts:
+    if prompts not in ("copy", "detect") or polarity not in ("bright", "dark"):
+        raise ValueError(f"prompts must be copy or detect and polarity bright or dark; got {prompts!r}, {polarity!r}")
+    given = sorted(session._prompts.items())
+    if not given and prompts == "copy":
         raise ValueError("the session has no prompt to copy to other stacks")
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     entries = []
-    for (frame, obj), prompt in prompts:
+    for (frame, obj), prompt in given if prompts == "copy" else ():
         entry = {"frame": int(frame), "obj_id": int(obj), "kind": prompt["kind"]}
         if prompt["kind"] == "points":
             entry["points"] = np.asarray(prompt["points"], float).tolist()
@@ -98,9 +108,51 @@ def export_recipe(session, folder: Union[str, Path]) -> Path:
         "adapted_objects": adapted,
         "frame_shape": list(session.tracker.frame_shape),
         "prompts": entries,
+        "prompt_mode": prompts,
+        "detect": {"frame": int(detect_frame), "polarity": polarity, "min_area": int(min_area)},
     }
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
     return folder
+
+
+def detect_objects(frame: np.ndarray, polarity: str = "bright", min_area: int = 30) -> List[tuple]:
+    """One click per object of a frame: Otsu's threshold, connected components of at least
+    ``min_area`` px, and for each the pixel deepest inside it (farthest from its edge).
+
+    Parameters
+    ----------
+    frame : (Y, X) or (Y, X, C) ndarray
+        Channels are averaged.
+    polarity : {"bright", "dark"}
+        Objects brighter (fluorescence) or darker than the background.
+    min_area : int
+        Smaller components are noise.
+
+    Returns
+    -------
+    list of (y, x)
+        Largest object first.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    img = np.asarray(frame, np.float32)
+    if img.ndim == 3:
+        img = img.mean(axis=-1)
+    img = np.nan_to_num(img)
+    if img.max() == img.min():
+        return []
+    fg = img > threshold_otsu(img) if polarity == "bright" else img < threshold_otsu(img)
+    labels, n = ndi.label(fg)
+    clicks = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        region = labels[sl] == i
+        if region.sum() < min_area:
+            continue
+        dist = ndi.distance_transform_edt(region)
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        clicks.append((int(region.sum()), (sl[0].start + int(y), sl[1].start + int(x))))
+    return [yx for _, yx in sorted(clicks, key=lambda c: -c[0])]
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[Path]:
@@ -162,8 +214,22 @@ def _model_for(recipe_dir: Path, device: str):
         for obj in recipe["adapted_objects"]:
             adapter.load(Path(recipe_dir) / "adapters" / f"obj{obj}", int(obj))
         adapter.always = True
+        shared = recipe["adapted_objects"][0] if recipe.get("prompt_mode") == "detect" and \
+            len(recipe["adapted_objects"]) == 1 else None
+        if shared is not None:  # detected objects all use the one adapter the session taught
+            adapter = _SharedAdapter(adapter, int(shared))
         _WORKER_MODELS[key] = (predictor, adapter)
     return _WORKER_MODELS[key]
+
+
+class _SharedAdapter:
+    """Routes every object's decoder calls to one taught object's adapter."""
+
+    def __init__(self, adapter, obj_id: int):
+        self.adapter, self.obj_id = adapter, obj_id
+
+    def on_decoder_call(self, frame_idx: int, obj_id: Optional[int], tracking: bool) -> None:
+        self.adapter.on_decoder_call(frame_idx, None if obj_id is None else self.obj_id, tracking)
 
 
 def _output_path(out_dir: Path, stack: Path) -> Path:
@@ -238,7 +304,16 @@ def segment_stack(stack_path: Union[str, Path], recipe_dir: Union[str, Path], ou
         shutil.rmtree(partial)
     try:
         n = source.n_frames
-        for p in recipe["prompts"]:
+        prompts = list(recipe["prompts"])
+        if recipe.get("prompt_mode") == "detect":
+            d = recipe["detect"]
+            frame = min(int(d["frame"]), n - 1)
+            clicks = detect_objects(source.raw(frame), d["polarity"], d["min_area"])
+            if not clicks:
+                raise ValueError(f"{stack_path.name}: no object detected on frame {frame}")
+            prompts = [{"frame": frame, "obj_id": k, "kind": "points", "points": [list(yx)], "labels": [1]}
+                       for k, yx in enumerate(clicks, start=1)]
+        for p in prompts:
             if p["frame"] >= n:
                 log.warning("%s: prompt on frame %d skipped (the stack has %d frames)", stack_path.name, p["frame"], n)
                 continue

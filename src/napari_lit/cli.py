@@ -367,7 +367,8 @@ def _cmd_export(args) -> int:
 
 
 def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "cpu", retries: int = 2,
-          progress: bool = True):
+          progress: bool = True, prompts: str = "copy", detect_frame: int = 0, polarity: str = "bright",
+          min_area: int = 30):
     """Segment many stacks the way a session taught (``napari-lit batch``).
 
     Parameters
@@ -381,6 +382,10 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
         Output folder: one ``<stack>-labels.zarr`` per stack and ``summary.csv``.
     scheduler, workers, device, retries, progress
         See :func:`napari_lit.batch.run_batch`.
+    prompts, detect_frame, polarity, min_area
+        How a session's prompts carry over to the other stacks (copied, or one click per
+        detected object): see :func:`napari_lit.batch.export_recipe`. A recipe folder
+        keeps its own.
 
     Returns
     -------
@@ -409,7 +414,8 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
     elif (source / META_FILE).is_file():
         session = resume(source, learn_pending=True, progress=False, finish=False)
         try:
-            export_recipe(session, recipe)
+            export_recipe(session, recipe, prompts=prompts, detect_frame=detect_frame, polarity=polarity,
+                          min_area=min_area)
         finally:
             session.close()
     else:
@@ -420,7 +426,8 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
 
 def _cmd_batch(args) -> int:
     rows = batch(args.inputs, getattr(args, "from"), args.out, scheduler=args.scheduler, workers=args.workers,
-                 device=args.device, retries=args.retries, progress=not args.quiet)
+                 device=args.device, retries=args.retries, progress=not args.quiet, prompts=args.prompts,
+                 detect_frame=args.detect_frame, polarity=args.polarity, min_area=args.min_area)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows) - len(failed)} of {len(rows)} stacks segmented ({sum(r['status'] == 'skipped' for r in rows)} "
           f"already done); summary in {Path(args.out) / 'summary.csv'}")
@@ -490,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--workers", type=int, default=1, help="LocalCluster worker processes (default 1)")
     b2.add_argument("--device", default="cpu", help="cpu or cuda (on the workers)")
     b2.add_argument("--retries", type=int, default=2, help="tries again per failed stack before reporting it")
+    b2.add_argument("--prompts", choices=["copy", "detect"], default="copy",
+                    help="copy the session's prompts to each stack, or click every object detected on a frame")
+    b2.add_argument("--detect-frame", type=int, default=0, help="frame to detect objects on (--prompts detect)")
+    b2.add_argument("--polarity", choices=["bright", "dark"], default="bright", help="objects brighter or darker")
+    b2.add_argument("--min-area", type=int, default=30, help="smallest object (px) for --prompts detect")
     b2.add_argument("--quiet", action="store_true", help="no progress bar")
     b2.set_defaults(func=_cmd_batch)
 
