@@ -142,3 +142,31 @@ def test_segment_into_a_session_killed_then_resumed(tmp_path, clip):
         j.append((a & b).sum() / max((a | b).sum(), 1))
     assert np.mean(j) > 0.9, j
     assert main(["resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+
+
+def test_resume_a_4d_widget_style_session_from_the_cli(tmp_path, clip, predictor):
+    """A session made on one slice of a (T, Z, Y, X) image (as the widget makes them, with
+    labels at full shape) is finished by `napari-lit resume` on that slice."""
+    import json
+
+    import zarr
+
+    from napari_lit.core.session import LitSession
+
+    frames, labels = clip
+    tzyx = np.stack([np.zeros_like(frames), frames], axis=1)  # the cells at z = 1
+    path = tmp_path / "tzyx.tif"
+    tifffile.imwrite(path, tzyx)
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    folder = tmp_path / "s.litsession"
+    s = LitSession.create_in(folder, predictor, tzyx[:, 1], source=str(path), label_shape=tzyx.shape,
+                             frame_axis=0, fixed={1: 1})
+    s.folder.meta["view"] = {"axis": 0, "fixed": {"1": 1}}
+    s.folder.save_meta()
+    s.add_mask(0, obj, labels[0] == obj)
+    s.close()  # nothing propagated yet
+    assert main(["resume", str(folder), "--quiet"]) == 0
+    full = np.asarray(zarr.open_array(str(folder / "labels.zarr"), mode="r")[:])
+    assert full.shape == tzyx.shape and not full[:, 0].any()
+    assert all((full[t, 1] == obj).any() for t in range(len(frames)))
+    assert json.loads((folder / "session.json").read_text())["view"]["fixed"] == {"1": 1}

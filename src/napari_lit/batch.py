@@ -76,7 +76,7 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
         raise FileExistsError(f"{folder} exists and is not empty")
     if prompts not in ("copy", "detect") or polarity not in ("bright", "dark"):
         raise ValueError(f"prompts must be copy or detect and polarity bright or dark; got {prompts!r}, {polarity!r}")
-    given = sorted(session._prompts.items())
+    given = sorted(session.prompts.items())
     if not given and prompts == "copy":
         raise ValueError("the session has no prompt to copy to other stacks")
     (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -360,8 +360,9 @@ def run_batch(inputs: Sequence[Union[str, Path]], recipe_dir: Union[str, Path], 
     out_dir : str or Path
         Label stores and ``summary.csv`` go here.
     scheduler : str, optional
-        Address of a running dask scheduler; default: a ``LocalCluster`` of ``n_workers``
-        single-threaded worker processes, closed at the end.
+        Address of a running dask scheduler (its workers need napari-lit installed and the
+        stacks, recipe and output folder at the same paths, e.g. on shared storage); default:
+        a ``LocalCluster`` of ``n_workers`` single-threaded worker processes, closed at the end.
     n_workers : int
     device : str
     retries : int

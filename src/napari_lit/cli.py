@@ -235,6 +235,13 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
     model = model or (meta.get("model") or {}).get("name") or "lit-tiny"
     try:
         stack = open_image(image)
+        view = meta.get("view") or {}
+        if view.get("fixed"):  # a widget session on one slice of a 4D+ image: that slice
+            from ._widgets._view import StackView
+
+            fixed = {int(k): int(v) for k, v in view["fixed"].items()}
+            ndim = 3 + len(fixed)  # the frame axis, the held axes, Y and X (an RGB axis is not counted)
+            stack = StackView(ndim, int(view["axis"]), fixed).select(stack)
         predictor = load_predictor(model, config=config, device=device)
         session = LitSession.resume(folder, predictor, stack)
     except (FileNotFoundError, ValueError, ModelUnavailableError, CheckpointError) as exc:

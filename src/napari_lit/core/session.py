@@ -446,6 +446,13 @@ class LitSession:
         self._log("frame", frame=int(result.frame_idx), entropy=entropy)
         return result
 
+    @property
+    def prompts(self) -> Dict[Tuple[int, int], dict]:
+        """The prompt sam2 holds on each (frame, object): ``{"kind": "points", "points",
+        "labels"}``, ``{"kind": "box", "box"}`` or ``{"kind": "mask", "mask"}`` (a copy of the
+        mapping; undone corrections are not in it)."""
+        return dict(self._prompts)
+
     def uncertainty(self, obj_id: int) -> np.ndarray:
         """(N,) float32 masked entropy of ``obj_id`` per frame (Lazy-XMem eq. 2-4, see
         :mod:`napari_lit.core.uncertainty`), from the frame's latest result; NaN where the
