@@ -287,15 +287,23 @@ def speed_section(results: Path, docs: Path) -> str:
         parts.append("## Propagation speed and memory\n")
         parts.append("```bash\npython benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1\n"
                      "python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 3 "
-                     "--out benchmarks/results/propagation_speed_3objects.json\n```\n")
+                     "--out benchmarks/results/propagation_speed_3objects.json\n"
+                     "python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --session "
+                     "--out benchmarks/results/propagation_speed_session.json\n```\n")
         parts.append("A 500-frame 512 x 512 uint16 time-lapse in a zarr array on disk (written by a child "
                      "process), tracked forward from mask prompts on frame 0 and written frame by frame to a "
                      "label store, as `napari-lit segment` does. Peak RSS is the whole Python process "
-                     "(interpreter, torch and napari-lit: the second figure, before the model loads).\n")
-        parts.append("| model | objects | frames/s | first 10 % | last 10 % | median ms/frame | peak RSS | before model |")
-        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for r in sorted(speeds, key=lambda r: r["objects"]):
-            parts.append(f"| {r['model']} | {r['objects']} | **{r['frames_per_s']:.1f}** | "
+                     "(interpreter, torch and napari-lit: the second figure, before the model loads). "
+                     "The session-folder path is the widget's: besides the label store, each frame's masked "
+                     "entropy is computed and a log line is appended and fsynced (what makes a crash lose at "
+                     "most the frame in progress); its higher peak memory is the decoder inputs of recent "
+                     "frames kept for learning from corrections (at most 256 MiB) and peft.\n")
+        parts.append("| model | path | objects | frames/s | first 10 % | last 10 % | median ms/frame | peak RSS | "
+                     "before model |")
+        parts.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(speeds, key=lambda r: (r["objects"], r.get("path", ""))):
+            parts.append(f"| {r['model']} | {r.get('path', 'tracker + label store')} | {r['objects']} | "
+                         f"**{r['frames_per_s']:.1f}** | "
                          f"{r['frames_per_s_first_10pct']:.1f} | {r['frames_per_s_last_10pct']:.1f} | "
                          f"{r['ms_per_frame_median']:.0f} | {r['peak_rss_mb']:.0f} MB | "
                          f"{r['peak_rss_mb_before_model']:.0f} MB |")

@@ -52,7 +52,8 @@ def make_stack(path: Path, n_frames: int, size: int, seed: int = 0):
     np.save(str(path) + ".labels0.npy", clip.labels[0])
 
 
-def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, prefetch: int = 0) -> dict:
+def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, prefetch: int = 0,
+        session: bool = False) -> dict:
     import torch
 
     from napari_lit.core import FrameSource, LabelStore, Tracker
@@ -72,22 +73,36 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, 
         labels0 = np.load(str(path) + ".labels0.npy")
         rss_before = _peak_rss_mb()
         predictor = load_predictor(model, device="cpu")
-        tracker = Tracker(predictor, FrameSource(stack, image_size=predictor.image_size, prefetch=prefetch))
+        source = FrameSource(stack, image_size=predictor.image_size, prefetch=prefetch)
         ids, counts = np.unique(labels0[labels0 > 0], return_counts=True)
         objects = ids[np.argsort(counts)[::-1][:n_objects]]
-        for obj in objects:
-            tracker.add_mask(0, int(obj), labels0 == obj)
-        store = LabelStore.create(Path(tmp) / "labels.zarr", (n_frames, size, size))
+        if session:  # the widget's path: a session folder, a fsynced log line and the entropy per frame
+            from napari_lit.core.session import LitSession
+
+            lit = LitSession.create_in(Path(tmp) / "run.litsession", predictor, source, learn=False)
+            tracker = lit.tracker
+            for obj in objects:
+                lit.add_mask(0, int(obj), labels0 == obj)
+            frames_iter = lit.propagate(direction="forward")
+        else:  # the CLI's --out path: the tracker and a label store
+            tracker = Tracker(predictor, source)
+            for obj in objects:
+                tracker.add_mask(0, int(obj), labels0 == obj)
+            store = LabelStore.create(Path(tmp) / "labels.zarr", (n_frames, size, size))
+            frames_iter = tracker.propagate(direction="forward")
         times, rss = [], []
         t_prev = time.perf_counter()
-        for result in tracker.propagate(direction="forward"):
-            store.write_frame(result.frame_idx, result.labels())
+        for result in frames_iter:
+            if not session:
+                store.write_frame(result.frame_idx, result.labels())
             now = time.perf_counter()
             times.append(now - t_prev)
             t_prev = now
             if result.frame_idx % max(1, n_frames // 20) == 0:
                 rss.append([int(result.frame_idx), _current_rss_mb()])
         held, pruned = tracker.state_frames(), tracker.n_pruned
+        if session:
+            lit.close()
     times = np.array(times[1:])  # frame 0 is the prompt frame (no model pass)
     k = max(1, len(times) // 10)
     return {
@@ -98,6 +113,7 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, 
         "objects": len(objects),
         "threads": threads,
         "prefetch": prefetch,
+        "path": "session folder (LitSession)" if session else "tracker + label store",
         "frames_per_s": float(1 / times.mean()),
         "frames_per_s_first_10pct": float(1 / times[:k].mean()),
         "frames_per_s_last_10pct": float(1 / times[-k:].mean()),
@@ -187,10 +203,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objects", type=int, default=1, help="objects tracked at once")
     p.add_argument("--prefetch", type=int, default=0, help="frames read ahead in a background thread")
+    p.add_argument("--session", action="store_true",
+                   help="through a LitSession in a session folder (fsynced log line and entropy per frame)")
     p.add_argument("--stock", action="store_true", help="also run sam2's stock init_state on the same frames")
     p.add_argument("--out", default="benchmarks/results/propagation_speed.json")
     args = p.parse_args(argv)
-    result = run(args.frames, args.size, args.model, args.threads, args.objects, args.prefetch)
+    result = run(args.frames, args.size, args.model, args.threads, args.objects, args.prefetch, args.session)
     result["last_over_first_10pct_time"] = result["frames_per_s_first_10pct"] / result["frames_per_s_last_10pct"]
     if args.stock:
         stock = run_stock(args.frames, args.size, args.model, args.threads, args.objects)
