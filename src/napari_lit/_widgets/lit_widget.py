@@ -304,7 +304,7 @@ class LitWidget(ReviewMixin, QWidget):
         grid.addWidget(self.reset_button, 5, 0, 1, 2)
         self.status_label = QLabel("no session")
         self.status_label.setWordWrap(True)
-        grid.addWidget(self.status_label, 5, 0, 1, 2)
+        grid.addWidget(self.status_label, 6, 0, 1, 2)
         layout.addWidget(loop)
         layout.addWidget(self._build_review())
         layout.addStretch(1)
@@ -381,7 +381,7 @@ class LitWidget(ReviewMixin, QWidget):
         if not self._queue:
             self.worker = None
             self._running_name = None
-            self._schedule_review()  # rescale the plot now that no model call runs
+            self.update_review()  # now: the plot rescales (no model call competes for the cores)
             return
         name, gen_func, opts = self._queue.popleft()
         worker = create_worker(gen_func, _start_thread=False)
