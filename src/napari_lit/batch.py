@@ -271,11 +271,7 @@ def segment_stack(stack_path: Union[str, Path], recipe_dir: Union[str, Path], ou
     """
     import torch
 
-    from .core.frames import FrameSource
     from .core.store import LabelStore
-    from .core.tracker import Tracker
-    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
-    from .io.readers import open_image
 
     t0 = time.perf_counter()
     stack_path, recipe_dir, out_dir = Path(stack_path), Path(recipe_dir), Path(out_dir)
@@ -284,8 +280,22 @@ def segment_stack(stack_path: Union[str, Path], recipe_dir: Union[str, Path], ou
         store = LabelStore.open(target, mode="r")
         meta = dict(store.array.attrs.get("napari_lit", {}))
         return {**meta.get("summary", {}), "input": str(stack_path), "labels": str(target), "status": "skipped"}
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        return _segment(stack_path, recipe_dir, target, device, t0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _segment(stack_path: Path, recipe_dir: Path, target: Path, device: str, t0: float) -> Dict:
+    from .core.frames import FrameSource
+    from .core.store import LabelStore
+    from .core.tracker import Tracker
+    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
+    from .io.readers import open_image
+
     recipe = json.loads((recipe_dir / RECIPE_FILE).read_text())
     predictor, adapter = _model_for(recipe_dir, device)
     lowres = None
