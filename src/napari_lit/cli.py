@@ -349,7 +349,9 @@ def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> 
     except Exception as exc:
         raise UsageError(f"cannot read {src} as labels: {exc}") from None
     if not hasattr(node, "shape"):  # an NGFF label image: its full-resolution level
-        attrs = dict(node.attrs).get("ome", dict(node.attrs))
+        from .io.ngff import ome_attributes
+
+        attrs = ome_attributes(node)
         datasets = attrs.get("multiscales", [{}])[0].get("datasets")
         if not datasets or "image-label" not in attrs:
             raise UsageError(f"{src} is a zarr group but not an NGFF label image (image.zarr/labels/NAME expected)")

@@ -84,13 +84,18 @@ def memory_reach(predictor) -> int:
     return max(int(predictor.num_maskmem) * stride, int(getattr(predictor, "max_obj_ptrs_in_encoder", 16)))
 
 
-def output_nbytes(out: dict) -> int:
-    """Bytes of the tensors in one of sam2's per-frame outputs."""
+def _tensor_bytes(values) -> int:
+    """Bytes of the tensors among ``values`` (tensors, lists of tensors, anything else)."""
     total = 0
-    for v in out.values():
+    for v in values:
         for t in v if isinstance(v, (list, tuple)) else [v]:
             total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
     return total
+
+
+def output_nbytes(out: dict) -> int:
+    """Bytes of the tensors in one of sam2's per-frame outputs."""
+    return _tensor_bytes(out.values())
 
 
 def prune_tracked_outputs(state: dict, frame_idx: int, reach: int, keep: int) -> int:
@@ -146,12 +151,7 @@ class DecoderInputs(dict):
     memory_attention = None  #: the memory attention's keyword inputs for this frame, if recorded
 
     def nbytes(self) -> int:
-        total = 0
-        values = list(self.values()) + list((self.memory_attention or {}).values())
-        for v in values:
-            for t in v if isinstance(v, (list, tuple)) else [v]:
-                total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
-        return total
+        return _tensor_bytes(list(self.values()) + list((self.memory_attention or {}).values()))
 
 
 def _detach(value):

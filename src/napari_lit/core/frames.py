@@ -130,8 +130,8 @@ def normalise_frame(
 
 
 def _to_rgb(x):
-    """(Y, X) or (Y, X, 2|3) -> (Y, X, 3) float32 (grey repeated; 2 channels as red/green);
-    works on numpy arrays and on torch tensors."""
+    """(Y, X) or (Y, X, 2|3) ndarray -> (Y, X, 3) float32 (grey repeated; 2 channels as
+    red/green). :meth:`FrameSource._model_input` does the same on the resized tensor."""
     if x.ndim == 2:
         return np.ascontiguousarray(np.repeat(x[..., None], 3, axis=-1), dtype=np.float32)
     if x.shape[-1] == 2:
@@ -303,7 +303,6 @@ class FrameSource:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] == 2:
             x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
-        rgb = x
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return ((rgb - mean) / std)[0].contiguous()
+        return ((x - mean) / std)[0].contiguous()

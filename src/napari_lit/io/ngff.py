@@ -61,8 +61,7 @@ def is_ome_zarr(path: Union[str, Path]) -> bool:
                 attrs = json.loads(f.read_text())
             except ValueError:
                 return False
-            attrs = attrs.get("attributes", attrs)
-            return "multiscales" in attrs.get("ome", attrs)
+            return "multiscales" in ome_attributes(attrs.get("attributes", attrs))
     return False
 
 
@@ -246,7 +245,7 @@ class NgffLabelStore(LabelStore):
             if not overwrite:
                 raise FileExistsError(f"{image.path}/labels/{name} already exists (pass overwrite to replace it)")
             del labels[name]
-            names = [n for n in (_ome_attrs(labels).get("labels") or []) if n != name]
+            names = [n for n in (ome_attributes(labels).get("labels") or []) if n != name]
             _set_ome_attrs(labels, {"labels": names})
         group = labels.create_group(name)
         datasets, arrays = [], []
@@ -294,8 +293,10 @@ class NgffLabelStore(LabelStore):
             level[self._level_key(level, frame_idx)] = labels[np.ix_(ys, xs)]
 
 
-def _ome_attrs(group) -> dict:
-    attrs = dict(group.attrs)
+def ome_attributes(attrs) -> dict:
+    """The OME metadata of a group's attributes (a zarr group or a mapping): under ``ome``
+    in NGFF 0.5, at the top level before."""
+    attrs = dict(attrs.attrs if hasattr(attrs, "attrs") else attrs)
     return attrs.get("ome", attrs)
 
 
