@@ -224,14 +224,16 @@ def test_full_disk_during_propagation(predictor, tmp_path, monkeypatch):
     folder = tmp_path / "s.litsession"
     s = LitSession.create_in(folder, predictor, frames, learn=False)
     s.add_mask(0, 1, masks[0])
-    real_write = LabelStore.write_frame
+    import zarr
 
-    def full_at_3(store, frame_idx, labels):
-        if frame_idx >= 3:
+    real_set = zarr.Array.__setitem__
+
+    def full_at_3(array, key, value):  # the label store's chunk write meets a full disk
+        if array is s.store.array and isinstance(key, int) and key >= 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(store, frame_idx, labels)
+        real_set(array, key, value)
 
-    monkeypatch.setattr(LabelStore, "write_frame", full_at_3)
+    monkeypatch.setattr(zarr.Array, "__setitem__", full_at_3)
     with pytest.raises(SessionWriteError, match=r"could not save to .*labels.zarr \(No space left on device\)"
                                                 r".*intact.*resume") as info:
         list(s.propagate())
@@ -252,7 +254,7 @@ def test_full_disk_during_propagation(predictor, tmp_path, monkeypatch):
     monkeypatch.setattr(s.folder, "_log", log)
     s.folder.append({"kind": "note"})  # space is back
     s.close()
-    monkeypatch.setattr(LabelStore, "write_frame", real_write)
+    monkeypatch.setattr(zarr.Array, "__setitem__", real_set)
     events = SessionFolder.open(folder).events  # no corrupt line in the middle
     assert [e["kind"] for e in events][-1] == "note"
 

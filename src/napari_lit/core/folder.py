@@ -30,13 +30,12 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .store import LabelStore
+from .store import LabelStore, SessionWriteError, saving
 
 __all__ = ["SessionFolder", "SessionFolderError", "SessionWriteError", "saving", "image_fingerprint", "check_image",
            "FORMAT"]
@@ -49,27 +48,6 @@ LABELS_DIR = "labels.zarr"
 
 class SessionFolderError(ValueError):
     """A session folder that cannot be used: missing, corrupt, of another image or model."""
-
-
-class SessionWriteError(OSError):
-    """Saving to a session folder or label store failed (full disk, read-only, removed).
-
-    ``errno`` is the operating system's; everything saved before the failure stays valid
-    and the session can be resumed once the cause is fixed."""
-
-
-@contextmanager
-def saving(path: Union[str, Path]):
-    """Turn an operating-system error inside the block into a :class:`SessionWriteError`
-    that names ``path``, the cause, and what to do."""
-    try:
-        yield
-    except SessionWriteError:
-        raise
-    except OSError as exc:
-        raise SessionWriteError(
-            exc.errno, f"could not save to {path} ({exc.strerror or exc}); everything saved before is "
-                       f"intact: free disk space or fix permissions, then resume the session") from exc
 
 
 def image_fingerprint(frames) -> Dict:

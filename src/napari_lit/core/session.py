@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .adaptation import AdapterConfig, DecoderAdapter, TrainStep
-from .folder import SessionFolder, SessionFolderError, image_fingerprint, saving
+from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
@@ -301,9 +301,8 @@ class LitSession:
     def _replay(self, events: List[dict]) -> None:
         """Rebuild the session from its log (no model output is written to the store)."""
         sf = self.folder
-        with saving(self.store.path):
-            for f in sf.frames_to_clear():
-                self.store.clear_frame(f)
+        for f in sf.frames_to_clear():
+            self.store.clear_frame(f)
         for f, per_obj in sf.logged_frames().items():
             for k, value in per_obj.items():
                 self._entropy.setdefault(k, np.full(self.n_frames, np.nan, np.float32))[f] = value
@@ -435,8 +434,7 @@ class LitSession:
 
     # ------------------------------------------------------------------ prompts
     def _write(self, result: FrameResult) -> FrameResult:
-        with saving(self.store.path):
-            self.store.write_frame(result.frame_idx, result.labels())
+        self.store.write_frame(result.frame_idx, result.labels())
         entropy = {}
         if result.obj_ids:
             for obj_id, value in zip(result.obj_ids, result.masked_entropy()):
@@ -682,8 +680,7 @@ class LitSession:
 
     # --------------------------------------------------------------------- undo
     def _set_frame(self, frame_idx: int, labels: np.ndarray, entropy: Optional[Dict[int, float]]) -> None:
-        with saving(self.store.path):
-            self.store.write_frame(frame_idx, labels)
+        self.store.write_frame(frame_idx, labels)
         for k, value in (entropy or {}).items():
             self._entropy.setdefault(int(k), np.full(self.n_frames, np.nan, np.float32))[frame_idx] = value
         self._log("frame", frame=int(frame_idx),

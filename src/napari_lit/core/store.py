@@ -12,12 +12,34 @@ held at ``fixed`` (recorded in the attributes, so :meth:`LabelStore.open` finds 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["LabelStore"]
+__all__ = ["LabelStore", "SessionWriteError", "saving"]
+
+
+class SessionWriteError(OSError):
+    """Saving to a session folder or label store failed (full disk, read-only, removed).
+
+    ``errno`` is the operating system's; everything saved before the failure stays valid
+    and the session can be resumed once the cause is fixed."""
+
+
+@contextmanager
+def saving(path: Union[str, Path]):
+    """Turn an operating-system error inside the block into a :class:`SessionWriteError`
+    that names ``path``, the cause, and what to do."""
+    try:
+        yield
+    except SessionWriteError:
+        raise
+    except OSError as exc:
+        raise SessionWriteError(
+            exc.errno, f"could not save to {path} ({exc.strerror or exc}); everything saved before is "
+                       f"intact: free disk space or fix permissions, then resume the session") from exc
 
 
 class LabelStore:
@@ -156,6 +178,8 @@ class LabelStore:
             If ``frame_idx`` is outside 0..N-1.
         ValueError
             If ``labels`` has another shape than (Y, X) or negative values.
+        SessionWriteError
+            If the disk refuses the write (full, read-only); frames written before stay.
         """
         n, h, w = self.shape
         if not 0 <= int(frame_idx) < n:
@@ -165,8 +189,9 @@ class LabelStore:
             raise ValueError(f"labels must be shaped {(h, w)}; got {labels.shape}")
         if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
             raise ValueError("labels must be >= 0")
-        self.array[self._key(frame_idx)] = labels.astype(np.uint32, copy=False)
-        self._mark_done([int(frame_idx)])
+        with saving(self.path):
+            self.array[self._key(frame_idx)] = labels.astype(np.uint32, copy=False)
+            self._mark_done([int(frame_idx)])
 
     def write_object(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> None:
         """Set the (Y, X) bool ``mask`` of object ``obj_id`` on frame ``frame_idx``.
@@ -182,10 +207,11 @@ class LabelStore:
     def clear_frame(self, frame_idx: int) -> None:
         """Make frame ``frame_idx`` background again and no longer written (used on resume
         for a frame whose write the session log does not vouch for)."""
-        self.array[self._key(frame_idx)] = 0
-        meta = dict(self.array.attrs.get("napari_lit", {}))
-        meta["frames_done"] = sorted(set(meta.get("frames_done", [])) - {int(frame_idx)})
-        self.array.attrs["napari_lit"] = meta
+        with saving(self.path):
+            self.array[self._key(frame_idx)] = 0
+            meta = dict(self.array.attrs.get("napari_lit", {}))
+            meta["frames_done"] = sorted(set(meta.get("frames_done", [])) - {int(frame_idx)})
+            self.array.attrs["napari_lit"] = meta
 
     def read_frame(self, frame_idx: int) -> np.ndarray:
         """(Y, X) uint32 labels of frame ``frame_idx``."""
