@@ -1,0 +1,301 @@
+"""The widget's sessions: start one on an image, open a saved one, show it, close it.
+
+A mixin of :class:`~napari_lit._widgets.lit_widget.LitWidget`. A session is a session folder
+(:mod:`napari_lit.core.folder`) in ``store_dir``; the model loads in a worker, the image is
+checked before a saved session's model loads, and a closed session is released only once
+its worker has finished the frame in progress.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+
+__all__ = ["SessionMixin", "default_session_dir", "POSITIVE_COLOR", "NEGATIVE_COLOR"]
+
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+
+
+def default_session_dir() -> Path:
+    """Where the widget keeps session folders unless told otherwise: ``$NAPARI_LIT_SESSIONS``
+    or ``~/napari-lit/sessions`` (created on first use)."""
+    import os
+
+    folder = Path(os.environ.get("NAPARI_LIT_SESSIONS") or Path.home() / "napari-lit" / "sessions")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _model_frames(layer, view, stack, image_size: int):
+    """The session's :class:`FrameSource`: for a multiscale layer (e.g. OME-Zarr), model
+    inputs come from the pyramid level nearest the model's input size (among the levels
+    with all of level 0's frames), masks stay at full resolution."""
+    from ..core.frames import FrameSource
+    from ..io.ngff import choose_level
+
+    lowres = None
+    if layer.multiscale:
+        shapes = [tuple(d.shape)[:-1] if layer.rgb else tuple(d.shape) for d in layer.data]
+        same = [i for i, shape in enumerate(shapes) if shape[:-2] == shapes[0][:-2]]
+        level = same[choose_level([shapes[i] for i in same], image_size)]
+        if level:
+            lowres = view.select(layer.data[level])
+    return FrameSource(stack, image_size=image_size, lowres=lowres)
+
+
+def _label_shape(layer) -> Tuple[int, ...]:
+    """The full label shape of an image layer: its level-0 shape without the RGB axis."""
+    shape = tuple(int(v) for v in (layer.data[0] if layer.multiscale else layer.data).shape)
+    return shape[:-1] if layer.rgb else shape
+
+
+def _safe_name(name: str) -> str:
+    """A layer name as a file name (no path separators or odd characters)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
+class SessionMixin:
+    """Session start, open, install and close for the LIT widget."""
+
+    # -------------------------------------------------------------- session
+    def _stack(self):
+        """(stack, view): the (N, Y, X[, RGB]) frames along the chosen axis of the image
+        layer (other non-spatial axes held at the viewer's position; lazy) and the
+        :class:`StackView` that says how the session's layers line up with the image."""
+        from ._view import StackView
+
+        layer = self.image_layer
+        if layer is None:
+            raise ValueError("add an image layer first")
+        data = layer.data[0] if layer.multiscale else layer.data
+        view = StackView.from_layer(layer, max(self.axis_combo.currentIndex(), 0), self.viewer.dims.point)
+        return view.select(data), view
+
+    def start(self):
+        """Load the model (in a worker) and open a session on the chosen image."""
+        from ..core.adaptation import AdapterConfig
+
+        try:
+            stack, view = self._stack()
+        except ValueError as exc:
+            self._show_error(exc)
+            return
+        if self.busy:
+            self._show_error(RuntimeError("a model call is running; cancel it first"))
+            return
+        model = self.model_combo.currentText()
+        config = None
+        if model == "custom checkpoint":
+            model, config = self.checkpoint_edit.text(), self.config_edit.text() or None
+        device = self.device_combo.currentText()
+        adapter_config = AdapterConfig(rank=self.rank_spin.value(), alpha=float(self.rank_spin.value()),
+                                       lr=self.lr_spin.value(), max_steps=self.steps_spin.value())
+        layer = self.image_layer
+        stem = f"{_safe_name(layer.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder = self.store_dir / f"{stem}.litsession"
+        n = 1
+        while folder.exists():  # two sessions started within one second
+            n += 1
+            folder = self.store_dir / f"{stem}-{n}.litsession"
+        source = getattr(getattr(layer, "source", None), "path", None) or layer.name
+        learn = self.learn_check.isChecked()
+        result = {}
+
+        def load():
+            from ..core.session import LitSession
+            from ..models import load_predictor, needs_download
+
+            bar = None
+            if needs_download(model):  # a SAM2.1 checkpoint: show the download in napari's activity
+                from napari.utils import progress
+
+                bar = progress(total=0, desc=f"downloading {model}")
+                yield f"downloading {model}"
+            try:
+                predictor = load_predictor(model, config=config, device=device,
+                                           progress=bar if bar is not None else False)
+            finally:
+                if bar is not None:
+                    bar.close()
+            yield "model loaded"
+            frames = _model_frames(layer, view, stack, predictor.image_size)
+            full = dict(label_shape=_label_shape(layer), frame_axis=view.axis, fixed=view.fixed) if view.fixed else {}
+            session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config, **full,
+                                           source=source)
+            session.folder.meta["view"] = {"axis": view.axis, "fixed": {str(k): v for k, v in view.fixed.items()},
+                                           "layer": layer.name}
+            session.folder.save_meta()
+            result["session"] = session
+            yield "session ready"
+
+        def done():
+            if "session" in result:
+                self._install_session(result["session"], layer, view)
+
+        if self.session is not None:
+            self.close_session()
+        self._run(f"loading {model}", load, total=2, on_done=done)
+
+    def open_session(self, folder=None):
+        """Resume the session folder ``folder`` (a folder dialog when None) on the selected
+        image layer, in a worker: labels, clicks, corrections (undo/redo), adapters and
+        uncertainty come back; corrections whose learning was cut short are learned before
+        the next propagation; "Propagate" fills the frames still missing."""
+        from ._view import StackView
+
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self, "Open a napari-lit session folder", str(self.store_dir))
+            if not folder:
+                return
+        folder = Path(folder)
+        if self.busy:
+            self._show_error(RuntimeError("a model call is running; cancel it first"))
+            return
+        try:
+            from ..core.folder import SessionFolder
+
+            meta = SessionFolder.read_meta(folder)
+            layer = self.image_layer
+            if layer is None:
+                raise ValueError(f"open the image this session was made on first ({meta.get('source')})")
+            saved = meta.get("view") or {}
+            view = StackView(layer.ndim, int(saved.get("axis", 0)), {int(k): int(v) for k, v in saved.get("fixed", {}).items()})
+            if view.axis >= layer.ndim - 2 or any(a >= layer.ndim - 2 for a in view.fixed):
+                raise ValueError(f"{folder.name} was made on a {len(meta['image']['shape'])}D stack along axis "
+                                 f"{view.axis}; {layer.name!r} has {layer.ndim} dimensions")
+            data = layer.data[0] if layer.multiscale else layer.data
+            stack = view.select(data)
+            from ..core.folder import check_image, image_fingerprint
+            from ..core.frames import FrameSource
+
+            # the wrong image is refused here, before a model is loaded
+            check_image(folder, meta, image_fingerprint(FrameSource(stack)))
+        except (ValueError, OSError) as exc:
+            self._show_error(exc)
+            return
+        model = (meta.get("model") or {}).get("name") or "lit-tiny"
+        config = self.config_edit.text() or None
+        device = self.device_combo.currentText()
+        result = {}
+
+        def load():
+            from ..core.session import LitSession
+            from ..models import load_predictor
+
+            predictor = load_predictor(model, config=config, device=device, progress=False)
+            yield "model loaded"
+            result["session"] = LitSession.resume(folder, predictor,
+                                                  _model_frames(layer, view, stack, predictor.image_size))
+            yield "session resumed"
+
+        def done():
+            if "session" in result:  # the open session is closed only now: a failed resume keeps it
+                if self.session is not None:
+                    self.close_session()
+                session = result["session"]
+                self._install_session(session, layer, view)
+                for frame, obj in session.pending_learning():
+                    self._pending[(frame, obj)] = False
+                self._show_prompts(session)
+                self._refresh_labels(self.current_frame, force=True)
+
+        self._run(f"resuming {folder.name}", load, total=2, on_done=done)
+
+    def _show_prompts(self, session):
+        """Put a resumed session's clicks in the prompts layer (without prompting again)."""
+        coords, positive, ids = [], [], []
+        for (frame, obj), prompt in sorted(session._prompts.items()):
+            if prompt["kind"] != "points":
+                continue
+            for yx, label in zip(prompt["points"], prompt["labels"]):
+                coords.append(self.view.coords(frame, yx))
+                positive.append(bool(label))
+                ids.append(int(obj))
+        if coords:
+            import pandas as pd
+
+            # not a user's click: the layer's data event must not prompt sam2 again
+            self.points_layer.events.data.disconnect(self._on_points)
+            try:
+                self.points_layer.data = np.asarray(coords)
+            finally:
+                self.points_layer.events.data.connect(self._on_points)
+            self.points_layer.features = pd.DataFrame({"positive": positive, "obj_id": ids})
+            self.points_layer.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in positive]
+            self._set_click_defaults(positive=not self.negative_mode)
+
+    def _install_session(self, session, image_layer, view):
+        self.session = session
+        self._session_image = image_layer
+        self.view = view
+        name = image_layer.name
+        held = "".join(f", axis {a} at {i}" for a, i in sorted(view.fixed.items()))
+        # the prompt layers (and overlays) are one slice thick, placed at the held position
+        self._session_scale = tuple(image_layer.scale)
+        self._session_translate = view.translate(image_layer)
+        if session.store.array.ndim == view.ndim:  # labels at the image's full shape
+            labels_data, labels_translate = session.store.array, tuple(image_layer.translate)
+        else:  # an (N, Y, X) store (e.g. a session from an earlier version) seen in place
+            labels_data, labels_translate = view.expand(session.store.array), self._session_translate
+        self.labels_layer = self.viewer.add_labels(labels_data, name=f"{name} LIT labels{held}",
+                                                   scale=image_layer.scale, translate=labels_translate)
+        self.labels_layer.selected_label = 1
+        self.labels_layer.events.paint.connect(self._on_paint)
+        self.points_layer = self.viewer.add_points(
+            np.empty((0, view.ndim)), name=f"{name} LIT prompts", ndim=view.ndim, size=7,
+            features={"positive": np.array([], bool), "obj_id": np.array([], int)},
+            face_color=POSITIVE_COLOR, border_color="white", scale=self._session_scale,
+            translate=self._session_translate,
+        )
+        self._set_click_defaults(positive=not self.negative_mode)
+        self.points_layer.events.data.connect(self._on_points)
+        self.points_layer.mouse_drag_callbacks.append(self._points_mouse)
+        self.labels_layer.events.selected_label.connect(self._sync_obj)
+        self.shapes_layer = self.viewer.add_shapes(ndim=view.ndim, name=f"{name} LIT boxes", edge_color="yellow",
+                                                   face_color="transparent", scale=self._session_scale,
+                                                   translate=self._session_translate)
+        self.shapes_layer.events.data.connect(self._on_shapes)
+        self.viewer.layers.selection.active = self.points_layer
+        self.points_layer.mode = "add"
+        self._set_session_controls(True)
+        self._update_status()
+        self.update_review(now=True)  # the full draw here, while no model call runs
+
+    def close_session(self):
+        """Cancel running work and close the session (layers stay in the viewer).
+
+        A model call in progress stops after its frame or step, and the session (its log
+        file, label store) is closed only then, from the worker's ``finished`` signal: the
+        GUI never waits, and nothing is written to a closed session."""
+        session, worker = self.session, self.worker
+        self.cancel()
+        self.session = None
+        self.view = None
+        self._set_session_controls(False)
+        if session is None:
+            return
+        if worker is not None:
+            self._closing.append(session)  # shutdown() closes it if the signal cannot come
+
+            def close_later():
+                session.close()
+                if session in self._closing:
+                    self._closing.remove(session)
+
+            worker.finished.connect(close_later)
+        else:
+            session.close()
+
+    def _on_layer_removed(self, event):
+        layer = event.value
+        if self.session is not None and (layer is self.labels_layer or layer is self._session_image):
+            self.close_session()
+        self._refresh_image_choices()
