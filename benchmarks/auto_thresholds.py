@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-TAU_M = (0.05, 0.1, 0.2, 0.3, math.inf)
-TAU_U = (0.01, 0.02, 0.05, 0.1, math.inf)
+TAU_M = (0.2, 0.3, 0.4, 0.5, 0.6, math.inf)
+TAU_U = (0.005, 0.01, 0.02, 0.05, 0.1, math.inf)
 
 
 def main(argv=None) -> int:

@@ -141,21 +141,23 @@ def ablation_section(results: Path) -> str:
              "LIT's published lr 1e-4 with 40 steps hardly moves lit-tiny's adapter (its decoder is half "
              "the width of SAM2's); lr 1e-2 with at most 20 steps is napari-lit's default. `lit-always` "
              "applies the adapted decoder on every tracked frame (LIT reports it worse than no "
-             "adaptation on SAM2).\n",
-             "| method | lr | max steps | corrections | reduction | adapter accepts | clicks | final mean J | median adaptation |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| frozen | – | – | {frozen['total_corrections']} | – | – | {frozen['total_clicks']} | "
+             "adaptation on SAM2). `replay` N: each correction also trains on the object's N previous "
+             "ones (Kontogianni et al.'s image-sequence adaptation; `--lora-replay`).\n",
+             "| method | lr | max steps | replay | corrections | reduction | adapter accepts | clicks | final mean J | median adaptation |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| frozen | – | – | – | {frozen['total_corrections']} | – | – | {frozen['total_clicks']} | "
              f"{frozen['mean_j']:.3f} | – |"]
     rows = []
     for path in runs:
         r = load_result(path)
         a = r.get("adapter") or {}
         red = 100 * (frozen["total_corrections"] - r["total_corrections"]) / max(frozen["total_corrections"], 1)
-        rows.append((r["method"], -a.get("lr", 0), a.get("max_steps", 0),
-                     f"| {r['method']} | {a.get('lr', 0):g} | {a.get('max_steps', '?')} | {r['total_corrections']} | "
+        rows.append((r["method"], -a.get("lr", 0), a.get("max_steps", 0), a.get("replay", 0),
+                     f"| {r['method']} | {a.get('lr', 0):g} | {a.get('max_steps', '?')} | {a.get('replay', 0)} | "
+                     f"{r['total_corrections']} | "
                      f"{red:.0f} % | {r['adapter_accepts']} | {r['total_clicks']} | {r['mean_j']:.3f} | "
                      f"{r['median_adapt_ms'] or 0:.0f} ms |"))
-    parts += [row[-1] for row in sorted(rows, key=lambda t: (t[0] != "lit", t[1], t[2]))]
+    parts += [row[-1] for row in sorted(rows, key=lambda t: (t[0] != "lit", t[1], t[2], t[3]))]
     parts.append("")
     return "\n".join(parts)
 
@@ -167,7 +169,8 @@ def dev_entropy_part(results: Path, docs: Path) -> str:
     if prop is None or not any(e.get("entropy") is not None for e in prop["sequences"]):
         return ""
     parts = ["### On the evaluation sequences\n",
-             "From the propagation run above (`--method propagate --init mask`): per sequence, the "
+             "From the propagation run above (`--method propagate --init mask`; lit-tiny's temperature and "
+             "the default dilation, both fitted on generated clips): per sequence, the "
              "median over its objects of Spearman's correlation between -masked entropy and IoU over "
              "the frames other than the prompt frame (– where the entropy or J is constant).\n",
              "| sequence | objects | median Spearman |", "|---|---:|---:|"]
@@ -192,17 +195,34 @@ def uncertainty_section(results: Path, docs: Path) -> str:
         return ""
     r = json.loads(cal.read_text())
     parts = ["## Uncertainty: masked entropy\n",
-             "```bash\npython benchmarks/uncertainty_calibration.py --clips 60\n```\n",
-             f"The dilation of Lazy-XMem eq. 3, chosen on {r['clips']} generated clips of {r['frames']} "
-             "frames (every scene kind, faster motion than in training; never on the evaluation data): "
-             "median over objects of Spearman's correlation between -masked entropy and IoU "
-             f"(Lazy-XMem Fig. 3). napari-lit uses the best ratio, {r['best_ratio']}.\n",
-             "| dilation ratio | median Spearman | objects |", "|---:|---:|---:|"]
-    for ratio, v in r["ratios"].items():
-        rho = "–" if v["median_spearman"] is None else f"{v['median_spearman']:.2f}"
-        parts.append(f"| {ratio} | {rho} | {v['objects']} |")
-    parts.append("\nThe correlations are weak: today's lit-tiny keeps a confident copy of the last mask "
-                 "when it loses an object, so its entropy hardly rises where it fails.\n")
+             "```bash\npython benchmarks/uncertainty_calibration.py --clips 60\n```\n"]
+    if "temperature" in r:
+        parts.append(
+            f"Calibrated on {r['clips']} generated clips of {r['frames']} frames (every scene kind, faster "
+            "motion than in training so that tracking fails sometimes; never on the evaluation data). "
+            "First lit-tiny's logit temperature T (temperature scaling, Guo et al. 2017): the T that "
+            "minimises the pixel-wise negative log-likelihood of sigmoid(logit / T) against the true "
+            f"masks of the tracked frames: **T = {r['temperature']:.2f}** (NLL {r['nll_at_temperature']:.3f} "
+            f"per pixel, {r['nll_at_1']:.3f} at T = 1). lit-tiny's logits are far too sharp (+-20 to 30 "
+            "away from the boundary), so without it the entropy is zero except in a one-pixel band along "
+            "the mask's edge and measures the mask's shape rather than the model's doubt. Dividing by T "
+            "never changes a mask. Then the dilation of Lazy-XMem eq. 3 at that temperature: median over "
+            "objects of Spearman's correlation between -masked entropy and IoU (Lazy-XMem Fig. 3). "
+            f"napari-lit uses the best ratio, {r['best_ratio']}.\n")
+        parts += ["| dilation ratio | median Spearman at T | at T = 1 | objects |", "|---:|---:|---:|---:|"]
+        for ratio, v in r["ratios"].items():
+            rho = "–" if v["median_spearman"] is None else f"{v['median_spearman']:.2f}"
+            raw = r.get("ratios_at_1", {}).get(ratio, {}).get("median_spearman")
+            parts.append(f"| {ratio} | {rho} | {'–' if raw is None else f'{raw:.2f}'} | {v['objects']} |")
+        parts.append("")
+    else:
+        parts.append(f"The dilation of Lazy-XMem eq. 3, chosen on {r['clips']} generated clips of {r['frames']} "
+                     "frames: median over objects of Spearman's correlation between -masked entropy and IoU "
+                     f"(Lazy-XMem Fig. 3). napari-lit uses the best ratio, {r['best_ratio']}.\n")
+        parts += ["| dilation ratio | median Spearman | objects |", "|---:|---:|---:|"]
+        for ratio, v in r["ratios"].items():
+            rho = "–" if v["median_spearman"] is None else f"{v['median_spearman']:.2f}"
+            parts.append(f"| {ratio} | {rho} | {v['objects']} |")
     parts += [part for part in [dev_entropy_part(results, docs)] if part]
     auto = results / "auto_thresholds.json"
     if auto.is_file():

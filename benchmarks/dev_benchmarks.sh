@@ -41,6 +41,7 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB --lora-lr 1e-4 --lora-steps 40 --json $OUT/ablation-lit-lr1e-4-40steps.json
   $BENCH "$DATA" --method lit $SUB --lora-lr 1e-3 --lora-steps 20 --json $OUT/ablation-lit-lr1e-3-20steps.json
   $BENCH "$DATA" --method lit $SUB --json $OUT/ablation-lit-lr1e-2-20steps.json
+  $BENCH "$DATA" --method lit $SUB --lora-replay 4 --json $OUT/ablation-lit-lr1e-2-20steps-replay4.json
   $BENCH "$DATA" --method lit-always $SUB --json $OUT/ablation-lit-always-lr1e-2-20steps.json
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then

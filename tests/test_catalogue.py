@@ -118,6 +118,7 @@ def test_custom_checkpoint_and_config(tmp_path):
     _write_checkpoint(model, tmp_path / "mine.pt")
     p = load_predictor(str(tmp_path / "mine.pt"), config=str(LIT_TINY_CONFIG), device="cpu")
     assert p.image_size == 256
+    assert p.napari_lit_temperature == 1.0  # not calibrated here: logits taken as they are
     with pytest.raises(ModelUnavailableError, match="needs its Hydra config"):
         resolve_model(str(tmp_path / "mine.pt"))
     with pytest.raises(ModelUnavailableError, match="not found"):

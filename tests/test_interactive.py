@@ -112,6 +112,13 @@ def test_lit_auto_keeps_the_surer_adapted_prediction_where_entropy_jumps(setup):
     same = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=np.inf)
     assert same["auto_applied"] == 0 and lit["auto_applied"] == 0
     assert same["events"] == lit["events"] and same["j"] == pytest.approx(lit["j"])
+    # at lit-tiny's calibrated temperature the adapted decoder (whose logits fine-tuning makes
+    # softer) is never the surer one on this clip: nothing is kept
+    torch.manual_seed(0)
+    calibrated = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
+    assert calibrated["auto_applied"] == 0 and calibrated["events"] == lit["events"]
+    # on raw logits (temperature 1) it sometimes is: those predictions are kept
+    tracker.temperature = 1.0
     torch.manual_seed(0)
     auto = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
     kept = [e for e in auto["events"] if e["kind"] == "auto"]
@@ -204,8 +211,8 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
     base = ["data", "--method", "lit", "--init", "mask", "--json", "o.json"]
     cfg = adapter_config_from_args(build_parser().parse_args(
         base + ["--lora-rank", "8", "--lora-lr", "0.002", "--lora-steps", "12", "--lora-dropout", "0",
-                "--lora-targets", "q_proj", "v_proj"]))
-    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout) == (8, 8.0, 0.002, 12, 0.0)
+                "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3"]))
+    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout, cfg.replay) == (8, 8.0, 0.002, 12, 0.0, 3)
     assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
     assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
 
@@ -228,4 +235,8 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
                    "fc1", "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "adapter settings" in err[0] and "fc1" in err[0]
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-replay",
+                   "-1", "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "replay must be >= 0" in err[0]
     assert not (tmp_path / "bad.json").exists()

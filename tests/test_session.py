@@ -67,7 +67,8 @@ def test_uncertainty_per_frame_and_next_uncertain_frame(session):
     from napari_lit.core.uncertainty import masked_entropy
 
     r = next(iter(s.tracker.propagate(start_frame=3, direction="forward")))
-    assert u[3] == pytest.approx(masked_entropy(r.logits)[list(r.obj_ids).index(obj)], abs=1e-4)
+    t = s.tracker.temperature  # the model's calibrated logit temperature
+    assert u[3] == pytest.approx(masked_entropy(r.logits, temperature=t)[list(r.obj_ids).index(obj)], abs=1e-4)
     # navigation: the nearest frame at or above a threshold, in either direction
     thr = float(np.sort(u[1:])[-2])  # the two most uncertain propagated frames qualify
     hits = sorted(int(f) for f in np.flatnonzero(u >= thr))

@@ -88,6 +88,22 @@ def test_propagation_reports_entropy_per_object(predictor, clip):
     assert values.shape == (len(frames), 2)
     assert ((values >= 0) & (values <= 1)).all()
     assert values[1:].max() > 0  # propagated frames are not certain everywhere
+    assert (values[0] == 0).all()  # frame 0 shows the masks the user gave, not a prediction
+
+
+def test_a_clicked_frame_is_a_prediction_and_has_entropy(predictor, clip, object_on_frame0):
+    from napari_lit.core import Tracker
+    from scipy.ndimage import distance_transform_edt
+
+    frames, _ = clip
+    _, mask = object_on_frame0
+    y, x = np.unravel_index(np.argmax(distance_transform_edt(mask)), mask.shape)
+    tracker = Tracker(predictor, frames)
+    clicked = tracker.add_points(0, 1, [[y, x]], [1])
+    given = tracker.add_mask(2, 1, mask)
+    tracker.close()
+    assert clicked.given == () and clicked.masked_entropy()[0] > 0
+    assert given.given == (1,) and given.masked_entropy()[0] == 0
 
 
 def test_suggested_click_is_the_certain_core_of_the_mask():
@@ -108,3 +124,68 @@ def test_suggested_click_is_the_certain_core_of_the_mask():
     assert suggested_click(np.full((1, 8, 8), -5.0)) is None
     with pytest.raises(ValueError, match="index"):
         suggested_click(logits, 1)
+
+
+def test_temperature_softens_the_probabilities_but_never_a_mask():
+    dist, _ = _disk((128, 128), (64, 64), 30)
+    logits = ((30 - dist) * 4.0)[None]
+    np.testing.assert_allclose(class_probabilities(logits, 4.0), class_probabilities(logits / 4.0), rtol=1e-6)
+    sharp, soft = masked_entropy(logits)[0], masked_entropy(logits, temperature=4.0)[0]
+    assert soft > sharp  # wider band of doubt around the same boundary
+    # the where-to-click point is still the core of the (unchanged) mask
+    from napari_lit.core.uncertainty import suggested_click
+
+    y, x = suggested_click(logits, temperature=4.0)
+    assert abs(y - 64) <= 1 and abs(x - 64) <= 1
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            masked_entropy(logits, temperature=bad)
+
+
+def test_lit_tiny_temperature_is_calibrated(predictor):
+    """The shipped temperature (fitted by benchmarks/uncertainty_calibration.py on other
+    generated clips) lowers the pixel-wise negative log-likelihood of lit-tiny's tracked
+    masks on held-out generated clips where tracking fails sometimes (fast motion, as in the
+    calibration), and every result the tracker gives carries it."""
+    from napari_lit.core import Tracker
+    from napari_lit.models import MODELS
+    from napari_lit.training.synthetic import MotionLevel, generate_clip
+
+    temperature = MODELS["lit-tiny"].temperature
+    assert predictor.napari_lit_temperature == temperature > 1
+    rng = np.random.default_rng(7)  # the calibration uses seed 1234 at 256 px
+
+    def nll(logits, target, t):
+        s = logits.astype(np.float64) / t
+        return float((np.maximum(s, 0) - s * target + np.log1p(np.exp(-np.abs(s)))).mean())
+
+    at_t, at_1 = [], []
+    for kind in ("tissue", "natural"):
+        c = generate_clip(rng, 8, 128, kind=kind, motion=MotionLevel(speed=6.0, deform=0.04, events=1.0))
+        ids, counts = np.unique(c.labels[0][c.labels[0] > 0], return_counts=True)
+        gt = c.labels == int(ids[np.argmax(counts)])
+        tracker = Tracker(predictor, c.frames)
+        tracker.add_mask(0, 1, gt[0])
+        results = [r for r in tracker.propagate() if r.frame_idx > 0]
+        tracker.close()
+        assert all(r.temperature == temperature for r in results)
+        at_t += [nll(r.logits[0], gt[r.frame_idx], temperature) for r in results]
+        at_1 += [nll(r.logits[0], gt[r.frame_idx], 1.0) for r in results]
+    assert np.mean(at_t) < np.mean(at_1)
+    # the entropy the tracker reports is the one at that temperature
+    r = results[-1]
+    assert r.masked_entropy()[0] == pytest.approx(masked_entropy(r.logits, temperature=temperature)[0], abs=1e-6)
+
+
+def test_suggested_click_stays_on_the_object_with_the_entropy_dilation():
+    """The entropy's default dilation (a ring as wide as the object's radius) does not pull the
+    hint off the object: the click is chosen inside the mask unless a dilation is asked for."""
+    from napari_lit.core.uncertainty import DEFAULT_DILATION, suggested_click
+
+    dist, _ = _disk((128, 128), (40, 64), 12)
+    logits = ((12 - dist) * 6.0)[None]  # small object near the top; wide, sure background below
+    y, x = suggested_click(logits, temperature=4.0)
+    assert abs(y - 40) <= 1 and abs(x - 64) <= 1
+    # with the ring asked for, the point is still within it (eq. 6 over M_d)
+    y2, x2 = suggested_click(logits, ratio=DEFAULT_DILATION, temperature=4.0)
+    assert np.hypot(y2 - 40, x2 - 64) <= 12 * (1 + DEFAULT_DILATION) + 1

@@ -254,8 +254,9 @@ def test_review_plot_and_uncertain_frame_navigation(loop, qtbot):
     assert np.isfinite(values).all()
     np.testing.assert_allclose(widget._review_line.get_ydata(), values)
     thr = float(np.sort(values[1:])[-3])
-    hits = sorted(int(f) for f in np.flatnonzero(values >= thr))
-    widget.review_threshold.setValue(thr - 1e-4)
+    widget.review_threshold.setValue(thr - 1e-4)  # the box keeps 3 decimals
+    thr = widget.review_threshold_value()
+    hits = sorted(int(f) for f in np.flatnonzero(values >= thr) if f > 0)  # navigation starts at 0
     viewer.dims.set_current_step(0, 0)
     widget.goto_uncertain(1)
     assert widget.current_frame == hits[0]

@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="projections to adapt: q_proj k_proj v_proj out_proj")
     lora.add_argument("--lora-memory-attention", action="store_true",
                       help="also adapt SAM2's memory attention")
+    lora.add_argument("--lora-replay", type=int, metavar="N",
+                      help="also train on the object's N previous corrections with each new one "
+                           "(image-sequence adaptation, Kontogianni et al. 2020; default 0)")
     return p
 
 
@@ -455,7 +458,7 @@ def adapter_config_from_args(args):
     if args.lora_rank is not None:
         kw.update(rank=args.lora_rank, alpha=float(args.lora_rank))
     for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_dropout", "dropout"),
-                     ("lora_targets", "target_modules")):
+                     ("lora_targets", "target_modules"), ("lora_replay", "replay")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.lora_memory_attention:

@@ -65,7 +65,7 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
         return None
     low, _, _ = adapter.predict(obj_id, inputs)
     logits = tracker.to_input_resolution(low)
-    if (logits > 0).any() and masked_entropy(logits[None])[0] < own_entropy:
+    if (logits > 0).any() and masked_entropy(logits[None], temperature=tracker.temperature)[0] < own_entropy:
         return logits > 0
     return None
 
@@ -661,7 +661,7 @@ class LitSession:
         from .uncertainty import class_probabilities, pixel_entropy
 
         logits = self._own_logits(frame_idx, obj_id)
-        return None if logits is None else pixel_entropy(class_probabilities(logits[None]))
+        return None if logits is None else pixel_entropy(class_probabilities(logits[None], self.tracker.temperature))
 
     def suggested_click(self, frame_idx: int, obj_id: int) -> Optional[Tuple[int, int]]:
         """Where to click on ``obj_id`` on a flagged frame ``frame_idx``: Lazy-XMem's point (eq. 5-6, see
@@ -671,7 +671,7 @@ class LitSession:
         from .uncertainty import suggested_click
 
         logits = self._own_logits(frame_idx, obj_id)
-        return None if logits is None else suggested_click(logits[None])
+        return None if logits is None else suggested_click(logits[None], temperature=self.tracker.temperature)
 
     def accept(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Accept ``mask`` (e.g. the adapted prediction) for ``obj_id`` on ``frame_idx``:

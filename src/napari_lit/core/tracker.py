@@ -20,6 +20,7 @@ import numpy as np
 from . import _sam2
 from ._sam2 import init_inference_state
 from .frames import FrameSource
+from .uncertainty import model_temperature
 
 __all__ = ["FrameResult", "Tracker", "DIRECTIONS"]
 
@@ -47,12 +48,20 @@ class FrameResult:
     out_of_memory : tuple of int
         Objects whose result on this frame was kept out of SAM2's memory (see
         :meth:`Tracker.propagate`'s ``memory_gate``).
+    temperature : float
+        The model's logit temperature, used by :meth:`masked_entropy` (see
+        :func:`napari_lit.core.uncertainty.model_temperature`).
+    given : tuple of int
+        Objects whose mask on this frame is a mask prompt, which SAM2 returns as it is (the
+        user's mask, not a prediction): their masked entropy is 0.
     """
 
     frame_idx: int
     obj_ids: Tuple[int, ...]
     logits: np.ndarray
     out_of_memory: Tuple[int, ...] = ()
+    temperature: float = 1.0
+    given: Tuple[int, ...] = ()
     _entropy: dict = field(default_factory=dict, repr=False, compare=False)  # ratio -> (O,)
 
     @property
@@ -82,7 +91,9 @@ class FrameResult:
             return np.zeros(0, np.float32)
         ratio = DEFAULT_DILATION if ratio is None else float(ratio)
         if ratio not in self._entropy:
-            self._entropy[ratio] = masked_entropy(self.logits, ratio)
+            values = masked_entropy(self.logits, ratio, temperature=self.temperature)
+            values[[k for k, o in enumerate(self.obj_ids) if o in self.given]] = 0.0
+            self._entropy[ratio] = values
         return self._entropy[ratio].copy()
 
     def labels(self) -> np.ndarray:
@@ -100,9 +111,10 @@ class FrameResult:
         return out
 
 
-def _as_result(frame_idx, obj_ids, video_res_masks) -> FrameResult:
+def _as_result(frame_idx, obj_ids, video_res_masks, temperature: float = 1.0, given=()) -> FrameResult:
     logits = video_res_masks[:, 0].float().cpu().numpy()
-    return FrameResult(int(frame_idx), tuple(int(i) for i in obj_ids), logits)
+    return FrameResult(int(frame_idx), tuple(int(i) for i in obj_ids), logits, temperature=temperature,
+                       given=tuple(given))
 
 
 class Tracker:
@@ -145,6 +157,7 @@ class Tracker:
                 f"{predictor.image_size} px"
             )
         self.predictor = predictor
+        self.temperature = model_temperature(predictor)  #: logit temperature for the entropy
         self.frames = frames
         self.state = init_inference_state(predictor, frames, offload_state_to_cpu)
         self.context = _sam2.ObjectContext(predictor, self.state) if record_decoder_inputs else None
@@ -228,6 +241,11 @@ class Tracker:
             frames.update(self.state["mask_inputs_per_obj"][idx])
         return sorted(frames)
 
+    def _mask_prompted(self, frame_idx: int) -> Tuple[int, ...]:
+        """Objects with a mask prompt on ``frame_idx`` (SAM2 outputs it unchanged there)."""
+        return tuple(oid for oid, idx in self.state["obj_id_to_idx"].items()
+                     if frame_idx in self.state["mask_inputs_per_obj"][idx])
+
     # ------------------------------------------------------------------ validation
     def _check_frame(self, frame_idx) -> int:
         if not isinstance(frame_idx, (int, np.integer)) or isinstance(frame_idx, bool):
@@ -297,7 +315,7 @@ class Tracker:
             self.state, frame_idx, obj_id, points=pts[:, ::-1].copy(), labels=lab.astype(np.int32),
             clear_old_points=clear,
         )
-        return _as_result(*out)
+        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
 
     def add_box(self, frame_idx: int, obj_id: int, box, points=None, labels=None) -> FrameResult:
         """Prompt one object with a box (and optional clicks) on one frame.
@@ -334,7 +352,7 @@ class Tracker:
             self.state, frame_idx, obj_id, box=np.array([b[1], b[0], b[3], b[2]], np.float32),
             clear_old_points=True, **kwargs,
         )
-        return _as_result(*out)
+        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
 
     def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Prompt one object with a mask on one frame.
@@ -365,7 +383,7 @@ class Tracker:
                 f"where it is visible first"
             )
         out = self.predictor.add_new_mask(self.state, frame_idx, obj_id, m)
-        return _as_result(*out)
+        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
 
     def remove_prompts(self, frame_idx: int, obj_id: int) -> None:
         """Remove the prompts of object ``obj_id`` on frame ``frame_idx``."""
@@ -427,7 +445,7 @@ class Tracker:
                     if frame_idx in seen:
                         continue
                     seen.add(frame_idx)
-                    result = _as_result(frame_idx, obj_ids, masks)
+                    result = _as_result(frame_idx, obj_ids, masks, self.temperature, self._mask_prompted(frame_idx))
                     self._bound_state(frame_idx)
                     if memory_gate is not None and result.obj_ids:
                         # before sam2 goes on to the next frame (its generator waits here)

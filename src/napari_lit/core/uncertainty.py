@@ -11,6 +11,15 @@ sigmoids). With one object there are two classes (object, background); with seve
 probabilities are combined by soft aggregation (as in STM/XMem: background = the product of
 the objects' complements, then a softmax over the odds), giving |C| = objects + 1 classes.
 Everything is computed from logits the tracker already has: no extra model pass.
+
+Before the sigmoid the logits are divided by the model's temperature (temperature scaling,
+Guo et al. 2017, "On calibration of modern neural networks"): a model whose logits are far
+too sharp (lit-tiny's are +-20 to 30 away from the boundary) has an entropy that is zero
+except in a one-pixel band along the mask's edge, so it measures the mask's shape, not the
+model's doubt. The temperature is a property of the model
+(:attr:`napari_lit.models.ModelSpec.temperature`), fitted by minimising the pixel-wise
+negative log-likelihood on generated sequences (``benchmarks/uncertainty_calibration.py``);
+dividing by it never changes a mask (the sign of a logit is kept).
 """
 
 from __future__ import annotations
@@ -19,28 +28,37 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_DILATION", "DEFAULT_TAU_U", "DEFAULT_TAU_M", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
+__all__ = ["DEFAULT_DILATION", "model_temperature", "DEFAULT_TAU_U", "DEFAULT_TAU_M", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
 
-DEFAULT_DILATION = 0.0
+DEFAULT_DILATION = 1.0
 """Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
-Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` (median Spearman
-correlation of -entropy with IoU over 60 objects: 0.24 without dilation, 0.17-0.20 with 0.1 to
-0.5, 0.12 with 1.0)."""
+Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` at lit-tiny's fitted
+temperature (median Spearman correlation of -entropy with IoU over 60 objects: 0.61 with 1.0,
+0.56 with 0.5, 0.47-0.50 with 0 to 0.25)."""
 
-DEFAULT_TAU_M = 0.1
+DEFAULT_TAU_M = 0.4
 """Masked entropy above which a tracked frame is kept out of SAM2's memory (Lazy-XMem's
 uncertainty-driven memory update; ``frozen-auto``, ``lit-auto``); chosen on generated
-sequences by ``benchmarks/auto_thresholds.py`` (fewest corrections of 0.05, 0.1, 0.2, 0.3
-and no gate)."""
+sequences by ``benchmarks/auto_thresholds.py`` at lit-tiny's calibrated temperature (fewest
+corrections of 0.2 to 0.6 and no gate: 30 with 0.4, 33-36 otherwise)."""
 
 DEFAULT_TAU_U = 0.05
 """Masked-entropy jump from the previous frame that makes self-applied learning (``lit-auto``)
 try the adapted decoder on a frame. ``benchmarks/auto_thresholds.py`` found no difference
-between 0.01 and infinity on generated sequences with today's lit-tiny (its entropy hardly
-moves), so this middle value keeps the mechanism active until a better-tracking model can be
-calibrated."""
+between 0.005 and infinity on generated sequences with today's lit-tiny (when the entropy
+jumps, the object rarely has an adapter yet, and the adapted prediction is seldom surer than
+the tracker's own), so this middle value keeps the mechanism active until a better-tracking
+model can be calibrated."""
 
 _EPS = 1e-6
+
+
+def model_temperature(predictor) -> float:
+    """The logit temperature napari-lit uses for ``predictor``'s uncertainty: the one
+    :func:`napari_lit.models.load_predictor` records (its catalogue entry's), else 1.0 (an
+    uncalibrated custom checkpoint is taken as it is)."""
+    t = float(getattr(predictor, "napari_lit_temperature", 1.0) or 1.0)
+    return t if t > 0 else 1.0
 
 
 def pixel_entropy(probs: np.ndarray) -> np.ndarray:
@@ -68,21 +86,30 @@ def pixel_entropy(probs: np.ndarray) -> np.ndarray:
     return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
 
 
-def class_probabilities(logits: np.ndarray) -> np.ndarray:
+def class_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Per-pixel class distribution from per-object mask logits (soft aggregation).
 
     Parameters
     ----------
     logits : (O, ...) float ndarray
         SAM2 mask logits of O >= 1 objects.
+    temperature : float
+        The logits are divided by it first (temperature scaling, see the module's notes).
 
     Returns
     -------
     (O + 1, ...) float32 ndarray
         Background first, then the objects in the order of ``logits``; sums to 1 over axis 0.
         For one object this is exactly (1 - sigmoid, sigmoid).
+
+    Raises
+    ------
+    ValueError
+        If ``temperature`` is not > 0.
     """
-    logits = np.asarray(logits, np.float32)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    logits = np.asarray(logits, np.float32) / np.float32(temperature)
     prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
     if len(prob) == 1:
         return np.concatenate([1 - prob, prob])
@@ -127,7 +154,8 @@ def dilate(mask: np.ndarray, ratio: float = DEFAULT_DILATION) -> np.ndarray:
     return distance_transform_edt(~mask) <= radius
 
 
-def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side: Optional[int] = 256) -> np.ndarray:
+def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side: Optional[int] = 256,
+                   temperature: float = 1.0) -> np.ndarray:
     """Masked entropy of each object on one frame (Lazy-XMem eq. 2-4, per pixel of the region).
 
     Parameters
@@ -140,6 +168,8 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
         Compute on a grid subsampled to at most this many pixels on the long side (the
         figure is a mean over a region, so it barely changes; the cost does). None: full
         resolution.
+    temperature : float
+        Logit temperature of the model (see :func:`model_temperature`).
 
     Returns
     -------
@@ -151,7 +181,7 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
     Raises
     ------
     ValueError
-        If ``logits`` is not (O, Y, X) with O >= 1.
+        If ``logits`` is not (O, Y, X) with O >= 1, or ``temperature`` <= 0.
     """
     logits = np.asarray(logits)
     if logits.ndim != 3 or len(logits) == 0:
@@ -159,7 +189,7 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
     if max_side is not None and max(logits.shape[1:]) > max_side:
         step = int(np.ceil(max(logits.shape[1:]) / max_side))
         logits = logits[:, ::step, ::step]
-    probs = class_probabilities(logits)
+    probs = class_probabilities(logits, temperature)
     ent = pixel_entropy(probs)
     out = np.zeros(len(logits), np.float32)
     for i in range(len(logits)):
@@ -170,7 +200,8 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
     return out
 
 
-def suggested_click(logits: np.ndarray, index: int = 0, ratio: float = DEFAULT_DILATION):
+def suggested_click(logits: np.ndarray, index: int = 0, ratio: float = 0.0,
+                    temperature: float = 1.0):
     """Where to click on object ``index`` of a frame: the point of Lazy-XMem eq. 5-6.
 
     The pixel of the object's dilated mask that is farthest from the mask's boundary
@@ -186,7 +217,12 @@ def suggested_click(logits: np.ndarray, index: int = 0, ratio: float = DEFAULT_D
     index : int
         Which object (position along axis 0).
     ratio : float
-        Dilation of the mask, see :func:`dilate`.
+        Dilation of the mask, see :func:`dilate`. Default 0 (the mask itself), not the
+        entropy's :data:`DEFAULT_DILATION`: eq. 5 measures the distance to the boundary on
+        both sides, so with a ring as wide as the object's radius a background point could
+        win, and the hint is meant as a positive click on the object's core.
+    temperature : float
+        Logit temperature of the model (see :func:`model_temperature`).
 
     Returns
     -------
@@ -209,7 +245,7 @@ def suggested_click(logits: np.ndarray, index: int = 0, ratio: float = DEFAULT_D
     region = dilate(mask, ratio)
     # distance to the boundary Omega of the mask, on both sides of it (eq. 5)
     dist = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
-    certainty = 1 - pixel_entropy(class_probabilities(logits))
+    certainty = 1 - pixel_entropy(class_probabilities(logits, temperature))
     score = np.where(region, dist * certainty, -1.0)
     y, x = np.unravel_index(int(np.argmax(score)), score.shape)
     return int(y), int(x)

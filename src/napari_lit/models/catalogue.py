@@ -54,6 +54,12 @@ class ModelSpec:
     sha256 : str or None
         Expected SHA-256 of the checkpoint; None for embedded models.
     description : str
+    temperature : float
+        Logit temperature for the uncertainty (masked entropy, where-to-click point): the
+        mask logits are divided by it before the sigmoid (temperature scaling, Guo et al.
+        2017). Fitted for lit-tiny by ``benchmarks/uncertainty_calibration.py`` on generated
+        sequences; 1.0 (as the model gives them) for the official SAM2.1 checkpoints, which
+        were not calibrated here.
     """
 
     name: str
@@ -62,6 +68,7 @@ class ModelSpec:
     url: Optional[str] = None
     sha256: Optional[str] = None
     description: str = ""
+    temperature: float = 1.0
 
     @property
     def embedded(self) -> bool:
@@ -74,6 +81,9 @@ MODELS: Dict[str, ModelSpec] = {
     "lit-tiny": ModelSpec(
         "lit-tiny", str(LIT_TINY_CONFIG), LIT_TINY_WEIGHTS.name,
         description="napari-lit's own small SAM2 (CNN trunk, 256 px), shipped in the package",
+        # pixel NLL on 60 generated clips: 0.357 at T = 1, 0.111 at 4.62
+        # (benchmarks/results/uncertainty_calibration.json)
+        temperature=4.62,
     ),
     "sam2.1_hiera_tiny": ModelSpec(
         "sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt",
@@ -312,7 +322,8 @@ def load_predictor(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]]
     Returns
     -------
     sam2.sam2_video_predictor.SAM2VideoPredictor
-        In eval mode on ``device``; ``predictor.image_size`` is its input size in pixels.
+        In eval mode on ``device``; ``predictor.image_size`` is its input size in pixels,
+        ``predictor.napari_lit_temperature`` its logit temperature (see :class:`ModelSpec`).
 
     Raises
     ------
@@ -327,6 +338,7 @@ def load_predictor(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]]
     predictor = build_sam2_model(cfg, ckpt, target="video", device=resolve_device(device))
     predictor.napari_lit_model = name if name in MODELS else str(ckpt)
     spec = MODELS.get(name)
+    predictor.napari_lit_temperature = spec.temperature if spec is not None else 1.0
     # which weights a session folder was made with (a downloaded checkpoint was verified
     # against its catalogue hash; the embedded and custom ones are hashed here, < 1 s)
     predictor.napari_lit_checksum = spec.sha256 if spec is not None and spec.sha256 else sha256sum(ckpt)
