@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_lit.bench import metrics, report, runner
+from napari_lit.bench import runner
 from napari_lit.bench.metrics import (
     boundary_tolerance,
     click_point,

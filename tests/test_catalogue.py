@@ -3,7 +3,6 @@
 import hashlib
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.gui
 from qtpy.QtCore import QTimer  # noqa: E402
 
 from napari_lit._widgets import SHORTCUTS, LitWidget  # noqa: E402
-from napari_lit.bench.interactive import error_click  # noqa: E402
 
 
 class Heartbeat:

@@ -17,9 +17,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 __all__ = ["main", "segment", "UsageError"]
+
+if TYPE_CHECKING:  # for the annotation of segment() only
+    from .core.store import LabelStore
 
 logger = logging.getLogger("napari_lit")
 
@@ -216,7 +219,7 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
     """
     import json
 
-    from .core.folder import META_FILE, SessionFolderError
+    from .core.folder import META_FILE
     from .core.session import LitSession
     from .io.readers import open_image
     from .models import ModelUnavailableError, load_predictor

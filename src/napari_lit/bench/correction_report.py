@@ -7,7 +7,7 @@ method (``frozen``, ``lit``, ``lit-always``), as dicts or JSON paths.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 

@@ -26,14 +26,18 @@ decoder also predicts the frame, and the prediction with the lower masked entrop
 (the adapted one is written to SAM2's memory like an accepted prediction, counted in
 ``auto_applied``, and propagation resumes from it); it also keeps frames whose masked entropy
 exceeds ``tau_m`` out of SAM2's memory (Lazy-XMem's uncertainty-driven memory update), which
-is all ``frozen-auto`` adds to ``frozen``. Robustness R@tau is eq. 7 of Lazy-XMem
+is all ``frozen-auto`` adds to ``frozen``. ``lit-auto-oracle`` is ``lit-auto`` with the
+choice made by the ground truth instead of the entropy, on every tracked frame where the
+object has an adapter: the adapted prediction is kept when its IoU beats the tracker's own.
+No user has that oracle; it shows what any rule for choosing between the two predictions
+could gain with the model and adapter at hand. Robustness R@tau is eq. 7 of Lazy-XMem
 (Vujasinovic et al. 2024).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -43,8 +47,9 @@ from .metrics import frame_scores, jaccard
 
 __all__ = ["INTERACTIVE_METHODS", "LEARNING_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
-INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto", "frozen-auto")
-LEARNING_METHODS = ("lit", "lit-always", "lit-auto")
+INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto", "frozen-auto", "lit-auto-oracle")
+LEARNING_METHODS = ("lit", "lit-always", "lit-auto", "lit-auto-oracle")
+AUTO_METHODS = ("lit-auto", "frozen-auto", "lit-auto-oracle")
 MAX_CLICKS = 3
 
 
@@ -157,6 +162,17 @@ def _prompt(tracker, frame, obj_id, gt_frame, init):
     return 1, res.mask(obj_id)
 
 
+def _oracle_choice(tracker, adapter, frame_idx: int, obj_id: int, own, truth):
+    """``lit-auto-oracle``: the adapted prediction of the frame if its IoU with ``truth`` beats
+    that of ``own`` (the tracker's), else None."""
+    inputs = tracker.decoder_inputs(frame_idx, obj_id)
+    if inputs is None or not adapter.has_adapter(obj_id):
+        return None
+    low, _, _ = adapter.predict(obj_id, inputs)
+    adapted = tracker.to_input_resolution(low) > 0
+    return adapted if adapted.any() and jaccard(adapted, truth) > jaccard(own, truth) else None
+
+
 def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
                     backward: bool = False, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
@@ -170,7 +186,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         Made with ``record_decoder_inputs=True``; it is reset first.
     adapter : napari_lit.core.adaptation.DecoderAdapter or None
         Required for ``lit`` and ``lit-always``; reset first (one adapter per object).
-    method : {"frozen", "lit", "lit-always"}
+    method : {"frozen", "lit", "lit-always", "lit-auto", "frozen-auto", "lit-auto-oracle"}
     init : {"mask", "click"}
     tau : float
         IoU below which the user corrects a frame.
@@ -183,8 +199,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     tau_u : float
         ``lit-auto``: masked-entropy jump that triggers the adapted prediction.
     tau_m : float
-        ``lit-auto``, ``frozen-auto``: masked entropy above which a tracked frame is kept out
-        of SAM2's memory.
+        ``lit-auto``, ``frozen-auto``, ``lit-auto-oracle``: masked entropy above which a
+        tracked frame is kept out of SAM2's memory.
 
     Returns
     -------
@@ -194,7 +210,8 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
         training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
         ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, ``model_j``: per frame
         the IoU of the model's own last prediction before any correction there, and
-        ``auto_applied`` (``lit-auto``'s kept adapted predictions; 0 otherwise) and
+        ``auto_applied`` (adapted predictions ``lit-auto`` or ``lit-auto-oracle`` kept on
+        their own; 0 otherwise) and
         ``out_of_memory`` (frames kept out of SAM2's memory by the ``-auto`` methods).
 
     Raises
@@ -227,7 +244,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     model_j = np.full(len(gt), np.nan)
     clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
     corrections, accepts, adapt_ms, events, auto = 0, 0, [], [], 0
-    gate = tau_m if method in ("lit-auto", "frozen-auto") else None
+    gate = tau_m if method in AUTO_METHODS else None
     out_of_memory = set()
     budget = np.inf if max_corrections is None else int(max_corrections)
 
@@ -255,17 +272,20 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
                 if obj_id in result.out_of_memory:
                     out_of_memory.add(f)
                 pred = result.mask(obj_id)
-                if method == "lit-auto":
+                if method in ("lit-auto", "lit-auto-oracle"):
                     h = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
-                    if prev_h is not None and h - prev_h >= tau_u:
+                    adapted = None
+                    if method == "lit-auto-oracle":
+                        adapted = _oracle_choice(tracker, adapter, f, obj_id, pred, gt[f])
+                    elif prev_h is not None and h - prev_h >= tau_u:
                         adapted = self_applied_prediction(tracker, adapter, f, obj_id, h)
-                        if adapted is not None:
-                            pred = adapted
-                            tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
-                            auto += 1
-                            events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
-                                           "iou_after": jaccard(pred, gt[f])})
-                            resume_at = f
+                    if adapted is not None:
+                        pred = adapted
+                        tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
+                        auto += 1
+                        events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
+                                       "iou_after": jaccard(pred, gt[f])})
+                        resume_at = f
                     prev_h = h
                 final[f] = pred
                 model_j[f] = jaccard(pred, gt[f])
@@ -281,7 +301,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
                 break
             f, pred = stopped_at
             inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
-            if method in ("lit", "lit-auto") and inputs is not None and adapter.has_adapter(obj_id):
+            if method in ("lit", "lit-auto", "lit-auto-oracle") and inputs is not None and adapter.has_adapter(obj_id):
                 low, _, _ = adapter.predict(obj_id, inputs)
                 adapted = tracker.to_input_resolution(low) > 0
                 iou_adapted = jaccard(adapted, gt[f])

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .interactive import (DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIVE_METHODS, LEARNING_METHODS, robustness,
+from .interactive import (AUTO_METHODS, DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIVE_METHODS, LEARNING_METHODS, robustness,
                           simulate_object, workload)
 from .metrics import click_point, frame_scores
 
@@ -42,7 +42,7 @@ __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("propagate", "static", "frozen", "lit", "lit-always", "lit-auto", "frozen-auto")
+METHODS = ("propagate", "static") + INTERACTIVE_METHODS
 INITS = ("mask", "click")
 
 
@@ -369,7 +369,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                                   for e in entries], [e["frames"] for e in entries]),
             "auto_applied": int(sum(e.get("auto_applied", 0) for e in entries)),
             "tau_u": tau_u if method == "lit-auto" else None,
-            "tau_m": tau_m if method in ("lit-auto", "frozen-auto") else None,
+            "tau_m": tau_m if method in AUTO_METHODS else None,
             "out_of_memory": int(sum(e.get("out_of_memory", 0) for e in entries)),
         })
     return result
@@ -411,12 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="propagate: track with the model; static: repeat the prompt frame's mask; "
                         "frozen|lit|lit-always|lit-auto|frozen-auto: a simulated user corrects frames with IoU < --tau "
                         "(lit learns from each correction; lit-auto also applies what it learned where the "
-                        "masked entropy jumps)")
+                        "masked entropy jumps); lit-auto-oracle: lit-auto choosing on every frame by the "
+                        "ground truth (what any choice rule could gain)")
     p.add_argument("--tau", type=float, default=0.5, help="interactive methods: correct frames with IoU below this")
     p.add_argument("--tau-u", type=float, default=DEFAULT_TAU_U,
                    help="lit-auto: masked-entropy jump that makes it try the adapted decoder on a frame")
     p.add_argument("--tau-m", type=float, default=DEFAULT_TAU_M,
-                   help="lit-auto, frozen-auto: masked entropy above which a frame stays out of SAM2's memory")
+                   help="lit-auto, frozen-auto, lit-auto-oracle: masked entropy above which a frame stays out of "
+                        "SAM2's memory")
     p.add_argument("--max-corrections", type=int, default=None,
                    help="interactive methods: correction events allowed per object (default unlimited)")
     p.add_argument("--init", required=True, choices=INITS,

@@ -20,11 +20,10 @@ is in ``docs/benchmarks.md``). ``AdapterConfig.published()`` gives LIT's exact s
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 

@@ -9,7 +9,7 @@ nothing is written to disk and the normalised stack is never held whole.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
