@@ -58,6 +58,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._flagging import FlagMixin
 from ._review import ReviewMixin
 from ._sessions import NEGATIVE_COLOR, POSITIVE_COLOR, SessionMixin, default_session_dir
 
@@ -81,7 +82,7 @@ SHORTCUTS = {
     "Escape": "cancel",
 }
 
-class LitWidget(SessionMixin, ReviewMixin, QWidget):
+class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
     """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
 
     Parameters
@@ -595,133 +596,6 @@ class LitWidget(SessionMixin, ReviewMixin, QWidget):
 
         self._run(f"propagating {direction}", run, total=total,
                   on_yield=lambda r: self._refresh_labels(r.frame_idx), on_done=done)
-
-    # ------------------------------------------------------- flag / accept
-    def flag_frame(self):
-        """Flag the current frame of the selected object as wrong: in a worker, the adapted
-        decoder's prediction (accept with A) and a "where to click" hint (Lazy-XMem eq. 6;
-        add it as a click with H) are computed from the frame's recorded decoder inputs."""
-        if self.session is None:
-            return
-        frame, obj_id, session = self.current_frame, self.obj_id, self.session
-
-        def flag():
-            yield (session.adapted_prediction(frame, obj_id), session.suggested_click(frame, obj_id),
-                   session.entropy_map(frame, obj_id))
-
-        self._run(f"flagging frame {frame}", flag, total=1,
-                  on_yield=lambda out: self._show_flag(frame, obj_id, *out))
-
-    def _show_flag(self, frame: int, obj_id: int, mask, hint, entropy=None):
-        if self.session is None:
-            return
-        if entropy is not None:
-            self._show_entropy(frame, entropy)
-        self._hint = None
-        if hint is not None:
-            coords = self.view.coords(frame, hint)
-            self._hint = (frame, obj_id, hint)
-            if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
-                self.hint_layer = self.viewer.add_points(
-                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=18,
-                    face_color="yellow", border_color="black", scale=self._session_scale,
-                    translate=self._session_translate)
-            else:
-                self.hint_layer.data = coords[None]
-            self.viewer.layers.selection.active = self.points_layer
-        if mask is None:
-            self._status(f"frame {frame}: no adapted prediction yet (correct a frame and propagate to teach the "
-                         f"adapter); {'the star marks where to click (H)' if hint else 'no hint'}")
-            return
-        self._suggestion = (frame, obj_id, mask)
-        data = np.zeros((self.session.n_frames,) + mask.shape, np.uint8)
-        data[frame][mask] = 1
-        data = self.view.expand(data)
-        if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
-            self.suggestion_layer = self.viewer.add_labels(data, name="LIT suggestion (A: accept)", opacity=0.5,
-                                                           scale=self._session_scale,
-                                                           translate=self._session_translate)
-        else:
-            self.suggestion_layer.data = data
-        if self.hint_layer is not None and self.hint_layer in self.viewer.layers:  # the star on top
-            self.viewer.layers.move(self.viewer.layers.index(self.hint_layer), len(self.viewer.layers))
-        self.viewer.layers.selection.active = self.points_layer  # clicks still go to the prompts
-        self._status(f"frame {frame}: adapted prediction shown; press A to accept it, H to click at the star, "
-                     f"or correct it")
-
-    def _show_entropy(self, frame: int, entropy: np.ndarray):
-        """The pixel entropy of ``frame`` as an overlay shown on that frame only (a layer one
-        frame thick, placed at it)."""
-        data = np.expand_dims(entropy, [a for a in range(self.view.ndim - 2)])
-        translate = np.asarray(self._session_translate, float).copy()
-        translate[self.view.axis] += frame * float(self._session_scale[self.view.axis])
-        if self.entropy_layer is None or self.entropy_layer not in self.viewer.layers:
-            self.entropy_layer = self.viewer.add_image(
-                data, name="LIT uncertainty (flagged frame)", colormap="inferno", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), scale=self._session_scale, translate=translate)
-        else:
-            self.entropy_layer.data = data
-            self.entropy_layer.translate = translate
-        self.viewer.layers.selection.active = self.points_layer
-
-    def click_hint(self):
-        """Add the shown hint as a click (positive, or negative in negative mode) on its frame."""
-        if self.session is None or self._hint is None:
-            return
-        frame, obj_id, (y, x) = self._hint
-        self._hint = None
-        if self.hint_layer is not None and self.hint_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.hint_layer)
-        self.hint_layer = None
-        coords = self.view.coords(frame, (y, x))
-        self.labels_layer.selected_label = obj_id
-        self._set_click_defaults(positive=not self.negative_mode)
-        self.points_layer.add(coords)  # as if the user clicked there: the frame updates at once
-
-    def accept_suggestion(self):
-        """Accept the shown adapted prediction: written to SAM2's memory like a correction."""
-        if self.session is None or self._suggestion is None:
-            return
-        frame, obj_id, mask = self._suggestion
-        self._suggestion = None
-        if self.suggestion_layer is not None and self.suggestion_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.suggestion_layer)
-        self.suggestion_layer = None
-        session = self.session
-
-        def accept():
-            yield session.accept(frame, obj_id, mask)
-
-        self._run(f"accepting the suggestion on frame {frame}", accept, total=1,
-                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
-
-    def undo(self):
-        """Undo the last correction (labels of that frame and adapter state)."""
-        if self.session is None or self.busy:
-            return
-        c = self.session.undo_last_correction()
-        if c is not None:
-            self._pending.pop((c.frame_idx, c.obj_id), None)
-            self._refresh_labels(c.frame_idx, force=True)
-        self._update_status()
-
-    def redo(self):
-        """Redo the last undone correction (its prompt, labels and adapter state)."""
-        if self.session is None or self.busy:
-            return
-        c = self.session.redo()
-        if c is not None:
-            if not c.learned and self.session.learn:
-                self._pending[(c.frame_idx, c.obj_id)] = False
-            self._refresh_labels(c.frame_idx, force=True)
-        self._update_status()
-
-    def reset_adapter(self):
-        """Forget what was learned for all objects."""
-        if self.session is None or self.busy:
-            return
-        self.session.reset_adapter()
-        self._update_status()
 
     def _update_status(self):
         if self.session is None:
