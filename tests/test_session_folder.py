@@ -129,6 +129,28 @@ def test_resume_refuses_another_image_or_model(worked, predictor):
         LitSession.create_in(folder, predictor, frames)
 
 
+def test_resume_warns_when_the_uncertainty_was_recorded_at_another_temperature(worked, predictor, caplog):
+    """The session records the logit temperature of its masked entropy; resuming it with a
+    model calibrated differently says so (and still resumes)."""
+    import json
+    import logging
+
+    s, folder, frames, labels, obj = worked
+    s.close()
+    meta = json.loads((folder / "session.json").read_text())
+    assert meta["model"]["temperature"] == predictor.napari_lit_temperature
+    with caplog.at_level(logging.WARNING, logger="napari_lit.core.session"):
+        LitSession.resume(folder, predictor, frames).close()
+    assert "temperature" not in caplog.text
+    del meta["model"]["temperature"]  # as sessions made before it was recorded
+    (folder / "session.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="napari_lit.core.session"):
+        r = LitSession.resume(folder, predictor, frames)
+    assert f"temperature 1, this napari-lit uses {predictor.napari_lit_temperature:g}" in caplog.text
+    assert np.isfinite(r.uncertainty(obj)).any()
+    r.close()
+
+
 def test_torn_log_line_is_dropped_and_unlogged_frames_cleared(worked, predictor):
     s, folder, frames, labels, obj = worked
     s.close()

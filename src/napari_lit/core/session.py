@@ -31,6 +31,7 @@ from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
+from .uncertainty import model_temperature
 
 __all__ = ["LitSession", "Correction", "self_applied_prediction"]
 
@@ -207,7 +208,9 @@ class LitSession:
             "source": None if source is None else str(source),
             "model": {"name": getattr(predictor, "napari_lit_model", None),
                       "sha256": getattr(predictor, "napari_lit_checksum", None),
-                      "image_size": int(predictor.image_size)},
+                      "image_size": int(predictor.image_size),
+                      # the logit temperature of the recorded uncertainty (masked entropy)
+                      "temperature": model_temperature(predictor)},
             "learn": bool(learn),
             "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
@@ -260,6 +263,12 @@ class LitSession:
                                   for k, v in sf.meta.get("adapter", {}).items()})
         session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf)
         session._replay(sf.events)
+        recorded = float(sf.meta.get("model", {}).get("temperature", 1.0))  # none recorded: raw logits
+        if abs(recorded - session.tracker.temperature) > 1e-6:
+            logger.warning(
+                "%s: its uncertainty was recorded at logit temperature %g, this napari-lit uses %g; "
+                "frames propagated from now on get the new values (propagate again to make them all "
+                "comparable)", sf.path, recorded, session.tracker.temperature)
         return session
 
     def _log(self, kind: str, **fields) -> None:
