@@ -92,6 +92,7 @@ def corrections_section(results: Path, docs: Path) -> str:
                      "simulated user's last resort after 3 clicks) scores IoU 1 and an accepted adapted "
                      "prediction only >= tau, so every correction lit saves that way lowers the final mean J "
                      "a little; the final J of the two methods is therefore not an effort-free comparison.\n")
+        parts.append(ceiling_part(results, tau))
         counts = {}
         for e in frozen["sequences"]:
             counts[e["name"]] = counts.get(e["name"], 0) + e["corrections"]
@@ -100,6 +101,26 @@ def corrections_section(results: Path, docs: Path) -> str:
         plot_corrections([frozen, lit], seq, png, labels=["frozen SAM2", "LIT-LoRA"])
         parts.append(f"\n![per-frame IoU and corrections, {seq}, tau {tau}]({png.name})\n")
     return "\n".join(parts)
+
+
+def ceiling_part(results: Path, tau: float) -> str:
+    """Frames no decoder at lit-tiny's 256 px can get to IoU >= tau (and at SAM2's 1024 px),
+    from ``benchmarks/mask_resolution_ceiling.py``."""
+    f = results / "mask_resolution_ceiling.json"
+    c = json.loads(f.read_text()) if f.is_file() else None
+    key = f"frac_at_least_{tau}"
+    if c is None or not all(key in row.get("256", {}) for row in c["sequences"].values()):
+        return ""
+    short = {name: row for name, row in c["sequences"].items() if row["256"][key] < 1.0}
+    if not short:
+        return f"\nEvery frame of every sequence can reach IoU {tau} at lit-tiny's mask resolution.\n"
+    big = "1024" in next(iter(c["sequences"].values()))
+    return ("\nMask resolution (`python benchmarks/mask_resolution_ceiling.py`): lit-tiny's decoder "
+            "predicts 64 x 64 logits that sam2 resizes to the frame, so even a perfect prediction misses "
+            f"IoU {tau} on some frames, which need a correction with any method: "
+            + "; ".join(f"{name} {100 * (1 - row['256'][key]):.0f} % of its frames"
+                        + (f" (at SAM2's 1024 px: {100 * (1 - row['1024'][key]):.0f} %)" if big else "")
+                        for name, row in short.items()) + ".\n")
 
 
 def _fewer(percent: float) -> str:

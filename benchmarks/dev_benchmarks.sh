@@ -20,6 +20,7 @@ if [ "$what" = all ] || [ "$what" = tracking ]; then
   done
 fi
 if [ "$what" = all ] || [ "$what" = corrections ]; then
+  .venv/bin/python benchmarks/mask_resolution_ceiling.py "$DATA" --out $OUT/mask_resolution_ceiling.json
   for tau in 0.5 0.85; do
     for method in frozen lit; do
       $BENCH "$DATA" --method $method --init mask --tau $tau --json $OUT/$method-tau$tau.json --quiet
@@ -29,7 +30,7 @@ fi
 if [ "$what" = all ] || [ "$what" = auto ]; then
   # self-applied learning and the uncertainty-driven memory update (issue 5), tau 0.5,
   # thresholds at their defaults (chosen on generated clips by benchmarks/auto_thresholds.py)
-  for method in frozen-auto lit-auto; do
+  for method in frozen-auto lit-auto lit-auto-oracle; do
     $BENCH "$DATA" --method $method --init mask --tau 0.5 --json $OUT/$method-tau0.5.json --quiet
   done
 fi
