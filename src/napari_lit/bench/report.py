@@ -225,7 +225,7 @@ def plot_entropy_iou(result: ResultLike, path: Union[str, Path], sequence: Optio
 
     Left: per frame, J and the masked entropy of each object of ``sequence``; right: every
     (entropy, J) pair of the sequence, with each object's Spearman correlation of -entropy
-    with J in the legend. The prompt frame is left out of the right panel (its mask is
+    with J in the legend. The prompt frame's entropy is left out of both panels (its mask is
     given, not predicted).
 
     Parameters
@@ -274,9 +274,9 @@ def plot_entropy_iou(result: ResultLike, path: Union[str, Path], sequence: Optio
     for e, c in zip(chosen, colours):
         j, h = np.asarray(e["j"], float), np.asarray(e["entropy"], float)
         x = np.arange(len(j))
-        ax_t.plot(x, j, "-", color=c, lw=1.2)
-        ax_e.plot(x, h, ":", color=c, lw=1.2)
         keep = np.isfinite(h) & (x != e.get("prompt_frame", -1))
+        ax_t.plot(x, j, "-", color=c, lw=1.2)
+        ax_e.plot(x, np.where(keep, h, np.nan), ":", color=c, lw=1.2)  # the prompt frame's mask is given
         rho = e.get("spearman")
         ax_s.scatter(h[keep], j[keep], s=10, color=c,
                      label=f"object {e['object']}: rho " + ("–" if rho is None else f"{rho:.2f}"))
