@@ -41,7 +41,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..core.session import self_applied_prediction
+from ..core.session import adapted_logits, self_applied_prediction
 from ..core.uncertainty import DEFAULT_TAU_M, DEFAULT_TAU_U
 from .metrics import frame_scores, jaccard
 
@@ -165,11 +165,10 @@ def _prompt(tracker, frame, obj_id, gt_frame, init):
 def _oracle_choice(tracker, adapter, frame_idx: int, obj_id: int, own, truth):
     """``lit-auto-oracle``: the adapted prediction of the frame if its IoU with ``truth`` beats
     that of ``own`` (the tracker's), else None."""
-    inputs = tracker.decoder_inputs(frame_idx, obj_id)
-    if inputs is None or not adapter.has_adapter(obj_id):
+    logits = adapted_logits(tracker, adapter, frame_idx, obj_id)
+    if logits is None:
         return None
-    low, _, _ = adapter.predict(obj_id, inputs)
-    adapted = tracker.to_input_resolution(low) > 0
+    adapted = logits > 0
     return adapted if adapted.any() and jaccard(adapted, truth) > jaccard(own, truth) else None
 
 
@@ -301,9 +300,10 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
                 break
             f, pred = stopped_at
             inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
-            if method in ("lit", "lit-auto", "lit-auto-oracle") and inputs is not None and adapter.has_adapter(obj_id):
-                low, _, _ = adapter.predict(obj_id, inputs)
-                adapted = tracker.to_input_resolution(low) > 0
+            logits = (adapted_logits(tracker, adapter, f, obj_id)
+                      if method in ("lit", "lit-auto", "lit-auto-oracle") and inputs is not None else None)
+            if logits is not None:
+                adapted = logits > 0
                 iou_adapted = jaccard(adapted, gt[f])
                 if iou_adapted >= tau and adapted.any():
                     tracker.add_mask(f, obj_id, adapted)

@@ -33,9 +33,32 @@ from .store import LabelStore
 from .tracker import FrameResult, Tracker
 from .uncertainty import model_temperature
 
-__all__ = ["LitSession", "Correction", "self_applied_prediction"]
+__all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction"]
 
 logger = logging.getLogger(__name__)
+
+
+def adapted_logits(tracker: Tracker, adapter: DecoderAdapter, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
+    """The adapted decoder's logits of one object on one frame (LIT's adapted prediction).
+
+    Parameters
+    ----------
+    tracker : Tracker
+        With the frame's decoder inputs recorded (no image-encoder pass is repeated).
+    adapter : DecoderAdapter
+    frame_idx, obj_id : int
+
+    Returns
+    -------
+    (Y, X) float32 ndarray or None
+        Logits at the input resolution (> 0 is inside); None when the object has no adapter
+        yet or the frame's inputs are not recorded.
+    """
+    inputs = tracker.decoder_inputs(frame_idx, obj_id)
+    if inputs is None or not adapter.has_adapter(obj_id):
+        return None
+    low, _, _ = adapter.predict(obj_id, inputs)
+    return tracker.to_input_resolution(low)
 
 
 def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx: int, obj_id: int,
@@ -61,12 +84,8 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
     """
     from .uncertainty import masked_entropy
 
-    inputs = tracker.decoder_inputs(frame_idx, obj_id)
-    if inputs is None or not adapter.has_adapter(obj_id):
-        return None
-    low, _, _ = adapter.predict(obj_id, inputs)
-    logits = tracker.to_input_resolution(low)
-    if (logits > 0).any() and masked_entropy(logits[None], temperature=tracker.temperature)[0] < own_entropy:
+    logits = adapted_logits(tracker, adapter, frame_idx, obj_id)
+    if logits is not None and (logits > 0).any() and masked_entropy(logits[None], temperature=tracker.temperature)[0] < own_entropy:
         return logits > 0
     return None
 
@@ -643,11 +662,8 @@ class LitSession:
         """The adapted decoder's (Y, X) bool mask of ``obj_id`` on a flagged frame
         ``frame_idx``, or None when the object has no adapter yet or the frame's inputs are
         not recorded."""
-        inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
-        if inputs is None or not self.adapter.has_adapter(obj_id):
-            return None
-        low, _, _ = self.adapter.predict(obj_id, inputs)
-        return self.tracker.to_input_resolution(low) > 0
+        logits = adapted_logits(self.tracker, self.adapter, frame_idx, obj_id)
+        return None if logits is None else logits > 0
 
     def _own_logits(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:
         """(Y, X) logits of the tracker's own (not adapted) prediction of ``obj_id`` on

@@ -111,12 +111,6 @@ class FrameResult:
         return out
 
 
-def _as_result(frame_idx, obj_ids, video_res_masks, temperature: float = 1.0, given=()) -> FrameResult:
-    logits = video_res_masks[:, 0].float().cpu().numpy()
-    return FrameResult(int(frame_idx), tuple(int(i) for i in obj_ids), logits, temperature=temperature,
-                       given=tuple(given))
-
-
 class Tracker:
     """Segment and track objects through a stack with a SAM2 video predictor.
 
@@ -241,10 +235,14 @@ class Tracker:
             frames.update(self.state["mask_inputs_per_obj"][idx])
         return sorted(frames)
 
-    def _mask_prompted(self, frame_idx: int) -> Tuple[int, ...]:
-        """Objects with a mask prompt on ``frame_idx`` (SAM2 outputs it unchanged there)."""
-        return tuple(oid for oid, idx in self.state["obj_id_to_idx"].items()
-                     if frame_idx in self.state["mask_inputs_per_obj"][idx])
+    def _result(self, frame_idx, obj_ids, video_res_masks) -> FrameResult:
+        """sam2's output of one frame as a :class:`FrameResult` with the model's temperature
+        and the objects whose mask there is a mask prompt (SAM2 outputs it unchanged)."""
+        frame_idx = int(frame_idx)
+        given = tuple(oid for oid, idx in self.state["obj_id_to_idx"].items()
+                      if frame_idx in self.state["mask_inputs_per_obj"][idx])
+        return FrameResult(frame_idx, tuple(int(i) for i in obj_ids), video_res_masks[:, 0].float().cpu().numpy(),
+                           temperature=self.temperature, given=given)
 
     # ------------------------------------------------------------------ validation
     def _check_frame(self, frame_idx) -> int:
@@ -315,7 +313,7 @@ class Tracker:
             self.state, frame_idx, obj_id, points=pts[:, ::-1].copy(), labels=lab.astype(np.int32),
             clear_old_points=clear,
         )
-        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
+        return self._result(*out)
 
     def add_box(self, frame_idx: int, obj_id: int, box, points=None, labels=None) -> FrameResult:
         """Prompt one object with a box (and optional clicks) on one frame.
@@ -352,7 +350,7 @@ class Tracker:
             self.state, frame_idx, obj_id, box=np.array([b[1], b[0], b[3], b[2]], np.float32),
             clear_old_points=True, **kwargs,
         )
-        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
+        return self._result(*out)
 
     def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Prompt one object with a mask on one frame.
@@ -383,7 +381,7 @@ class Tracker:
                 f"where it is visible first"
             )
         out = self.predictor.add_new_mask(self.state, frame_idx, obj_id, m)
-        return _as_result(*out, self.temperature, self._mask_prompted(out[0]))
+        return self._result(*out)
 
     def remove_prompts(self, frame_idx: int, obj_id: int) -> None:
         """Remove the prompts of object ``obj_id`` on frame ``frame_idx``."""
@@ -445,7 +443,7 @@ class Tracker:
                     if frame_idx in seen:
                         continue
                     seen.add(frame_idx)
-                    result = _as_result(frame_idx, obj_ids, masks, self.temperature, self._mask_prompted(frame_idx))
+                    result = self._result(frame_idx, obj_ids, masks)
                     self._bound_state(frame_idx)
                     if memory_gate is not None and result.obj_ids:
                         # before sam2 goes on to the next frame (its generator waits here)
