@@ -29,11 +29,11 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .synthetic import MotionLevel, generate_clip
+from .synthetic import MotionLevel, draw_kind, generate_clip
 
 __all__ = ["Stage", "STAGES", "RecipeConfig", "make_batch", "train", "validate", "export_weights", "main"]
 
@@ -62,6 +62,9 @@ class Stage:
     max_objects : int
         Objects prompted per clip. Several objects in one image force the model to use
         the prompt's location rather than segment whatever looks like an object.
+    kinds : tuple of (str, float), optional
+        Scene kinds and their relative weights (see
+        :func:`napari_lit.training.synthetic.draw_kind`); the generator's defaults when None.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Stage:
     motion: MotionLevel
     image_batches: float = 0.0
     max_objects: int = 3
+    kinds: Optional[Tuple[Tuple[str, float], ...]] = None
 
 
 STAGES = (
@@ -85,8 +89,16 @@ STAGES = (
 #: growing cells), where repeating the previous mask fails.
 CHANGE_MOTION = MotionLevel(5.0, 0.03, 1.0, change=0.05)
 
+#: Scene mix of the ``parts`` schedule: a third natural-video-like multi-part objects on
+#: clutter, the rest the microscopy and medical kinds.
+PARTS_KINDS = (("parts", 0.35), ("natural", 0.1), ("tissue", 0.15), ("ct", 0.12), ("zstack", 0.1),
+               ("nuclei", 0.08), ("phase", 0.1))
+
 #: Stage schedules by name. ``change`` continues a trained model on clips where the previous
 #: mask is a poor answer (the failure of copy-the-last-mask tracking on real z-stacks).
+#: ``parts`` continues a trained model with multi-part objects on cluttered, panning
+#: backgrounds (the ``parts`` scene kind), where a model that only knows one-texture shapes
+#: falls back to repeating the last mask.
 SCHEDULES = {
     "default": STAGES,
     "change": (
@@ -94,7 +106,18 @@ SCHEDULES = {
         Stage("track", 0.40, 6, 2, MotionLevel(2.5, 0.02, 0.6, change=0.02), image_batches=0.15),
         Stage("track-change", 1.00, 8, 2, CHANGE_MOTION, image_batches=0.1),
     ),
+    "parts": (
+        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=PARTS_KINDS),
+        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2,
+              kinds=PARTS_KINDS),
+        Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
+              kinds=PARTS_KINDS),
+    ),
 }
+
+
+#: What ``best.pt`` may maximise (see :class:`RecipeConfig`).
+SELECT_CHOICES = ("val_track_j", "val_both", "val_mix")
 
 
 @dataclass
@@ -134,7 +157,8 @@ class RecipeConfig:
     select : str
         What ``best.pt`` maximises: ``val_track_j`` (normal-motion validation clips) or
         ``val_both`` (the mean of that and ``val_change_track_j``, clips with fast motion
-        and large size change).
+        and large size change) or ``val_mix`` (the mean of those two and
+        ``val_parts_track_j``, clips of the ``parts`` scene kind only).
     """
 
     steps: int = 12000
@@ -224,7 +248,7 @@ def _pick_objects(labels: np.ndarray, rng, max_objects: int, min_area: int = 40)
 
 
 def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: MotionLevel,
-               max_objects: int = 3, size: int = 256):
+               max_objects: int = 3, size: int = 256, kinds=None):
     """Generate a batch in sam2's training layout.
 
     Parameters
@@ -239,6 +263,8 @@ def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: Moti
         At most this many objects per clip, each visible on frame 0.
     size : int
         Frame side in pixels.
+    kinds : sequence of (str, float), optional
+        Scene kinds and weights; the generator's default mix when None.
 
     Returns
     -------
@@ -252,7 +278,8 @@ def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: Moti
 
     videos = []
     while len(videos) < clips:
-        clip = generate_clip(rng, n_frames, size, motion=motion)
+        kind = None if kinds is None else draw_kind(rng, dict(kinds))
+        clip = generate_clip(rng, n_frames, size, kind=kind, motion=motion)
         obj_ids = _pick_objects(clip.labels, rng, max_objects)
         if not obj_ids:
             continue
@@ -341,12 +368,15 @@ def _single_frame(batch, t: int):
 
 
 def validation_set(seed: int, n: int, size: int = 256, max_objects: int = 3,
-                   motion: MotionLevel = MotionLevel(2.5, 0.02, 0.6)):
-    """Held-back clips: 8 frames (normal motion by default), drawn from a seed no training
-    step uses (a different one for each motion level)."""
+                   motion: MotionLevel = MotionLevel(2.5, 0.02, 0.6), kinds=None):
+    """Held-back clips: 8 frames (normal motion and the default scene mix by default),
+    drawn from a seed no training step uses (a different one for each motion level and
+    scene mix)."""
     key = 10_000_019 if motion == MotionLevel(2.5, 0.02, 0.6) else 10_000_079
+    if kinds is not None:
+        key += 1_000
     rng = np.random.default_rng([seed, key])
-    return [make_batch(rng, 8, 1, motion, max_objects, size) for _ in range(n)]
+    return [make_batch(rng, 8, 1, motion, max_objects, size, kinds) for _ in range(n)]
 
 
 def validate(model, batches) -> Dict[str, float]:
@@ -455,8 +485,8 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     cfg = cfg or RecipeConfig()
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {cfg.schedule!r}")
-    if cfg.select not in ("val_track_j", "val_both"):
-        raise ValueError(f"select must be 'val_track_j' or 'val_both', got {cfg.select!r}")
+    if cfg.select not in SELECT_CHOICES:
+        raise ValueError(f"select must be one of {SELECT_CHOICES}, got {cfg.select!r}")
     state = None
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -496,6 +526,8 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     val_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects)
     change_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
                                     CHANGE_MOTION)
+    parts_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
+                                   kinds=(("parts", 1.0),)) if cfg.select == "val_mix" else None
     stages = SCHEDULES[cfg.schedule]
 
     def validate_all():
@@ -503,6 +535,11 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         val.update({k.replace("val_", "val_change_"): v
                     for k, v in validate(model, change_batches).items() if k != "val_click2_j"})
         val["val_both"] = 0.5 * (val["val_track_j"] + val["val_change_track_j"])
+        if parts_batches is not None:
+            val.update({k.replace("val_", "val_parts_"): v
+                        for k, v in validate(model, parts_batches).items()})
+            val["val_mix"] = (val["val_track_j"] + val["val_change_track_j"]
+                              + val["val_parts_track_j"]) / 3
         return val
     log = open(run_dir / "log.jsonl", "a")
     t_start = time.time()
@@ -530,10 +567,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             stage = stage_at(step, cfg.steps, stages, skip_image=cfg.skip_image_stage)
             if stage.n_frames > 1 and rng.random() < stage.image_batches:
                 batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, STAGES[0].max_objects,
-                                   cfg.image_size)
+                                   cfg.image_size, stage.kinds)
             else:
                 batch = make_batch(rng, stage.n_frames, stage.clips, stage.motion,
-                                   stage.max_objects, cfg.image_size)
+                                   stage.max_objects, cfg.image_size, stage.kinds)
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(step, cfg)
@@ -590,8 +627,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--reinit-memory", action="store_true",
                    help="with --init-weights: fresh memory modules (encoder, attention) for the new run")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=RecipeConfig.schedule,
-                   help="stage schedule ('change': fast motion and large size change last)")
-    p.add_argument("--select", choices=("val_track_j", "val_both"), default=RecipeConfig.select,
+                   help="stage schedule ('change': fast motion and large size change last; "
+                        "'parts': multi-part objects on cluttered backgrounds, from trained weights)")
+    p.add_argument("--select", choices=SELECT_CHOICES, default=RecipeConfig.select,
                    help="what best.pt maximises")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)
     p.add_argument("--max-minutes", type=float, default=None)

@@ -1,0 +1,98 @@
+"""The training data generator and the recipe's scene mixes (what lit-tiny learns from)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lit.training.synthetic import (
+    DEFAULT_KIND_WEIGHTS,
+    SCENE_KINDS,
+    MotionLevel,
+    draw_kind,
+    generate_clip,
+)
+
+
+@pytest.mark.parametrize("kind", SCENE_KINDS)
+def test_every_kind_gives_frames_and_labels_that_agree(kind):
+    c = generate_clip(np.random.default_rng(5), 4, 96, kind=kind, motion=MotionLevel(3.0, 0.02, 0.8))
+    assert c.kind == kind
+    assert c.frames.shape == (4, 96, 96, 3) and c.frames.dtype == np.uint8
+    assert c.labels.shape == (4, 96, 96) and c.labels.dtype == np.int32
+    assert (c.labels > 0).any(), "a clip without any object teaches nothing"
+    assert c.frames.std() > 5, "frames are flat"
+    again = generate_clip(np.random.default_rng(5), 4, 96, kind=kind, motion=MotionLevel(3.0, 0.02, 0.8))
+    np.testing.assert_array_equal(c.frames, again.frames)  # a seed gives the same clip
+    np.testing.assert_array_equal(c.labels, again.labels)
+
+
+def test_parts_objects_are_multi_coloured_and_move_over_a_cluttered_background():
+    rng = np.random.default_rng(0)
+    multi, moved, clutter = 0, 0, []
+    for _ in range(8):
+        c = generate_clip(rng, 6, 128, kind="parts", motion=MotionLevel(3.0, 0.02, 0.8))
+        frame, lab = c.frames[0].astype(float), c.labels[0]
+        bg = frame[lab == 0]
+        clutter.append(np.unique(bg // 32, axis=0).shape[0])  # distinct coarse colours
+        for obj in np.unique(lab[lab > 0]):
+            px = frame[lab == obj]
+            if len(px) < 200:
+                continue
+            # several parts of their own colour: the object's colours form separate groups
+            spread = np.percentile(px, 95, axis=0) - np.percentile(px, 5, axis=0)
+            multi += int(spread.max() > 60)
+            if (c.labels[-1] == obj).any():
+                moved += int((c.labels[-1] == obj).sum() != (lab == obj).sum()
+                             or not np.array_equal(c.labels[-1] == obj, lab == obj))
+    assert multi >= 4, f"only {multi} objects look made of differently coloured parts"
+    assert moved >= 4
+    assert np.median(clutter) >= 8, f"background has {clutter} coarse colours: not cluttered"
+
+
+def test_default_kind_draw_leaves_parts_out_and_weights_are_checked():
+    assert DEFAULT_KIND_WEIGHTS["parts"] == 0
+    kinds = {draw_kind(np.random.default_rng(s)) for s in range(300)}
+    assert "parts" not in kinds and len(kinds) == len(SCENE_KINDS) - 1
+    assert {draw_kind(np.random.default_rng(s), {"parts": 1.0}) for s in range(20)} == {"parts"}
+    with pytest.raises(ValueError, match="unknown scene kinds"):
+        draw_kind(np.random.default_rng(0), {"cells": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        draw_kind(np.random.default_rng(0), {"parts": 0.0})
+
+
+def test_parts_schedule_draws_its_scene_mix():
+    pytest.importorskip("training")  # sam2's training package (collate_fn)
+    from napari_lit.training.recipe import PARTS_KINDS, SCHEDULES, make_batch
+
+    assert all(stage.kinds == PARTS_KINDS for stage in SCHEDULES["parts"])
+    assert all(stage.kinds is None for stage in SCHEDULES["default"])
+    batch = make_batch(np.random.default_rng(1), 3, 2, MotionLevel(), 2, 64, kinds=(("parts", 1.0),))
+    assert tuple(batch.img_batch.shape) == (3, 2, 3, 64, 64)
+    assert batch.masks.shape[0] == 3 and batch.masks[0].flatten(1).any(1).all()
+
+
+@pytest.mark.slow
+def test_parts_schedule_trains_and_validates_on_parts_clips(tmp_path):
+    """Two optimiser steps of the ``parts`` schedule from lit-tiny's weights: the run logs the
+    parts validation set, selects on ``val_mix`` and changes the weights."""
+    import torch
+
+    from napari_lit.models.catalogue import LIT_TINY_WEIGHTS
+    from napari_lit.training.recipe import RecipeConfig, train
+
+    cfg = RecipeConfig(steps=2, val_every=2, val_clips=1, log_every=1, schedule="parts",
+                       select="val_mix", lr=1e-3, warmup=0)
+    weights = LIT_TINY_WEIGHTS
+    records = list(train(tmp_path / "run", cfg, init_weights=weights))
+    val = records[-1]
+    assert {"val_parts_track_j", "val_parts_static_j", "val_mix"} <= set(val)
+    assert 0 <= val["val_parts_track_j"] <= 1
+    assert val["val_mix"] == pytest.approx((val["val_track_j"] + val["val_change_track_j"]
+                                            + val["val_parts_track_j"]) / 3)
+    before = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    after = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)["model"]
+    key = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    assert not torch.allclose(before[key].float(), after[key].float())
+    with pytest.raises(ValueError, match="select must be one of"):
+        next(train(tmp_path / "other", RecipeConfig(select="val_parts")))
