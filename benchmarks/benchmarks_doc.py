@@ -246,9 +246,9 @@ def uncertainty_section(results: Path, docs: Path) -> str:
             "First lit-tiny's logit temperature T (temperature scaling, Guo et al. 2017): the T that "
             "minimises the pixel-wise negative log-likelihood of sigmoid(logit / T) against the true "
             f"masks of the tracked frames: **T = {r['temperature']:.2f}** (NLL {r['nll_at_temperature']:.3f} "
-            f"per pixel, {r['nll_at_1']:.3f} at T = 1). lit-tiny's logits are far too sharp (+-20 to 30 "
-            "away from the boundary), so without it the entropy is zero except in a one-pixel band along "
-            "the mask's edge and measures the mask's shape rather than the model's doubt. Dividing by T "
+            f"per pixel, {r['nll_at_1']:.3f} at T = 1). lit-tiny's raw logits are too sharp for their "
+            "accuracy, so without it the entropy is near zero except in a thin band along the mask's edge "
+            "and measures the mask's shape rather than the model's doubt. Dividing by T "
             "never changes a mask. Then the dilation of Lazy-XMem eq. 3 at that temperature: median over "
             "objects of Spearman's correlation between -masked entropy and IoU (Lazy-XMem Fig. 3). "
             f"napari-lit uses the best ratio, {r['best_ratio']}.\n")
@@ -281,7 +281,7 @@ def uncertainty_section(results: Path, docs: Path) -> str:
                 parts.append(f"| {method} | {name} {t} | {v['corrections']} | {v['mean_j']:.3f} |")
         best_u = a["best_tau_u"]
         parts.append(f"\nDefault tau_m = {a['best_tau_m']}; tau_u: "
-                     + ("no value changes anything here (the adapted prediction is rarely surer than "
+                     + ("no value changes the number of corrections here (the adapted prediction is rarely surer than "
                         "lit-tiny's own), so the default 0.05 only keeps the mechanism active."
                         if best_u is None else f"{best_u}.") + "\n")
     return "\n".join(parts)

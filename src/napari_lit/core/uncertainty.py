@@ -30,17 +30,17 @@ import numpy as np
 
 __all__ = ["DEFAULT_DILATION", "model_temperature", "DEFAULT_TAU_U", "DEFAULT_TAU_M", "pixel_entropy", "class_probabilities", "dilate", "masked_entropy", "suggested_click"]
 
-DEFAULT_DILATION = 1.0
+DEFAULT_DILATION = 0.25
 """Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
 Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` at lit-tiny's fitted
-temperature (median Spearman correlation of -entropy with IoU over 60 objects: 0.61 with 1.0,
-0.56 with 0.5, 0.47-0.50 with 0 to 0.25)."""
+temperature (median Spearman correlation of -entropy with IoU over 60 objects: 0.53 with 0.25,
+0.53 with 0.1, 0.52 with 0.5, 0.48 with 0, 0.45 with 1.0)."""
 
-DEFAULT_TAU_M = 0.4
+DEFAULT_TAU_M = 0.6
 """Masked entropy above which a tracked frame is kept out of SAM2's memory (Lazy-XMem's
 uncertainty-driven memory update; ``frozen-auto``, ``lit-auto``); chosen on generated
 sequences by ``benchmarks/auto_thresholds.py`` at lit-tiny's calibrated temperature (fewest
-corrections of 0.2 to 0.6 and no gate: 30 with 0.4, 33-36 otherwise)."""
+corrections of 0.2 to 0.6 and no gate: 29 with 0.6, 30-31 with 0.2-0.5, 37 without a gate)."""
 
 DEFAULT_TAU_U = 0.05
 """Masked-entropy jump from the previous frame that makes self-applied learning (``lit-auto``)
