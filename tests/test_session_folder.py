@@ -130,10 +130,13 @@ def test_resume_refuses_another_image_or_model(worked, predictor):
 
 
 def test_resume_warns_when_the_uncertainty_was_recorded_at_another_temperature(worked, predictor, caplog):
-    """The session records the logit temperature of its masked entropy; resuming it with a
-    model calibrated differently says so (and still resumes)."""
+    """The session records the logit temperature and dilation ratio of its masked entropy;
+    resuming it with a model calibrated differently or another default says so (and still
+    resumes)."""
     import json
     import logging
+
+    from napari_lit.core.uncertainty import DEFAULT_DILATION
 
     s, folder, frames, labels, obj = worked
     s.close()
@@ -141,12 +144,15 @@ def test_resume_warns_when_the_uncertainty_was_recorded_at_another_temperature(w
     assert meta["model"]["temperature"] == predictor.napari_lit_temperature
     with caplog.at_level(logging.WARNING, logger="napari_lit.core.session"):
         LitSession.resume(folder, predictor, frames).close()
-    assert "temperature" not in caplog.text
+    assert "temperature" not in caplog.text and "dilation" not in caplog.text
+    assert meta["uncertainty"]["dilation"] == DEFAULT_DILATION
+    meta["uncertainty"]["dilation"] = DEFAULT_DILATION + 0.75  # made with another default
     del meta["model"]["temperature"]  # as sessions made before it was recorded
     (folder / "session.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, logger="napari_lit.core.session"):
         r = LitSession.resume(folder, predictor, frames)
     assert f"temperature 1, this napari-lit uses {predictor.napari_lit_temperature:g}" in caplog.text
+    assert f"dilation ratio {DEFAULT_DILATION + 0.75:g}, this napari-lit uses {DEFAULT_DILATION:g}" in caplog.text
     assert np.isfinite(r.uncertainty(obj)).any()
     r.close()
 

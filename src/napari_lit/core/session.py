@@ -31,7 +31,7 @@ from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
-from .uncertainty import model_temperature
+from .uncertainty import DEFAULT_DILATION, model_temperature
 
 __all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction"]
 
@@ -230,6 +230,8 @@ class LitSession:
                       "image_size": int(predictor.image_size),
                       # the logit temperature of the recorded uncertainty (masked entropy)
                       "temperature": model_temperature(predictor)},
+            # the dilation ratio of the recorded masked entropy (Lazy-XMem eq. 3)
+            "uncertainty": {"dilation": DEFAULT_DILATION},
             "learn": bool(learn),
             "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
@@ -288,6 +290,12 @@ class LitSession:
                 "%s: its uncertainty was recorded at logit temperature %g, this napari-lit uses %g; "
                 "frames propagated from now on get the new values (propagate again to make them all "
                 "comparable)", sf.path, recorded, session.tracker.temperature)
+        dilation = sf.meta.get("uncertainty", {}).get("dilation")
+        if dilation is not None and abs(float(dilation) - DEFAULT_DILATION) > 1e-9:
+            logger.warning(
+                "%s: its uncertainty was recorded with dilation ratio %g, this napari-lit uses %g; "
+                "frames propagated from now on get the new values (propagate again to make them all "
+                "comparable)", sf.path, float(dilation), DEFAULT_DILATION)
         return session
 
     def _log(self, kind: str, **fields) -> None:
