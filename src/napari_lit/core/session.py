@@ -284,18 +284,15 @@ class LitSession:
                                   for k, v in sf.meta.get("adapter", {}).items()})
         session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf)
         session._replay(sf.events)
-        recorded = float(sf.meta.get("model", {}).get("temperature", 1.0))  # none recorded: raw logits
-        if abs(recorded - session.tracker.temperature) > 1e-6:
-            logger.warning(
-                "%s: its uncertainty was recorded at logit temperature %g, this napari-lit uses %g; "
-                "frames propagated from now on get the new values (propagate again to make them all "
-                "comparable)", sf.path, recorded, session.tracker.temperature)
-        dilation = sf.meta.get("uncertainty", {}).get("dilation")
-        if dilation is not None and abs(float(dilation) - DEFAULT_DILATION) > 1e-9:
-            logger.warning(
-                "%s: its uncertainty was recorded with dilation ratio %g, this napari-lit uses %g; "
-                "frames propagated from now on get the new values (propagate again to make them all "
-                "comparable)", sf.path, float(dilation), DEFAULT_DILATION)
+        # the uncertainty's settings then and now (no temperature recorded: raw logits)
+        settings = (("logit temperature", sf.meta.get("model", {}).get("temperature", 1.0), session.tracker.temperature),
+                    ("dilation ratio", sf.meta.get("uncertainty", {}).get("dilation"), DEFAULT_DILATION))
+        for what, recorded, current in settings:
+            if recorded is not None and abs(float(recorded) - current) > 1e-6:
+                logger.warning(
+                    "%s: its uncertainty was recorded with %s %g, this napari-lit uses %g; frames "
+                    "propagated from now on get the new values (propagate again to make them all "
+                    "comparable)", sf.path, what, float(recorded), current)
         return session
 
     def _log(self, kind: str, **fields) -> None:

@@ -482,7 +482,7 @@ class _Composite:
             part.rel_angle = rng.uniform(0, 2 * np.pi)
             part.rel_dist = radius * rng.uniform(0.4, 0.9)
             self.parts.append(part)
-        self.look = None  # one (colour, shade) per piece, drawn on first paint
+        self.look = [None] * (1 + n_parts)  # one (colour, shade) per piece, drawn on first paint
 
     def pieces(self):
         for p in self.parts:
@@ -535,14 +535,10 @@ def _scene_parts(rng, t, h, w, motion):
         lab = np.zeros((h, w), np.int32)
         for i in np.argsort(depth):  # far to near
             o = objs[i]
-            pieces = o.pieces()
-            if o.look is None:
-                o.look = [None] * len(pieces)
-            for k, piece in enumerate(pieces):
+            for k, piece in enumerate(o.pieces()):
                 m = piece.mask(h, w)
                 lab[m] = i + 1
-                look = o.look[k]
-                o.look[k] = _paint(rng, frame, m, tex, *(look if look else (None, None)))
+                o.look[k] = _paint(rng, frame, m, tex, *(o.look[k] or (None, None)))
             o.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
         shift += pan + rng.normal(0, 0.3, 2)
         labels[f] = lab
