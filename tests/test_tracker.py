@@ -51,6 +51,31 @@ def test_several_objects_and_labels(tracker, clip):
         assert np.array_equal(lab[inside], np.asarray(r.obj_ids)[r.logits.argmax(0)][inside])
 
 
+def test_objects_prompted_on_different_frames_propagate_together(tracker, clip):
+    """A user prompts one cell on frame 0 and another only where it is first clear (frame
+    4): propagating from frame 0 must track both over every frame. sam2 keeps memory in
+    bfloat16, and the second object's memory on frames 1-3 holds only its future prompt (no
+    object pointer promotes it to float32), which failed on CPU before the tracker matched
+    the dtypes."""
+    _, labels = clip
+    a, b = [int(i) for i in np.unique(labels[0]) if i][:2]
+    tracker.add_mask(0, a, labels[0] == a)
+    tracker.add_mask(4, b, labels[4] == b)
+    results = {r.frame_idx: r for r in tracker.propagate(direction="both")}
+    assert sorted(results) == list(range(len(labels)))
+    for i, r in results.items():
+        assert r.obj_ids == (a, b)
+        assert np.isfinite(r.logits).all() and np.isfinite(r.masked_entropy()).all()
+    # from frame 4 on, the second object is tracked from its own prompt
+    j = [(results[i].mask(b) & (labels[i] == b)).sum() / max(1, (results[i].mask(b) | (labels[i] == b)).sum())
+         for i in range(4, len(labels))]
+    assert j[0] > 0.8 and np.mean(j) > 0.5
+    # the hook is installed once, however many trackers use the predictor
+    hook = tracker.predictor.memory_attention._napari_lit_dtype_hook
+    Tracker(tracker.predictor, clip[0]).close()
+    assert tracker.predictor.memory_attention._napari_lit_dtype_hook is hook
+
+
 def test_points_and_box_prompts(tracker, object_on_frame0):
     obj, mask = object_on_frame0
     ys, xs = np.nonzero(mask)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from unittest import mock
 
-__all__ = ["SUPPORTED_SAM2", "init_inference_state", "is_conditioning_frame", "propagate_in_video", "tracked_frames",
+__all__ = ["SUPPORTED_SAM2", "init_inference_state", "match_memory_dtype", "is_conditioning_frame", "propagate_in_video", "tracked_frames",
            "memory_reach", "prune_tracked_outputs"]
 
 SUPPORTED_SAM2 = ("1.1.0", "1.0")
@@ -38,6 +38,7 @@ def init_inference_state(predictor, frames, offload_state_to_cpu: bool = False) 
     """
     import sam2.sam2_video_predictor as svp
 
+    match_memory_dtype(predictor)
     height, width = frames.frame_shape
 
     def _lazy_loader(**_kwargs):
@@ -49,6 +50,39 @@ def init_inference_state(predictor, frames, offload_state_to_cpu: bool = False) 
             offload_video_to_cpu=True,
             offload_state_to_cpu=offload_state_to_cpu,
         )
+
+
+def match_memory_dtype(predictor) -> None:
+    """Make sam2's memory attention read its memory in the dtype of the frame's features.
+
+    sam2 stores each frame's memory features as bfloat16. Its memory is usually those plus
+    float32 object pointers, so ``torch.cat`` promotes it to float32; but an object whose
+    only prompt lies ahead of the propagation (prompted on a later frame than another
+    object, when tracking starts from the earlier one) has no pointer yet, its memory stays
+    bfloat16, and without a GPU's autocast the float32 attention raises "mat1 and mat2 must
+    have the same dtype". A forward pre-hook on ``predictor.memory_attention`` casts
+    ``memory`` and ``memory_pos`` to the dtype of ``curr``; it is installed once per
+    predictor and changes nothing when the dtypes already agree.
+    """
+    module = predictor.memory_attention
+    if getattr(module, "_napari_lit_dtype_hook", None) is not None:
+        return
+
+    def _hook(_module, args, kwargs):
+        curr = kwargs.get("curr", args[0] if args else None)
+        if isinstance(curr, (list, tuple)):
+            curr = curr[0]
+        if curr is None:
+            return None
+        changed = False
+        for key in ("memory", "memory_pos"):
+            value = kwargs.get(key)
+            if value is not None and value.dtype != curr.dtype:
+                kwargs[key] = value.to(curr.dtype)
+                changed = True
+        return (args, kwargs) if changed else None
+
+    module._napari_lit_dtype_hook = module.register_forward_pre_hook(_hook, with_kwargs=True)
 
 
 def tracked_frames(state: dict, obj_idx: int) -> dict:
