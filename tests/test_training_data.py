@@ -50,10 +50,38 @@ def test_parts_objects_are_multi_coloured_and_move_over_a_cluttered_background()
     assert np.median(clutter) >= 8, f"background has {clutter} coarse colours: not cluttered"
 
 
-def test_default_kind_draw_leaves_parts_out_and_weights_are_checked():
-    assert DEFAULT_KIND_WEIGHTS["parts"] == 0
+def test_em_sections_are_packed_look_alikes_of_many_sizes_moving_on_their_own():
+    """Serial-section EM neuropil (the ``em`` kind): the field is tiled by compartments
+    separated by thin membranes; their sizes span an order of magnitude; each moves its own
+    way from section to section (no shared drift a model could just follow)."""
+    rng = np.random.default_rng(3)
+    spreads, membrane, independent = [], [], []
+    for _ in range(4):
+        c = generate_clip(rng, 4, 192, kind="em", motion=MotionLevel(3.0, 0.02, 0.8))
+        lab = c.labels
+        membrane.append((lab[0] == 0).mean())
+        ids, areas = np.unique(lab[0][lab[0] > 0], return_counts=True)
+        spreads.append(np.percentile(areas, 90) / np.percentile(areas, 10))
+        shifts = []
+        for obj, area in zip(ids, areas):
+            a, b = np.argwhere(lab[0] == obj), np.argwhere(lab[-1] == obj)
+            if area > 150 and len(b) > 150:
+                shifts.append(b.mean(0) - a.mean(0))
+        shifts = np.array(shifts)
+        # how much the objects' displacements differ from their common mean
+        independent.append(np.linalg.norm(shifts - shifts.mean(0), axis=1).mean())
+        # neighbours look alike: compartment interiors have about the same grey level
+        grey = [c.frames[0, ..., 0][lab[0] == i].mean() for i in ids[areas > 150]]
+        assert np.std(grey) < 40
+    assert all(0.03 < m < 0.4 for m in membrane), membrane
+    assert min(spreads) > 5, f"compartment sizes too uniform: 90th/10th percentile area {spreads}"
+    assert min(independent) > 2, f"compartments move together: {independent} px"
+
+
+def test_default_kind_draw_leaves_parts_and_em_out_and_weights_are_checked():
+    assert DEFAULT_KIND_WEIGHTS["parts"] == 0 and DEFAULT_KIND_WEIGHTS["em"] == 0
     kinds = {draw_kind(np.random.default_rng(s)) for s in range(300)}
-    assert "parts" not in kinds and len(kinds) == len(SCENE_KINDS) - 1
+    assert not {"parts", "em"} & kinds and len(kinds) == len(SCENE_KINDS) - 2
     assert {draw_kind(np.random.default_rng(s), {"parts": 1.0}) for s in range(20)} == {"parts"}
     with pytest.raises(ValueError, match="unknown scene kinds"):
         draw_kind(np.random.default_rng(0), {"cells": 1.0})
@@ -63,9 +91,11 @@ def test_default_kind_draw_leaves_parts_out_and_weights_are_checked():
 
 def test_parts_schedule_draws_its_scene_mix():
     pytest.importorskip("training")  # sam2's training package (collate_fn)
-    from napari_lit.training.recipe import PARTS_KINDS, SCHEDULES, make_batch
+    from napari_lit.training.recipe import EM_KINDS, PARTS_KINDS, SCHEDULES, make_batch
 
     assert all(stage.kinds == PARTS_KINDS for stage in SCHEDULES["parts"])
+    assert all(stage.kinds == EM_KINDS for stage in SCHEDULES["em"])
+    assert dict(EM_KINDS)["em"] > 0 and dict(EM_KINDS)["parts"] > 0
     assert all(stage.kinds is None for stage in SCHEDULES["default"])
     batch = make_batch(np.random.default_rng(1), 3, 2, MotionLevel(), 2, 64, kinds=(("parts", 1.0),))
     assert tuple(batch.img_batch.shape) == (3, 2, 3, 64, 64)
@@ -75,7 +105,8 @@ def test_parts_schedule_draws_its_scene_mix():
 @pytest.mark.slow
 def test_parts_schedule_trains_and_validates_on_parts_clips(tmp_path):
     """Two optimiser steps of the ``parts`` schedule from lit-tiny's weights: the run logs the
-    parts validation set, selects on ``val_mix`` and changes the weights."""
+    parts validation set, selects on ``val_mix`` and changes the weights; with ``val_mix_em``
+    it also validates on EM clips."""
     import torch
 
     from napari_lit.models.catalogue import LIT_TINY_WEIGHTS
@@ -96,3 +127,8 @@ def test_parts_schedule_trains_and_validates_on_parts_clips(tmp_path):
     assert not torch.allclose(before[key].float(), after[key].float())
     with pytest.raises(ValueError, match="select must be one of"):
         next(train(tmp_path / "other", RecipeConfig(select="val_parts")))
+    cfg = RecipeConfig(steps=1, val_every=1, val_clips=1, log_every=1, schedule="em",
+                       select="val_mix_em", warmup=0)
+    val = list(train(tmp_path / "em", cfg, init_weights=weights))[-1]
+    assert 0 <= val["val_em_track_j"] <= 1
+    assert val["val_mix_em"] == pytest.approx((3 * val["val_mix"] + val["val_em_track_j"]) / 4)

@@ -94,11 +94,17 @@ CHANGE_MOTION = MotionLevel(5.0, 0.03, 1.0, change=0.05)
 PARTS_KINDS = (("parts", 0.35), ("natural", 0.1), ("tissue", 0.15), ("ct", 0.12), ("zstack", 0.1),
                ("nuclei", 0.08), ("phase", 0.1))
 
+#: Scene mix of the ``em`` schedule: the ``parts`` mix with serial-section EM neuropil
+#: (the ``em`` scene kind: packed look-alike compartments of very different sizes, each
+#: moving on its own) and more CT, the two dev domains with the most corrections.
+EM_KINDS = (("parts", 0.25), ("em", 0.2), ("natural", 0.05), ("tissue", 0.1), ("ct", 0.15), ("zstack", 0.08),
+            ("nuclei", 0.07), ("phase", 0.1))
+
 #: Stage schedules by name. ``change`` continues a trained model on clips where the previous
 #: mask is a poor answer (the failure of copy-the-last-mask tracking on real z-stacks).
 #: ``parts`` continues a trained model with multi-part objects on cluttered, panning
 #: backgrounds (the ``parts`` scene kind), where a model that only knows one-texture shapes
-#: falls back to repeating the last mask.
+#: falls back to repeating the last mask. ``em`` is ``parts`` with the :data:`EM_KINDS` mix.
 SCHEDULES = {
     "default": STAGES,
     "change": (
@@ -113,11 +119,18 @@ SCHEDULES = {
         Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
               kinds=PARTS_KINDS),
     ),
+    "em": (
+        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=EM_KINDS),
+        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2,
+              kinds=EM_KINDS),
+        Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
+              kinds=EM_KINDS),
+    ),
 }
 
 
 #: What ``best.pt`` may maximise (see :class:`RecipeConfig`).
-SELECT_CHOICES = ("val_track_j", "val_both", "val_mix")
+SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", "val_mix_em")
 
 
 @dataclass
@@ -158,7 +171,8 @@ class RecipeConfig:
         What ``best.pt`` maximises: ``val_track_j`` (normal-motion validation clips) or
         ``val_both`` (the mean of that and ``val_change_track_j``, clips with fast motion
         and large size change) or ``val_mix`` (the mean of those two and
-        ``val_parts_track_j``, clips of the ``parts`` scene kind only).
+        ``val_parts_track_j``, clips of the ``parts`` scene kind only) or ``val_mix_em``
+        (the mean of those three and ``val_em_track_j``, clips of the ``em`` kind only).
     """
 
     steps: int = 12000
@@ -527,7 +541,9 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     change_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
                                     CHANGE_MOTION)
     parts_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=(("parts", 1.0),)) if cfg.select == "val_mix" else None
+                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", "val_mix_em") else None
+    em_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
+                                kinds=(("em", 1.0),)) if cfg.select == "val_mix_em" else None
     stages = SCHEDULES[cfg.schedule]
 
     def validate_all():
@@ -540,6 +556,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
                         for k, v in validate(model, parts_batches).items()})
             val["val_mix"] = (val["val_track_j"] + val["val_change_track_j"]
                               + val["val_parts_track_j"]) / 3
+        if em_batches is not None:
+            val.update({k.replace("val_", "val_em_"): v
+                        for k, v in validate(model, em_batches).items()})
+            val["val_mix_em"] = (3 * val["val_mix"] + val["val_em_track_j"]) / 4
         return val
     log = open(run_dir / "log.jsonl", "a")
     t_start = time.time()
@@ -628,7 +648,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="with --init-weights: fresh memory modules (encoder, attention) for the new run")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=RecipeConfig.schedule,
                    help="stage schedule ('change': fast motion and large size change last; "
-                        "'parts': multi-part objects on cluttered backgrounds, from trained weights)")
+                        "'parts': multi-part objects on cluttered backgrounds, from trained weights; "
+                        "'em': the parts mix with serial-section EM neuropil and more CT)")
     p.add_argument("--select", choices=SELECT_CHOICES, default=RecipeConfig.select,
                    help="what best.pt maximises")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)

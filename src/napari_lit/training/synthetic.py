@@ -40,13 +40,13 @@ from scipy import ndimage as ndi
 
 __all__ = ["SCENE_KINDS", "DEFAULT_KIND_WEIGHTS", "MotionLevel", "Clip", "generate_clip", "draw_kind"]
 
-SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural", "parts")
+SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural", "parts", "em")
 
-#: How often :func:`generate_clip` draws each kind when none is given. ``parts`` (added
-#: later) is not drawn by default, so a seed gives the clips it gave before; training
+#: How often :func:`generate_clip` draws each kind when none is given. ``parts`` and ``em``
+#: (added later) are not drawn by default, so a seed gives the clips it gave before; training
 #: schedules that want it pass their own weights.
 DEFAULT_KIND_WEIGHTS = {"nuclei": 0.2, "tissue": 0.2, "zstack": 0.15, "phase": 0.1, "ct": 0.1,
-                        "natural": 0.25, "parts": 0.0}
+                        "natural": 0.25, "parts": 0.0, "em": 0.0}
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,73 @@ def _scene_tissue(rng, t, h, w, motion):
     return signal, labels
 
 
+def _scene_em(rng, t, h, w, motion):
+    """Serial-section electron microscopy of neuropil; objects = neurite cross-sections.
+
+    Neurites are tubes that cross the stack obliquely: each section shows a compartment
+    whose centre moves on its own (not with a shared drift) and whose size follows a
+    log-normal law (many thin axons, a few wide dendrites), packed as an additively
+    weighted Voronoi diagram (curved walls, no cell encloses another). Walls are thick dark membranes; interiors are
+    grey with a grain renewed from section to section, some hold mitochondria (dark ovals
+    with pale cristae) or clusters of synaptic vesicles. Neighbours look alike, so only the
+    memory of where the object was and what it looked like tells them apart.
+    """
+    n = int(rng.integers(25, 70))
+    radius = np.exp(rng.normal(np.log(rng.uniform(10, 22)), 0.55, n)).astype(np.float32)
+    seeds = np.stack([rng.uniform(-10, h + 10, n), rng.uniform(-10, w + 10, n)], 1).astype(np.float32)
+    vel = rng.normal(0, motion.speed * 0.5, (n, 2)).astype(np.float32)
+    grey = rng.uniform(0.5, 0.75, n).astype(np.float32)
+    wall = rng.uniform(1.0, 2.5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warp = [_smooth_noise(rng, (h, w), 8.0) * rng.uniform(0, 5) for _ in range(2)]
+    # organelles, in each neurite's own coordinates (they move with it)
+    mito = rng.random(n) < 0.3
+    m_off = rng.normal(0, 0.3, (n, 2)).astype(np.float32) * radius[:, None]
+    m_len = rng.uniform(0.3, 0.6, n) * radius
+    m_ang = rng.uniform(0, np.pi, n)
+    vesicle = rng.random(n) < 0.2
+    v_dots = [rng.normal(0, 0.35, (int(rng.integers(6, 25)), 2)) * radius[i] for i in range(n)]
+    grain = _smooth_noise(rng, (h, w), rng.uniform(0.7, 1.3))
+    labels = np.zeros((t, h, w), np.int32)
+    signal = np.zeros((t, h, w), np.float32)
+    for f in range(t):
+        wy, wx = yy + warp[0], xx + warp[1]
+        d = np.sqrt((wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2)
+        lab = np.argmin(d - radius[:, None, None], axis=0).astype(np.int32)
+        edge = np.zeros((h, w), bool)
+        edge[1:] |= lab[1:] != lab[:-1]
+        edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+        membrane = ndi.distance_transform_edt(~edge) < wall
+        img = grey[lab] + 0.08 * grain
+        for i in np.flatnonzero(mito | vesicle):
+            cy, cx = seeds[i]
+            if not (-radius[i] < cy < h + radius[i] and -radius[i] < cx < w + radius[i]):
+                continue
+            inside = lab == i
+            if mito[i]:
+                ca, sa = np.cos(m_ang[i]), np.sin(m_ang[i])
+                dy, dx = yy - cy - m_off[i, 0], xx - cx - m_off[i, 1]
+                u, v = dx * ca + dy * sa, -dx * sa + dy * ca
+                oval = inside & ((u / m_len[i]) ** 2 + (v / (0.4 * m_len[i])) ** 2 <= 1)
+                cristae = np.cos(u * 1.3) > 0.3
+                img[oval] = np.where(cristae[oval], 0.4, 0.12)
+            if vesicle[i]:
+                for dy, dx in v_dots[i]:
+                    py, px = int(cy + dy), int(cx + dx)
+                    if 1 <= py < h - 1 and 1 <= px < w - 1 and inside[py, px]:
+                        img[py - 1:py + 2, px - 1:px + 2] = 0.25
+        img[membrane] = 0.08
+        lab = lab + 1
+        lab[membrane] = 0
+        labels[f] = lab
+        signal[f] = img
+        seeds += vel + rng.normal(0, motion.speed * 0.2, seeds.shape).astype(np.float32)
+        radius *= np.exp(rng.normal(0, motion.deform + motion.change, n)).astype(np.float32)
+        m_ang += rng.normal(0, 0.1, n)
+        grain = 0.5 * grain + 0.87 * _smooth_noise(rng, (h, w), 1.0)  # the next section
+    return signal, labels
+
+
 def _scene_ct(rng, t, h, w, motion):
     """CT/MRI-like slices: a body or head outline with a bright rim (skin, skull), bone-like
     bright distractors, textured tissue, and organ or lesion cross-sections (the objects)
@@ -596,6 +663,8 @@ def generate_clip(
         signal, labels = _scene_tissue(rng, n_frames, h, w, motion)
     elif kind == "ct":
         signal, labels = _scene_ct(rng, n_frames, h, w, motion)
+    elif kind == "em":
+        signal, labels = _scene_em(rng, n_frames, h, w, motion)
     else:
         signal, labels = _scene_blobs(rng, n_frames, h, w, motion, kind)
     grey = _imaging(rng, signal, microscopy=kind != "ct")
