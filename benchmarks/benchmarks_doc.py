@@ -211,21 +211,53 @@ def dev_entropy_part(results: Path, docs: Path) -> str:
     prop = _load(results / "propagate-mask.json")
     if prop is None or not any(e.get("entropy") is not None for e in prop["sequences"]):
         return ""
+    joint = _load(results / "propagate-mask-joint.json")
     parts = ["### On the evaluation sequences\n",
              "From the propagation run above (`--method propagate --init mask`; lit-tiny's temperature and "
              "the default dilation, both fitted on generated clips): per sequence, the "
              "median over its objects of Spearman's correlation between -masked entropy and IoU over "
-             "the frames other than the prompt frame (– where the entropy or J is constant).\n",
-             "| sequence | objects | median Spearman |", "|---|---:|---:|"]
-    by_seq = {}
-    for e in prop["sequences"]:
-        by_seq.setdefault(e["name"], []).append(e.get("spearman"))
-    for name, rhos in by_seq.items():
-        vals = [r for r in rhos if r is not None]
-        parts.append(f"| {name} | {len(rhos)} | " + (f"{np.median(vals):.2f}" if vals else "–") + " |")
-    med = prop.get("median_spearman")
-    parts.append(f"\nMedian over all objects: **{'–' if med is None else f'{med:.2f}'}** "
-                 "(issue 5 asks for >= 0.5).\n")
+             "the frames other than the prompt frame (– where the entropy or J is constant)."
+             + (" *Objects together*: the same with all objects of a sequence prompted and tracked in one "
+                "tracker, as the widget does (`--joint`), so that where objects compete for pixels the "
+                "entropy has a class per object (Lazy-XMem eq. 2); single-object sequences are "
+                "unchanged." if joint else "") + "\n",
+             "```bash",
+             "napari-lit bench ../shared/data/dev --method propagate --init mask --json "
+             "benchmarks/results/propagate-mask.json"]
+    if joint:
+        parts.append("napari-lit bench ../shared/data/dev --method propagate --init mask --joint --json "
+                     "benchmarks/results/propagate-mask-joint.json")
+    parts += ["```\n",
+              "| sequence | objects | median Spearman, each object alone |"
+              + (" objects together | mean J together |" if joint else ""),
+              "|---|---:|---:|" + ("---:|---:|" if joint else "")]
+
+    def by_seq(result, key):
+        out = {}
+        for e in result["sequences"]:
+            out.setdefault(e["name"], []).append(e.get(key))
+        return out
+
+    def med(values):
+        vals = [v for v in values if v is not None]
+        return f"{np.median(vals):.2f}" if vals else "–"
+
+    alone_rho = by_seq(prop, "spearman")
+    joint_rho = by_seq(joint, "spearman") if joint else {}
+    joint_j = by_seq(joint, "mean_j") if joint else {}
+    for name, rhos in alone_rho.items():
+        row = f"| {name} | {len(rhos)} | {med(rhos)} |"
+        if joint:
+            js = joint_j.get(name)
+            row += f" {med(joint_rho.get(name, []))} | " + (f"{np.mean(js):.3f}" if js else "–") + " |"
+        parts.append(row)
+    m = prop.get("median_spearman")
+    line = f"\nMedian over all objects: **{'–' if m is None else f'{m:.2f}'}** each object alone"
+    if joint:
+        mj = joint.get("median_spearman")
+        line += (f", **{'–' if mj is None else f'{mj:.2f}'}** objects together (mean J together "
+                 f"{joint['mean_j']:.3f}, alone {prop['mean_j']:.3f})")
+    parts.append(line + " (issue 5 asks for >= 0.5).\n")
     png = docs / "entropy-vs-iou.png"
     plot_entropy_iou(prop, png)
     parts.append(f"![masked entropy vs IoU over frames]({png.name})\n")

@@ -18,6 +18,8 @@ if [ "$what" = all ] || [ "$what" = tracking ]; then
     $BENCH "$DATA" --method static --init $init --json $OUT/static-$init.json --quiet
     $BENCH "$DATA" --method propagate --init $init --json $OUT/propagate-$init.json --quiet
   done
+  # all objects of a sequence tracked together, as in the widget (masked entropy with a class per object)
+  $BENCH "$DATA" --method propagate --init mask --joint --json $OUT/propagate-mask-joint.json --quiet
 fi
 if [ "$what" = all ] || [ "$what" = corrections ]; then
   .venv/bin/python benchmarks/mask_resolution_ceiling.py "$DATA" --out $OUT/mask_resolution_ceiling.json

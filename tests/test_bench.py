@@ -251,6 +251,7 @@ def test_object_absent_everywhere_is_skipped(tmp_path, no_model, caplog):
     (["DATA", "--method", "magic", "--init", "mask"], "invalid choice"),
     (["DATA", "--method", "static"], "--init"),
     (["DATA", "--method", "static", "--init", "mask", "--sequences", "nope"], "no sequence nope"),
+    (["DATA", "--method", "frozen", "--init", "mask", "--joint"], "--joint is for the propagate and static"),
 ])
 def test_cli_bad_input_exit_2_one_line(args, message, data_dir, tmp_path, capsys):
     args = [str(tmp_path / "missing") if a == "MISSING" else str(data_dir) if a == "DATA" else a for a in args]
@@ -311,6 +312,37 @@ def test_propagate_scores_every_frame(data_dir, predictor, tmp_path):
     static = run_benchmark(data_dir, "static", "mask", sequences=["cells-tiff"], progress=False)
     with pytest.raises(ValueError, match="no per-frame masked entropy"):
         plot_entropy_iou(static, tmp_path / "x.png")
+
+
+def test_joint_propagation_tracks_the_objects_together_as_the_widget_does(data_dir, predictor):
+    """``--joint``: the two objects of 'cells-tiff' (prompted on frames 0 and 2) are tracked
+    in one tracker; each object's J and masked entropy (a class per object, Lazy-XMem eq. 2)
+    are those of that tracker's frames, and the run says it was joint."""
+    from napari_lit.core import FrameSource, Tracker
+    from napari_lit.io import load_sequence
+
+    res = run_benchmark(data_dir, "propagate", "mask", sequences=["cells-tiff"], predictor=predictor,
+                        progress=False, joint=True)
+    assert res["joint"] is True
+    seq = load_sequence(data_dir / "cells-tiff")
+    labels = np.asarray(seq.labels[:])
+    tracker = Tracker(predictor, FrameSource(seq.image, image_size=predictor.image_size))
+    for obj in seq.objects:
+        gt = labels == obj
+        pf = int(np.flatnonzero(gt.any(axis=(1, 2)))[0])
+        tracker.add_mask(pf, obj, gt[pf])
+    frames = {r.frame_idx: r for r in tracker.propagate(direction="both")}
+    assert len(res["sequences"]) == len(seq.objects) == 2
+    for e in res["sequences"]:
+        k = list(seq.objects).index(e["object"])
+        assert e["j"] == pytest.approx([_iou(frames[i].mask(e["object"]), labels[i] == e["object"])
+                                        for i in range(N_FRAMES)])
+        assert frames[0].obj_ids == tuple(seq.objects)  # both objects' logits on every frame
+        assert e["entropy"] == pytest.approx([frames[i].masked_entropy()[k] for i in range(N_FRAMES)], abs=1e-6)
+    # static needs no tracking: the same scores either way
+    s1 = run_benchmark(data_dir, "static", "mask", sequences=["cells-tiff"], progress=False, joint=True)
+    s2 = run_benchmark(data_dir, "static", "mask", sequences=["cells-tiff"], progress=False)
+    assert [e["j"] for e in s1["sequences"]] == [e["j"] for e in s2["sequences"]]
 
 
 def test_static_click_repeats_the_models_click_mask(data_dir, predictor):

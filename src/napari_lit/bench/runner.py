@@ -12,8 +12,8 @@ ground-truth mask (``--init mask``) or one positive click at the mask's interior
 farthest from its boundary (``--init click``, :func:`~napari_lit.bench.metrics.click_point`).
 
 ``propagate`` tracks the object from there forward and backward with the model (each object
-alone: the tracker is reset between objects). ``static`` repeats the prompt frame's mask on
-every frame (for ``--init click`` the mask the model made from the click): the baseline to
+alone: the tracker is reset between objects; ``--joint``: all objects of a sequence together,
+as in the widget). ``static`` repeats the prompt frame's mask on every frame (for ``--init click`` the mask the model made from the click): the baseline to
 beat; ``static`` with ``--init mask`` needs no model and loads none.
 
 Every frame is scored with J and F (:mod:`napari_lit.bench.metrics`), the prompt frame
@@ -38,7 +38,8 @@ from .interactive import (AUTO_METHODS, DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIV
                           simulate_object, workload)
 from .metrics import click_point, frame_scores
 
-__all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "build_parser", "main"]
+__all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "score_objects", "build_parser",
+           "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         floats, frame by frame), ``mean_j`` and ``mean_jf`` (floats, over all N frames).
         ``propagate`` adds ``entropy`` (N floats: the object's masked entropy, Lazy-XMem eq.
         2-4) and ``spearman``: Spearman's correlation of -entropy with J over the frames
-        other than the prompt frame (Lazy-XMem Fig. 3; None when either is constant).
+        other than the prompt frame (:func:`entropy_iou_correlation`).
 
     Raises
     ------
@@ -104,60 +105,100 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         On an unknown method or init, a ground truth that is not (N, Y, X) or is empty on
         every frame, or a tracker whose frames differ from the ground truth in shape.
     """
+    return score_objects({obj_id: gt}, method, init, tracker)[obj_id]
+
+
+def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=None) -> Dict[int, Dict]:
+    """Prompt several objects, each on the first frame where it appears, track them
+    together (as the widget does) and score each.
+
+    Tracking objects together changes no object's masks in sam2 (each has its own memory)
+    beyond the overlaps, which go to the surer object; it changes their masked entropy:
+    where objects compete for pixels, the entropy has |C| classes (Lazy-XMem eq. 2).
+
+    Parameters
+    ----------
+    gts : dict of int -> (N, Y, X) ndarray of bool
+        Ground truth of each object (its id in the tracker -> its masks); each must be
+        non-empty somewhere, all of one shape.
+    method, init, tracker
+        As in :func:`score_object`; the tracker is reset first.
+
+    Returns
+    -------
+    dict of int -> dict
+        Per object, what :func:`score_object` returns.
+
+    Raises
+    ------
+    ValueError
+        As :func:`score_object`, or when ``gts`` is empty or its masks differ in shape.
+    """
     _check_choice("method", method, ("propagate", "static"))
     _check_choice("init", init, INITS)
-    gt = np.asarray(gt, dtype=bool)
-    if gt.ndim != 3:
-        raise ValueError(f"ground truth must be (N, Y, X); got shape {gt.shape}")
-    prompt_frame = first_frame(gt)
-    if prompt_frame is None:
-        raise ValueError(f"object {obj_id} is absent from every frame of the ground truth")
+    if not gts:
+        raise ValueError("no object to score")
+    gts = {int(k): np.asarray(v, dtype=bool) for k, v in gts.items()}
+    shapes = {v.shape for v in gts.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"the objects' ground truths differ in shape: {sorted(shapes)}")
+    shape = shapes.pop()
+    if len(shape) != 3:
+        raise ValueError(f"ground truth must be (N, Y, X); got shape {shape}")
+    prompt_frames = {}
+    for obj_id, gt in gts.items():
+        prompt_frames[obj_id] = first_frame(gt)
+        if prompt_frames[obj_id] is None:
+            raise ValueError(f"object {obj_id} is absent from every frame of the ground truth")
     needs_model = not (method == "static" and init == "mask")
     if needs_model:
         if tracker is None:
             raise ValueError(f"method {method!r} with init {init!r} needs a tracker")
-        if (tracker.n_frames,) + tuple(tracker.frame_shape) != gt.shape:
+        if (tracker.n_frames,) + tuple(tracker.frame_shape) != shape:
             raise ValueError(
                 f"tracker frames {(tracker.n_frames,) + tuple(tracker.frame_shape)} differ from "
-                f"the ground truth {gt.shape}"
+                f"the ground truth {shape}"
             )
         tracker.reset()
-    n = len(gt)
-    click = None
-    j = np.full(n, np.nan)
-    f = np.full(n, np.nan)
-    entropy = np.full(n, np.nan)
-
-    if init == "mask":
-        prompt_mask = gt[prompt_frame]
-        if needs_model:
-            tracker.add_mask(prompt_frame, obj_id, prompt_mask)
-    else:
-        click = click_point(gt[prompt_frame])
-        prompt_mask = tracker.add_points(prompt_frame, obj_id, [list(click)], [1]).mask(obj_id)
+    n = shape[0]
+    out = {}
+    for obj_id, gt in gts.items():
+        pf = prompt_frames[obj_id]
+        click = None
+        if init == "mask":
+            prompt_mask = gt[pf]
+            if needs_model:
+                tracker.add_mask(pf, obj_id, prompt_mask)
+        else:
+            click = click_point(gt[pf])
+            prompt_mask = tracker.add_points(pf, obj_id, [list(click)], [1]).mask(obj_id)
+        out[obj_id] = {"prompt_frame": pf, "click": None if click is None else [int(click[0]), int(click[1])],
+                       "j": np.full(n, np.nan), "f": np.full(n, np.nan), "entropy": np.full(n, np.nan),
+                       "prompt_mask": prompt_mask}
 
     if method == "static":
-        for i in range(n):
-            j[i], f[i] = frame_scores(prompt_mask, gt[i])
+        for obj_id, gt in gts.items():
+            for i in range(n):
+                out[obj_id]["j"][i], out[obj_id]["f"][i] = frame_scores(out[obj_id]["prompt_mask"], gt[i])
     else:
         for result in tracker.propagate(direction="both"):
             i = result.frame_idx
-            j[i], f[i] = frame_scores(result.mask(obj_id), gt[i])
-            entropy[i] = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
-        missing = np.flatnonzero(np.isnan(j))
+            entropy = result.masked_entropy()
+            for obj_id, gt in gts.items():
+                o = out[obj_id]
+                o["j"][i], o["f"][i] = frame_scores(result.mask(obj_id), gt[i])
+                o["entropy"][i] = float(entropy[result.obj_ids.index(obj_id)])
+        missing = np.flatnonzero(np.isnan(next(iter(out.values()))["j"]))
         if len(missing):  # not expected: propagation covers every frame
             raise RuntimeError(f"propagation did not reach frames {missing.tolist()}")
-    out = {
-        "prompt_frame": prompt_frame,
-        "click": None if click is None else [int(click[0]), int(click[1])],
-        "j": j.tolist(),
-        "f": f.tolist(),
-        "mean_j": float(j.mean()),
-        "mean_jf": float(((j + f) / 2).mean()),
-    }
-    if method == "propagate":
-        out["entropy"] = entropy.tolist()
-        out["spearman"] = entropy_iou_correlation(entropy, j, exclude=prompt_frame)
+    for obj_id, o in out.items():
+        j, f, entropy = o.pop("j"), o.pop("f"), o.pop("entropy")
+        o.pop("prompt_mask")
+        o.update({"j": j.tolist(), "f": f.tolist(), "mean_j": float(j.mean()),
+                  "mean_jf": float(((j + f) / 2).mean())})
+        if method == "propagate":
+            o["entropy"] = entropy.tolist()
+            o["spearman"] = entropy_iou_correlation(entropy, j, exclude=o["prompt_frame"])
     return out
 
 
@@ -193,7 +234,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   sequences: Optional[Sequence[str]] = None, predictor=None,
                   progress: Union[bool, Callable[[int, int], None]] = True,
                   tau: float = 0.5, max_corrections: Optional[int] = None,
-                  adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
+                  adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
+                  joint: bool = False) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Parameters
@@ -223,12 +265,16 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     tau_m : float
         ``lit-auto``, ``frozen-auto``: masked entropy above which a tracked frame is kept out
         of SAM2's memory.
+    joint : bool
+        ``propagate``, ``static``: prompt and track all objects of a sequence together, as
+        the widget does (:func:`score_objects`; their masked entropy then has a class per
+        object), instead of each object alone.
 
     Returns
     -------
     dict
         ``model`` (None for ``static`` + ``mask``, which uses no model), ``method``, ``init``,
-        ``data_dir``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
+        ``data_dir``, ``joint``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
         None if there is none), ``seconds`` (wall time, model loading included) and
         ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
@@ -257,6 +303,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         raise _usage_error(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
     if init not in INITS:
         raise _usage_error(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
+    if joint and method not in ("propagate", "static"):
+        raise _usage_error(f"--joint is for the propagate and static methods; the simulated user of "
+                           f"{method!r} corrects one object at a time")
     try:
         folders = list_sequences(data_dir)
     except FileNotFoundError as exc:
@@ -300,16 +349,24 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         for seq in seqs:
             labels = np.asarray(seq.labels[:])
             tracker = None
+            present = []
+            for obj in seq.objects:
+                if first_frame(labels == obj) is None:
+                    logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
+                else:
+                    present.append(int(obj))
+            if needs_model and present:
+                tracker = _make_tracker(predictor, seq, record=interactive)
+            joint_scores = (score_objects({obj: labels == obj for obj in present}, method, init, tracker)
+                            if joint and present else None)
             for obj in seq.objects:
                 if bar is not None:
                     bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
-                gt = labels == obj
-                if first_frame(gt) is None:
-                    logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
-                else:
-                    if needs_model and tracker is None:
-                        tracker = _make_tracker(predictor, seq, record=interactive)
-                    if interactive:
+                if obj in present:
+                    gt = labels == obj
+                    if joint_scores is not None:
+                        scores = joint_scores[obj]
+                    elif interactive:
                         scores = simulate_object(gt, tracker, adapter, method, init, tau=tau,
                                                  max_corrections=max_corrections, obj_id=int(obj),
                                                  backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
@@ -342,6 +399,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "method": method,
         "init": init,
         "data_dir": str(data_dir),
+        "joint": bool(joint),
         "mean_j": mean("mean_j"),
         "mean_jf": mean("mean_jf"),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -428,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--sequences", nargs="+", metavar="NAME", help="run only these sequences")
+    p.add_argument("--joint", action="store_true",
+                   help="propagate, static: track all objects of a sequence together, as the widget does "
+                        "(their masked entropy then has a class per object); default: each object alone")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     lora = p.add_argument_group("adapter (lit, lit-always)", "LoRA settings; napari-lit's defaults otherwise")
@@ -494,7 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
-                           adapter_config=adapter_config_from_args(args))
+                           adapter_config=adapter_config_from_args(args), joint=args.joint)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:
