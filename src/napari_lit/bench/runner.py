@@ -13,8 +13,9 @@ farthest from its boundary (``--init click``, :func:`~napari_lit.bench.metrics.c
 
 ``propagate`` tracks the object from there forward and backward with the model (each object
 alone: the tracker is reset between objects; ``--joint``: all objects of a sequence together,
-as in the widget). ``static`` repeats the prompt frame's mask on every frame (for ``--init click`` the mask the model made from the click): the baseline to
-beat; ``static`` with ``--init mask`` needs no model and loads none.
+as in the widget). ``static`` repeats the prompt frame's mask on every frame (for ``--init
+click`` the mask the model made from the click): the baseline to beat; ``static`` with
+``--init mask`` needs no model and loads none.
 
 Every frame is scored with J and F (:mod:`napari_lit.bench.metrics`), the prompt frame
 included. The JSON result is described in :func:`run_benchmark`; a Markdown table and a
@@ -112,9 +113,10 @@ def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=No
     """Prompt several objects, each on the first frame where it appears, track them
     together (as the widget does) and score each.
 
-    Tracking objects together changes no object's masks in sam2 (each has its own memory)
-    beyond the overlaps, which go to the surer object; it changes their masked entropy:
-    where objects compete for pixels, the entropy has |C| classes (Lazy-XMem eq. 2).
+    sam2 keeps a memory per object, so tracking objects together changes their masks little
+    (on the dev sequences two of 29 objects' mean J moved, by at most 0.004); it changes
+    their masked entropy: where objects compete for pixels, the entropy has |C| classes
+    (Lazy-XMem eq. 2).
 
     Parameters
     ----------

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from unittest import mock
 
-__all__ = ["SUPPORTED_SAM2", "init_inference_state", "match_memory_dtype", "is_conditioning_frame", "propagate_in_video", "tracked_frames",
-           "memory_reach", "prune_tracked_outputs"]
+__all__ = ["SUPPORTED_SAM2", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
+           "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs"]
 
 SUPPORTED_SAM2 = ("1.1.0", "1.0")
 

@@ -100,6 +100,18 @@ PARTS_KINDS = (("parts", 0.35), ("natural", 0.1), ("tissue", 0.15), ("ct", 0.12)
 EM_KINDS = (("parts", 0.25), ("em", 0.2), ("natural", 0.05), ("tissue", 0.1), ("ct", 0.15), ("zstack", 0.08),
             ("nuclei", 0.07), ("phase", 0.1))
 
+
+def _continuation(kinds) -> Tuple[Stage, ...]:
+    """Stages that continue a trained model on a scene mix: 5 % single-frame steps, then 6-
+    and 8-frame clips with faster motion and some size change."""
+    return (
+        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=kinds),
+        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2, kinds=kinds),
+        Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
+              kinds=kinds),
+    )
+
+
 #: Stage schedules by name. ``change`` continues a trained model on clips where the previous
 #: mask is a poor answer (the failure of copy-the-last-mask tracking on real z-stacks).
 #: ``parts`` continues a trained model with multi-part objects on cluttered, panning
@@ -112,20 +124,8 @@ SCHEDULES = {
         Stage("track", 0.40, 6, 2, MotionLevel(2.5, 0.02, 0.6, change=0.02), image_batches=0.15),
         Stage("track-change", 1.00, 8, 2, CHANGE_MOTION, image_batches=0.1),
     ),
-    "parts": (
-        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=PARTS_KINDS),
-        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2,
-              kinds=PARTS_KINDS),
-        Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
-              kinds=PARTS_KINDS),
-    ),
-    "em": (
-        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=EM_KINDS),
-        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2,
-              kinds=EM_KINDS),
-        Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
-              kinds=EM_KINDS),
-    ),
+    "parts": _continuation(PARTS_KINDS),
+    "em": _continuation(EM_KINDS),
 }
 
 
