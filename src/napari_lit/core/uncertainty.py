@@ -15,10 +15,11 @@ Everything is computed from logits the tracker already has: no extra model pass.
 Before the sigmoid the logits are divided by the model's temperature (temperature scaling,
 Guo et al. 2017, "On calibration of modern neural networks"): a model whose logits are far
 too sharp for its accuracy (as lit-tiny's are) has an entropy that is near zero except in a
-thin band along the mask's edge, so it measures the mask's shape, not the model's doubt. The temperature is a property of the model
-(:attr:`napari_lit.models.ModelSpec.temperature`), fitted by minimising the pixel-wise
-negative log-likelihood on generated sequences (``benchmarks/uncertainty_calibration.py``);
-dividing by it never changes a mask (the sign of a logit is kept).
+thin band along the mask's edge, so it measures the mask's shape, not the model's doubt. The
+temperature is a property of the model (:attr:`napari_lit.models.ModelSpec.temperature`),
+fitted by minimising the pixel-wise negative log-likelihood on generated sequences
+(``benchmarks/uncertainty_calibration.py``); dividing by it never changes a mask (the sign
+of a logit is kept).
 """
 
 from __future__ import annotations

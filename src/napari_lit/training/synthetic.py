@@ -298,11 +298,11 @@ def _scene_tissue(rng, t, h, w, motion):
     signal = np.zeros((t, h, w), np.float32)
     tex = _smooth_noise(rng, (h, w), rng.uniform(0.8, 2.5))
     warp = [_smooth_noise(rng, (h, w), 6.0) * wobble for _ in range(2)]
+    wy, wx = yy + warp[0], xx + warp[1]  # the same wavy membranes in every frame
     vesicles = _smooth_noise(rng, (h, w), rng.uniform(0.8, 1.5)) > rng.uniform(1.2, 2.2)
     mito = np.abs(_smooth_noise(rng, (h, w), 4.0)) < rng.uniform(0.0, 0.12)
     bright_membrane = rng.random() < 0.35
     for f in range(t):
-        wy, wx = yy + warp[0], xx + warp[1]
         d = np.sqrt((wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2)
         d = d * weights[:, None, None]
         part = np.partition(d, 1, axis=0)[:2]
@@ -333,10 +333,11 @@ def _scene_em(rng, t, h, w, motion):
     Neurites are tubes that cross the stack obliquely: each section shows a compartment
     whose centre moves on its own (not with a shared drift) and whose size follows a
     log-normal law (many thin axons, a few wide dendrites), packed as an additively
-    weighted Voronoi diagram (curved walls, no cell encloses another). Walls are thick dark membranes; interiors are
-    grey with a grain renewed from section to section, some hold mitochondria (dark ovals
-    with pale cristae) or clusters of synaptic vesicles. Neighbours look alike, so only the
-    memory of where the object was and what it looked like tells them apart.
+    weighted Voronoi diagram (curved walls, no cell encloses another). Walls are thick
+    dark membranes; interiors are grey with a grain renewed from section to section, some
+    hold mitochondria (dark ovals with pale cristae) or clusters of synaptic vesicles.
+    Neighbours look alike, so only the memory of where the object was and what it looked
+    like tells them apart.
     """
     n = int(rng.integers(25, 70))
     radius = np.exp(rng.normal(np.log(rng.uniform(10, 22)), 0.55, n)).astype(np.float32)
@@ -346,6 +347,7 @@ def _scene_em(rng, t, h, w, motion):
     wall = rng.uniform(1.0, 2.5)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     warp = [_smooth_noise(rng, (h, w), 8.0) * rng.uniform(0, 5) for _ in range(2)]
+    wy, wx = yy + warp[0], xx + warp[1]  # the same wavy walls in every section
     # organelles, in each neurite's own coordinates (they move with it)
     mito = rng.random(n) < 0.3
     m_off = rng.normal(0, 0.3, (n, 2)).astype(np.float32) * radius[:, None]
@@ -357,7 +359,6 @@ def _scene_em(rng, t, h, w, motion):
     labels = np.zeros((t, h, w), np.int32)
     signal = np.zeros((t, h, w), np.float32)
     for f in range(t):
-        wy, wx = yy + warp[0], xx + warp[1]
         d = np.sqrt((wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2)
         lab = np.argmin(d - radius[:, None, None], axis=0).astype(np.int32)
         edge = np.zeros((h, w), bool)
