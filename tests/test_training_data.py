@@ -27,6 +27,15 @@ def test_every_kind_gives_frames_and_labels_that_agree(kind):
     np.testing.assert_array_equal(c.labels, again.labels)
 
 
+@pytest.mark.parametrize("kind", ["natural", "parts"])
+def test_small_frames_that_fit_fewer_objects_than_drawn(kind):
+    """On a 64 px frame the spacing rule fits fewer objects than the scene draws; the clip is
+    made with those that fit (the natural scene once indexed the missing ones)."""
+    for seed in range(12):
+        c = generate_clip(np.random.default_rng(seed), 3, 64, kind=kind, motion=MotionLevel(3.0, 0.02, 0.8))
+        assert c.labels.shape == (3, 64, 64) and c.labels.max() >= 1
+
+
 def test_parts_objects_are_multi_coloured_and_move_over_a_cluttered_background():
     rng = np.random.default_rng(0)
     multi, moved, clutter = 0, 0, []

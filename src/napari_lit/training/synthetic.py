@@ -460,7 +460,7 @@ def _scene_natural(rng, t, h, w, motion):
         stars.append(s)
         # look-alike distractors share one texture
         textures.append(shared if rng.random() < 0.4 * motion.events else _color_texture(rng, h, w))
-    depth = rng.permutation(n)
+    depth = rng.permutation(len(stars))  # _place may fit fewer than n on a small frame
     labels = np.zeros((t, h, w), np.int32)
     frames = np.zeros((t, h, w, 3), np.float32)
     for f in range(t):
