@@ -28,6 +28,8 @@ if [ "$what" = all ] || [ "$what" = corrections ]; then
       $BENCH "$DATA" --method $method --init mask --tau $tau --json $OUT/$method-tau$tau.json --quiet
     done
   done
+  # how well the adapter reproduces a correction within 10-100 steps (and what that costs)
+  .venv/bin/python benchmarks/adapter_fit.py "$DATA" --tau 0.85 --out $OUT/adapter_fit-tau0.85.json
 fi
 if [ "$what" = all ] || [ "$what" = auto ]; then
   # self-applied learning and the uncertainty-driven memory update (issue 5), tau 0.5,
@@ -46,6 +48,11 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB --json $OUT/ablation-lit-lr1e-2-20steps.json
   $BENCH "$DATA" --method lit $SUB --lora-replay 4 --json $OUT/ablation-lit-lr1e-2-20steps-replay4.json
   $BENCH "$DATA" --method lit-always $SUB --json $OUT/ablation-lit-always-lr1e-2-20steps.json
+  # tau 0.85: the default step budget against five times more (issue 3's 0.5 s allows ~20 steps)
+  SUB85="--sequences c2c12-phase-timelapse davis-car-shadow davis-dog davis-motocross-jump --init mask --tau 0.85 --quiet"
+  $BENCH "$DATA" --method frozen $SUB85 --json $OUT/ablation85-frozen.json
+  $BENCH "$DATA" --method lit $SUB85 --json $OUT/ablation85-lit-20steps.json
+  $BENCH "$DATA" --method lit $SUB85 --lora-steps 100 --lora-patience 100 --json $OUT/ablation85-lit-100steps.json
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
   .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json

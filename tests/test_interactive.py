@@ -83,6 +83,15 @@ def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
         assert res["j"][e["frame"]] == pytest.approx(1.0)
         assert res["model_j"][e["frame"]] == pytest.approx(e["iou_before"])  # before the correction
     assert len(res["adapt_ms"]) == (0 if method == "frozen" else 3)
+    # diagnostics: how well the adapter learned each correction, and what the adapted
+    # prediction tried first scored (lit only, from the second event: an adapter exists)
+    if method == "frozen":
+        assert all("adapter_fit" not in e and "iou_adapted" not in e for e in res["events"])
+    else:
+        assert all(0.0 <= e["adapter_fit"] <= 1.0 for e in res["events"])
+    tried = [e for e in res["events"] if "iou_adapted" in e]
+    assert [e["frame"] for e in tried] == ([2, 3] if method == "lit" else [])
+    assert all(0.0 <= e["iou_adapted"] <= 1.0 for e in tried)  # below tau, or it was accepted
 
 
 def test_adapter_prediction_is_offered_first(setup):
@@ -249,8 +258,9 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
     base = ["data", "--method", "lit", "--init", "mask", "--json", "o.json"]
     cfg = adapter_config_from_args(build_parser().parse_args(
         base + ["--lora-rank", "8", "--lora-lr", "0.002", "--lora-steps", "12", "--lora-dropout", "0",
-                "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3"]))
+                "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3", "--lora-patience", "12"]))
     assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout, cfg.replay) == (8, 8.0, 0.002, 12, 0.0, 3)
+    assert cfg.patience == 12
     assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
     assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
 
@@ -277,4 +287,26 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
                    "-1", "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "replay must be >= 0" in err[0]
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-patience",
+                   "0", "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "patience must be >= 1" in err[0]
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_benchmark_repeats_per_object_whatever_else_runs(tmp_path, predictor, clip):
+    """Each object's run is seeded from its name: the lit adapter (random LoRA initialisation,
+    dropout) gives the same result alone, after another sequence, and on a rerun."""
+    _write_sequence(tmp_path / "data" / "synth-a", clip, "TYX")
+    _write_sequence(tmp_path / "data" / "synth-b", clip, "TYX")
+    kw = dict(predictor=predictor, progress=False, tau=1.01, max_corrections=3,
+              adapter_config=AdapterConfig(max_steps=8, patience=8, target_iou=1.01))
+    both = run_benchmark(tmp_path / "data", "lit", "mask", **kw)
+    alone = run_benchmark(tmp_path / "data", "lit", "mask", sequences=["synth-b"], **kw)
+    again = run_benchmark(tmp_path / "data", "lit", "mask", sequences=["synth-b"], **kw)
+    b = next(e for e in both["sequences"] if e["name"] == "synth-b")
+    a = next(e for e in both["sequences"] if e["name"] == "synth-a")
+    assert b["events"] == alone["sequences"][0]["events"] == again["sequences"][0]["events"]
+    assert [e["adapter_fit"] for e in b["events"]]  # the learned part is compared, not only the user's
+    # the same clip under another name draws other random numbers
+    assert [e["adapter_fit"] for e in a["events"]] != [e["adapter_fit"] for e in b["events"]]

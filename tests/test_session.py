@@ -43,6 +43,13 @@ def test_correction_learn_accept_undo(session):
     assert ((s.store.read_frame(4) == obj) == (labels[4] == obj)).mean() > 0.95
     steps = list(s.learn_from(4, obj))
     assert steps and s.n_learned == 1 and s.last_train_ms > 0 and s.corrections[-1].learned
+    assert s.last_train_fit == max(step.iou for step in steps)  # how well it took, for the user
+    # ... and it is what the adapter now makes of that frame (the best step was kept)
+    logits, _, _ = s.adapter.predict(obj, s.tracker.decoder_inputs(4, obj))
+    target = s.adapter.target_tensor(s.tracker.decoder_inputs(4, obj), labels[4] == obj) > 0
+    pred = logits > 0
+    iou = float((pred & target).sum() / (pred | target).sum())
+    assert iou == pytest.approx(s.last_train_fit, abs=0.1)
     adapted = s.adapted_prediction(5, obj)
     assert adapted is not None and adapted.shape == labels.shape[1:]
     s.accept(5, obj, labels[5] == obj)

@@ -62,6 +62,7 @@ def test_whole_loop_click_propagate_correct_learn(loop, qtbot):
     assert widget.session.n_learned == 1
     assert widget.session.last_train_ms > 0
     assert "corrections learned 1" in widget.status_label.text()
+    assert f"reproduces it at IoU {widget.session.last_train_fit:.2f}" in widget.status_label.text()
     labels = np.asarray(widget.labels_layer.data[:])
     final = [_iou(labels[t] == obj, target[t]) for t in range(len(gt))]
     assert beat.max_gap < 0.1, f"GUI thread blocked for {beat.max_gap * 1000:.0f} ms ({beat.where})"

@@ -603,6 +603,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             return
         s = self.session
         last = f"{s.last_train_ms / 1000:.2f} s" if s.last_train_ms is not None else "–"
+        if s.last_train_fit is not None:  # how well the adapter now reproduces that correction
+            last += f" (reproduces it at IoU {s.last_train_fit:.2f})"
         auto = ""
         if self._last_auto:
             frames = sorted({f for f, _ in self._last_auto})

@@ -206,7 +206,11 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     dict
         ``prompt_frame``, ``corrections``, ``clicks`` (correction clicks plus the initial
         click for ``init="click"``), ``adapter_accepts``, ``adapt_ms`` (list, one per
-        training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``), ``j``,
+        training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``; a correction
+        also has ``iou_adapted``, the IoU of the adapted prediction tried first and not
+        accepted, when the object had an adapter, and ``adapter_fit``, the best IoU with
+        which the adapter reproduced it at the decoder's resolution, when it learned
+        from it), ``j``,
         ``f`` (final masks, per frame), ``mean_j``, ``mean_jf``, ``model_j``: per frame
         the IoU of the model's own last prediction before any correction there, and
         ``auto_applied`` (adapted predictions ``lit-auto`` or ``lit-auto-oracle`` kept on
@@ -302,6 +306,7 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
             inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
             logits = (adapted_logits(tracker, adapter, f, obj_id)
                       if method in ("lit", "lit-auto", "lit-auto-oracle") and inputs is not None else None)
+            iou_adapted = None
             if logits is not None:
                 adapted = logits > 0
                 iou_adapted = jaccard(adapted, gt[f])
@@ -316,12 +321,16 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
             mask, kind, before = correct(f, pred)
             final[f] = mask
             corrections += 1
-            events.append({"frame": f, "kind": kind, "iou_before": before, "iou_after": jaccard(mask, gt[f])})
+            event = {"frame": f, "kind": kind, "iou_before": before, "iou_after": jaccard(mask, gt[f])}
+            if iou_adapted is not None:  # the adapted prediction tried first, not good enough
+                event["iou_adapted"] = iou_adapted
+            events.append(event)
             if method in LEARNING_METHODS and inputs is not None and mask.any():
                 t_start = time.perf_counter()
-                for _ in adapter.train(obj_id, inputs, mask):
-                    pass
+                steps = list(adapter.train(obj_id, inputs, mask))
                 adapt_ms.append(1000 * (time.perf_counter() - t_start))
+                # how well the adapter reproduces this correction (decoder resolution)
+                event["adapter_fit"] = max(s.iou for s in steps) if steps else None
             start = f
     if adapter is not None:
         adapter.always = False

@@ -30,6 +30,7 @@ import json
 import logging
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -231,6 +232,15 @@ def entropy_iou_correlation(entropy, j, exclude: Optional[int] = None) -> Option
     return float(spearmanr(-e[keep], j[keep]).statistic)
 
 
+def _seed(name: str, obj: int) -> None:
+    """Seed torch for one object's run from its sequence name and id (the adapter's LoRA
+    initialisation and dropout draw from it), so a result repeats, also when other sequences
+    run before it or not."""
+    import torch
+
+    torch.manual_seed(zlib.crc32(f"{name}/{int(obj)}".encode()))
+
+
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
                   model: str = "lit-tiny", config=None, device: str = "auto",
                   sequences: Optional[Sequence[str]] = None, predictor=None,
@@ -239,6 +249,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
                   joint: bool = False) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
+
+    Each object's run is seeded from its sequence name and id (LoRA initialisation and
+    dropout), so results repeat and do not depend on which other sequences run.
 
     Parameters
     ----------
@@ -366,6 +379,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
                 if obj in present:
                     gt = labels == obj
+                    if needs_model:
+                        _seed(seq.name, obj)
                     if joint_scores is not None:
                         scores = joint_scores[obj]
                     elif interactive:
@@ -497,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-rank", type=int, help="LoRA rank (alpha follows it: scale 1)")
     lora.add_argument("--lora-lr", type=float, help="AdamW learning rate")
     lora.add_argument("--lora-steps", type=int, help="most optimisation steps per correction")
+    lora.add_argument("--lora-patience", type=int, metavar="N",
+                      help="stop after N steps without a lower loss (early stopping; default 8)")
     lora.add_argument("--lora-dropout", type=float, help="LoRA dropout")
     lora.add_argument("--lora-targets", nargs="+", metavar="PROJ",
                       help="projections to adapt: q_proj k_proj v_proj out_proj")
@@ -522,7 +539,8 @@ def adapter_config_from_args(args):
     kw = {}
     if args.lora_rank is not None:
         kw.update(rank=args.lora_rank, alpha=float(args.lora_rank))
-    for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_dropout", "dropout"),
+    for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_patience", "patience"),
+                     ("lora_dropout", "dropout"),
                      ("lora_targets", "target_modules"), ("lora_replay", "replay")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)

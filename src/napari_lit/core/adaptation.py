@@ -87,6 +87,8 @@ class AdapterConfig:
         self.target_modules = tuple(self.target_modules)
         if self.rank < 1 or self.max_steps < 1 or self.lr <= 0:
             raise ValueError(f"rank and max_steps must be >= 1 and lr > 0; got {self.rank}, {self.max_steps}, {self.lr}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1 (steps without a lower loss before stopping); got {self.patience}")
         if self.replay < 0:
             raise ValueError(f"replay must be >= 0 (earlier corrections trained along); got {self.replay}")
         allowed = {"q_proj", "k_proj", "v_proj", "out_proj"}

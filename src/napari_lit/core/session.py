@@ -178,6 +178,9 @@ class LitSession:
         self.learn = bool(learn)
         self.corrections: List[Correction] = []
         self.last_train_ms: Optional[float] = None
+        #: How well the last finished training reproduced its correction: the best IoU of the
+        #: adapted prediction with the corrected mask on that frame (decoder resolution).
+        self.last_train_fit: Optional[float] = None
         self._entropy: Dict[int, np.ndarray] = {}  # obj id -> (N,) masked entropy, NaN = none yet
         self._own_logits_cache = None  # (the recorded decoder inputs, their (Y, X) logits)
         #: (frame, object) pairs where self-applied learning kept the adapted prediction
@@ -650,8 +653,12 @@ class LitSession:
             )
         target = self.store.read_frame(frame_idx) == obj_id
         t0 = time.perf_counter()
-        yield from self.adapter.train(obj_id, inputs, target)
+        fit = None
+        for step in self.adapter.train(obj_id, inputs, target):
+            fit = step.iou if fit is None else max(fit, step.iou)
+            yield step
         self.last_train_ms = 1000 * (time.perf_counter() - t0)
+        self.last_train_fit = fit
         if correction is not None:
             correction.learned = True
         if self.folder is not None:  # only a finished training is saved (a cancelled one keeps its best step)
