@@ -27,7 +27,7 @@ def test_every_kind_gives_frames_and_labels_that_agree(kind):
     np.testing.assert_array_equal(c.labels, again.labels)
 
 
-@pytest.mark.parametrize("kind", ["natural", "parts"])
+@pytest.mark.parametrize("kind", ["natural", "parts", "photo"])
 def test_small_frames_that_fit_fewer_objects_than_drawn(kind):
     """On a 64 px frame the spacing rule fits fewer objects than the scene draws; the clip is
     made with those that fit (the natural scene once indexed the missing ones)."""
@@ -87,10 +87,45 @@ def test_em_sections_are_packed_look_alikes_of_many_sizes_moving_on_their_own():
     assert min(independent) > 2, f"compartments move together: {independent} px"
 
 
+def test_photo_objects_carry_photograph_patches_that_move_with_them():
+    """The ``photo`` kind: backgrounds and object pieces are cut from the bundled sample
+    photographs (so their local statistics are a real photo's, not smooth noise), and an
+    object's texture travels with it: its pixels on frame 1, shifted by the object's own
+    displacement, match frame 0 far better than unshifted."""
+    from napari_lit.training.synthetic import photo_bank
+
+    bank = photo_bank()
+    assert len(bank) >= 10 and all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.float32 for p in bank)
+    rng = np.random.default_rng(3)
+    follows, checked = 0, 0
+    for _ in range(10):
+        c = generate_clip(rng, 2, 128, kind="photo", motion=MotionLevel(3.0, 0.0, 0.0))
+        f0, f1 = c.frames[0].astype(float), c.frames[1].astype(float)
+        for obj in np.unique(c.labels[0][c.labels[0] > 0]):
+            m0, m1 = c.labels[0] == obj, c.labels[1] == obj
+            if m0.sum() < 400 or m1.sum() < 400:
+                continue
+            (y0, x0), (y1, x1) = [np.argwhere(m).mean(0) for m in (m0, m1)]
+            dy, dx = int(round(y1 - y0)), int(round(x1 - x0))
+            if abs(dy) + abs(dx) < 2:
+                continue
+            core = m0 & np.roll(m1, (-dy, -dx), (0, 1))  # object pixels on both frames
+            core &= np.roll(core, 2, 0) & np.roll(core, -2, 0) & np.roll(core, 2, 1) & np.roll(core, -2, 1)
+            if core.sum() < 100:
+                continue
+            moved = np.abs(f0[core] - np.roll(f1, (-dy, -dx), (0, 1))[core]).mean()
+            still = np.abs(f0[core] - f1[core]).mean()
+            checked += 1
+            follows += int(moved < 0.7 * still)
+    # (articulated parts swing about the core, so not every piece follows the centroid exactly)
+    assert checked >= 4 and follows >= 0.6 * checked, (follows, checked)
+
+
 def test_default_kind_draw_leaves_parts_and_em_out_and_weights_are_checked():
     assert DEFAULT_KIND_WEIGHTS["parts"] == 0 and DEFAULT_KIND_WEIGHTS["em"] == 0
+    assert DEFAULT_KIND_WEIGHTS["photo"] == 0
     kinds = {draw_kind(np.random.default_rng(s)) for s in range(300)}
-    assert not {"parts", "em"} & kinds and len(kinds) == len(SCENE_KINDS) - 2
+    assert not {"parts", "em", "photo"} & kinds and len(kinds) == len(SCENE_KINDS) - 3
     assert {draw_kind(np.random.default_rng(s), {"parts": 1.0}) for s in range(20)} == {"parts"}
     with pytest.raises(ValueError, match="unknown scene kinds"):
         draw_kind(np.random.default_rng(0), {"cells": 1.0})
@@ -100,11 +135,13 @@ def test_default_kind_draw_leaves_parts_and_em_out_and_weights_are_checked():
 
 def test_parts_schedule_draws_its_scene_mix():
     pytest.importorskip("training")  # sam2's training package (collate_fn)
-    from napari_lit.training.recipe import EM_KINDS, PARTS_KINDS, SCHEDULES, make_batch
+    from napari_lit.training.recipe import EM_KINDS, PARTS_KINDS, PHOTO_KINDS, SCHEDULES, make_batch
 
     assert all(stage.kinds == PARTS_KINDS for stage in SCHEDULES["parts"])
     assert all(stage.kinds == EM_KINDS for stage in SCHEDULES["em"])
     assert dict(EM_KINDS)["em"] > 0 and dict(EM_KINDS)["parts"] > 0
+    assert all(stage.kinds == PHOTO_KINDS for stage in SCHEDULES["photo"])
+    assert dict(PHOTO_KINDS)["photo"] > 0 and dict(PHOTO_KINDS)["parts"] > 0
     assert all(stage.kinds is None for stage in SCHEDULES["default"])
     batch = make_batch(np.random.default_rng(1), 3, 2, MotionLevel(), 2, 64, kinds=(("parts", 1.0),))
     assert tuple(batch.img_batch.shape) == (3, 2, 3, 64, 64)
@@ -141,3 +178,8 @@ def test_parts_schedule_trains_and_validates_on_parts_clips(tmp_path):
     val = list(train(tmp_path / "em", cfg, init_weights=weights))[-1]
     assert 0 <= val["val_em_track_j"] <= 1
     assert val["val_mix_em"] == pytest.approx((3 * val["val_mix"] + val["val_em_track_j"]) / 4)
+    cfg = RecipeConfig(steps=1, val_every=1, val_clips=1, log_every=1, schedule="photo",
+                       select="val_mix_photo", warmup=0)
+    val = list(train(tmp_path / "photo", cfg, init_weights=weights))[-1]
+    assert 0 <= val["val_photo_track_j"] <= 1
+    assert val["val_mix_photo"] == pytest.approx((3 * val["val_mix"] + val["val_photo_track_j"]) / 4)

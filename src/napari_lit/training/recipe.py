@@ -100,6 +100,11 @@ PARTS_KINDS = (("parts", 0.35), ("natural", 0.1), ("tissue", 0.15), ("ct", 0.12)
 EM_KINDS = (("parts", 0.25), ("em", 0.2), ("natural", 0.05), ("tissue", 0.1), ("ct", 0.15), ("zstack", 0.08),
             ("nuclei", 0.07), ("phase", 0.1))
 
+#: Scene mix of the ``photo`` schedule: the ``parts`` mix with a third of its natural-video
+#: share given to objects and backgrounds cut out of photographs (the ``photo`` kind).
+PHOTO_KINDS = (("photo", 0.25), ("parts", 0.15), ("natural", 0.05), ("tissue", 0.15), ("ct", 0.12),
+               ("zstack", 0.1), ("nuclei", 0.08), ("phase", 0.1))
+
 
 def _continuation(kinds) -> Tuple[Stage, ...]:
     """Stages that continue a trained model on a scene mix: 5 % single-frame steps, then 6-
@@ -116,7 +121,8 @@ def _continuation(kinds) -> Tuple[Stage, ...]:
 #: mask is a poor answer (the failure of copy-the-last-mask tracking on real z-stacks).
 #: ``parts`` continues a trained model with multi-part objects on cluttered, panning
 #: backgrounds (the ``parts`` scene kind), where a model that only knows one-texture shapes
-#: falls back to repeating the last mask. ``em`` is ``parts`` with the :data:`EM_KINDS` mix.
+#: falls back to repeating the last mask. ``em`` is ``parts`` with the :data:`EM_KINDS` mix,
+#: ``photo`` with the :data:`PHOTO_KINDS` mix.
 SCHEDULES = {
     "default": STAGES,
     "change": (
@@ -126,11 +132,12 @@ SCHEDULES = {
     ),
     "parts": _continuation(PARTS_KINDS),
     "em": _continuation(EM_KINDS),
+    "photo": _continuation(PHOTO_KINDS),
 }
 
 
 #: What ``best.pt`` may maximise (see :class:`RecipeConfig`).
-SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", "val_mix_em")
+SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", "val_mix_em", "val_mix_photo")
 
 
 @dataclass
@@ -172,7 +179,8 @@ class RecipeConfig:
         ``val_both`` (the mean of that and ``val_change_track_j``, clips with fast motion
         and large size change) or ``val_mix`` (the mean of those two and
         ``val_parts_track_j``, clips of the ``parts`` scene kind only) or ``val_mix_em``
-        (the mean of those three and ``val_em_track_j``, clips of the ``em`` kind only).
+        (the mean of those three and ``val_em_track_j``, clips of the ``em`` kind only) or
+        ``val_mix_photo`` (likewise with ``val_photo_track_j``, clips of the ``photo`` kind).
     """
 
     steps: int = 12000
@@ -541,9 +549,11 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     change_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
                                     CHANGE_MOTION)
     parts_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", "val_mix_em") else None
+                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", "val_mix_em", "val_mix_photo") else None
     em_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
                                 kinds=(("em", 1.0),)) if cfg.select == "val_mix_em" else None
+    photo_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
+                                   kinds=(("photo", 1.0),)) if cfg.select == "val_mix_photo" else None
     stages = SCHEDULES[cfg.schedule]
 
     def validate_all():
@@ -560,6 +570,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             val.update({k.replace("val_", "val_em_"): v
                         for k, v in validate(model, em_batches).items()})
             val["val_mix_em"] = (3 * val["val_mix"] + val["val_em_track_j"]) / 4
+        if photo_batches is not None:
+            val.update({k.replace("val_", "val_photo_"): v
+                        for k, v in validate(model, photo_batches).items()})
+            val["val_mix_photo"] = (3 * val["val_mix"] + val["val_photo_track_j"]) / 4
         return val
     log = open(run_dir / "log.jsonl", "a")
     t_start = time.time()
@@ -649,7 +663,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=RecipeConfig.schedule,
                    help="stage schedule ('change': fast motion and large size change last; "
                         "'parts': multi-part objects on cluttered backgrounds, from trained weights; "
-                        "'em': the parts mix with serial-section EM neuropil and more CT)")
+                        "'em': the parts mix with serial-section EM neuropil and more CT; "
+                        "'photo': the parts mix with objects cut out of photographs)")
     p.add_argument("--select", choices=SELECT_CHOICES, default=RecipeConfig.select,
                    help="what best.pt maximises")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)

@@ -22,6 +22,15 @@ Each call of :func:`generate_clip` draws one short sequence of a random *scene k
     camera pans across. Inner edges between an object's parts are as strong as its outline,
     as on a person, a dog or a swan; a model trained on one-texture shapes learns "the
     uniform region" and, on real video, falls back to repeating the last mask.
+``em``
+    serial-section EM neuropil: packed look-alike compartments of very different sizes,
+    each moving its own way from section to section.
+``photo``
+    the ``parts`` scene cut out of photographs, as FlyingChairs did for optical flow
+    (Dosovitskiy et al. 2015): a panning background and objects whose pieces carry patches of
+    real photos (scikit-image's bundled sample images, zoomed, flipped and colour-jittered),
+    so the model meets the texture and edge statistics of real images; an object sometimes
+    wears the background's own photo (camouflage).
 
 Microscopy kinds go through an imaging model: blur, uneven illumination, intensity drift,
 photobleaching, Poisson and Gaussian noise, and a random bit depth before the same robust
@@ -40,13 +49,19 @@ from scipy import ndimage as ndi
 
 __all__ = ["SCENE_KINDS", "DEFAULT_KIND_WEIGHTS", "MotionLevel", "Clip", "generate_clip", "draw_kind"]
 
-SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural", "parts", "em")
+SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural", "parts", "em", "photo")
 
-#: How often :func:`generate_clip` draws each kind when none is given. ``parts`` and ``em``
-#: (added later) are not drawn by default, so a seed gives the clips it gave before; training
-#: schedules that want it pass their own weights.
+#: How often :func:`generate_clip` draws each kind when none is given. ``parts``, ``em`` and
+#: ``photo`` (added later) are not drawn by default, so a seed gives the clips it gave before;
+#: training schedules that want them pass their own weights.
 DEFAULT_KIND_WEIGHTS = {"nuclei": 0.2, "tissue": 0.2, "zstack": 0.15, "phase": 0.1, "ct": 0.1,
-                        "natural": 0.25, "parts": 0.0, "em": 0.0}
+                        "natural": 0.25, "parts": 0.0, "em": 0.0, "photo": 0.0}
+
+#: scikit-image's bundled sample images the ``photo`` kind cuts textures from (natural
+#: photographs, microscopy, astronomy, materials; not the drawings, text or silhouettes).
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field",
+               "immunohistochemistry", "brick", "grass", "gravel", "camera", "coins", "moon", "cell",
+               "stereo_motorcycle")
 
 
 @dataclass(frozen=True)
@@ -617,6 +632,129 @@ def _scene_parts(rng, t, h, w, motion):
     return (np.clip(frames, 0, 1) * 255).astype(np.uint8), labels
 
 
+_PHOTOS: Optional[List[np.ndarray]] = None
+
+
+def photo_bank() -> List[np.ndarray]:
+    """The sample photographs of :data:`PHOTO_NAMES` as (H, W, 3) float32 in [0, 1], loaded
+    once from scikit-image's package data (no download)."""
+    global _PHOTOS
+    if _PHOTOS is None:
+        import skimage.data
+
+        photos = []
+        for name in PHOTO_NAMES:
+            img = getattr(skimage.data, name)()
+            if isinstance(img, tuple):  # stereo pairs: the left view
+                img = img[0]
+            img = np.asarray(img, np.float32) / 255.0
+            photos.append(np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3])
+        _PHOTOS = photos
+    return _PHOTOS
+
+
+def _photo_patch(rng, h: int, w: int) -> np.ndarray:
+    """An (h, w, 3) float32 patch of a random sample photograph: random zoom (0.4-2x),
+    flips, transpose, and a colour jitter (gain, offset, gamma, channel mix, sometimes grey)."""
+    photos = photo_bank()
+    img = photos[int(rng.integers(len(photos)))]
+    zoom = float(np.exp(rng.uniform(np.log(0.4), np.log(2.0))))
+    ch, cw = int(np.ceil(h / zoom)) + 1, int(np.ceil(w / zoom)) + 1
+    if ch > img.shape[0] or cw > img.shape[1]:  # the photo is too small at this zoom
+        zoom = max(h / (img.shape[0] - 1), w / (img.shape[1] - 1), zoom)
+        ch, cw = min(int(np.ceil(h / zoom)) + 1, img.shape[0]), min(int(np.ceil(w / zoom)) + 1, img.shape[1])
+    y0 = int(rng.integers(0, img.shape[0] - ch + 1))
+    x0 = int(rng.integers(0, img.shape[1] - cw + 1))
+    crop = img[y0:y0 + ch, x0:x0 + cw]
+    patch = ndi.zoom(crop, (h / ch, w / cw, 1), order=1)[:h, :w]
+    if patch.shape[:2] != (h, w):  # rounding: pad by edge
+        patch = np.pad(patch, ((0, h - patch.shape[0]), (0, w - patch.shape[1]), (0, 0)), mode="edge")
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    if rng.random() < 0.5:
+        patch = patch[::-1]
+    if h == w and rng.random() < 0.5:
+        patch = patch.transpose(1, 0, 2)
+    if rng.random() < 0.2:
+        patch = np.repeat(patch.mean(-1, keepdims=True), 3, -1)
+    mix = np.eye(3, dtype=np.float32) + rng.normal(0, 0.1, (3, 3)).astype(np.float32)
+    patch = np.clip(patch @ mix.T, 0, 1) ** float(np.exp(rng.normal(0, 0.25)))
+    patch = patch * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(np.clip(patch, 0, 1), dtype=np.float32)
+
+
+def _scene_photo(rng, t, h, w, motion):
+    """Articulated objects textured with photograph patches over a panning photograph (the
+    ``parts`` scene's shapes and motion; see the module docstring)."""
+    pad = 48
+    bg = _photo_patch(rng, h + 2 * pad, w + 2 * pad)
+    if rng.random() < 0.5:  # clutter: photo-textured leaves on the background
+        for _ in range(int(rng.integers(3, 30))):
+            r = float(np.exp(rng.uniform(np.log(6), np.log(60))))
+            leaf = _Star(rng, rng.uniform(0, h + 2 * pad), rng.uniform(0, w + 2 * pad), r,
+                         rough=rng.uniform(0.05, 0.3), elong=rng.uniform(1.0, 3.0))
+            m = leaf.mask(h + 2 * pad, w + 2 * pad)
+            if m.any():
+                bg[m] = _photo_patch(rng, h + 2 * pad, w + 2 * pad)[m] if rng.random() < 0.3 else \
+                    np.clip(bg[m] * rng.uniform(0.5, 1.5) + rng.normal(0, 0.1, 3), 0, 1)
+    pan = rng.normal(0, motion.speed * 0.6, 2)
+    n = int(rng.integers(1, 5))
+    objs, looks = [], []
+    for cy, cx in _place(rng, n, h, w, margin=24, min_dist=40):
+        radius = float(np.exp(rng.uniform(np.log(10), np.log(55))))
+        o = _Composite(rng, cy, cx, radius)
+        o.core.vy, o.core.vx = rng.normal(0, motion.speed * 1.5, 2)
+        objs.append(o)
+        # one texture per piece, fixed to the object (it moves with it): a photo patch, the
+        # background's own photo (camouflage) or one patch shared by all pieces
+        side = int(4 * radius + 64)
+        shared = _photo_patch(rng, side, side)
+        tex = []
+        for _ in o.pieces():
+            u = rng.random()
+            if u < 0.15 * (0.5 + motion.events):
+                y0, x0 = rng.integers(0, max(1, bg.shape[0] - side)), rng.integers(0, max(1, bg.shape[1] - side))
+                patch = bg[y0:y0 + side, x0:x0 + side]
+                patch = np.pad(patch, ((0, side - patch.shape[0]), (0, side - patch.shape[1]), (0, 0)), mode="reflect")
+            elif u < 0.5:
+                patch = shared
+            else:
+                patch = _photo_patch(rng, side, side)
+            tex.append(patch)
+        looks.append(tex)
+    depth = rng.permutation(len(objs))
+    labels = np.zeros((t, h, w), np.int32)
+    frames = np.zeros((t, h, w, 3), np.float32)
+    shift = np.array([pad, pad], np.float64)
+    blur = rng.uniform(0.0, 1.2)
+    for f in range(t):
+        oy, ox = np.clip(np.round(shift), 0, 2 * pad).astype(int)
+        frame = bg[oy:oy + h, ox:ox + w].copy()
+        lab = np.zeros((h, w), np.int32)
+        for i in np.argsort(depth):  # far to near
+            o = objs[i]
+            cy, cx = o.core.cy, o.core.cx
+            for k, piece in enumerate(o.pieces()):
+                m = piece.mask(h, w)
+                yy, xx = np.nonzero(m)
+                if not len(yy):
+                    continue
+                lab[yy, xx] = i + 1
+                patch = looks[i][k]
+                side = patch.shape[0]
+                py = np.clip(np.round(yy - cy).astype(int) + side // 2, 0, side - 1)
+                px = np.clip(np.round(xx - cx).astype(int) + side // 2, 0, side - 1)
+                frame[yy, xx] = patch[py, px]
+            o.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
+        shift += pan + rng.normal(0, 0.3, 2)
+        labels[f] = lab
+        if blur > 0.3:
+            frame = ndi.gaussian_filter(frame, (blur, blur, 0))
+        frames[f] = frame
+    frames = frames * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0, 0.03), frames.shape)
+    return (np.clip(frames, 0, 1) * 255).astype(np.uint8), labels
+
+
 def generate_clip(
     rng: np.random.Generator,
     n_frames: int = 8,
@@ -656,8 +794,8 @@ def generate_clip(
     if kind not in SCENE_KINDS:
         raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
     h = w = int(size)
-    if kind in ("natural", "parts"):
-        scene = _scene_natural if kind == "natural" else _scene_parts
+    if kind in ("natural", "parts", "photo"):
+        scene = {"natural": _scene_natural, "parts": _scene_parts, "photo": _scene_photo}[kind]
         frames, labels = scene(rng, n_frames, h, w, motion)
         return Clip(frames, labels, kind)
     if kind == "tissue":
