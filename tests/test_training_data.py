@@ -87,6 +87,14 @@ def test_em_sections_are_packed_look_alikes_of_many_sizes_moving_on_their_own():
     assert min(independent) > 2, f"compartments move together: {independent} px"
 
 
+def test_too_small_frames_are_refused_with_the_minimum():
+    for kind in SCENE_KINDS:
+        c = generate_clip(np.random.default_rng(0), 2, 48, kind=kind)
+        assert c.labels.shape == (2, 48, 48)
+    with pytest.raises(ValueError, match=">= 48 px"):
+        generate_clip(np.random.default_rng(0), 2, 32, kind="nuclei")
+
+
 def test_photo_objects_carry_photograph_patches_that_move_with_them():
     """The ``photo`` kind: backgrounds and object pieces are cut from the bundled sample
     photographs (so their local statistics are a real photo's, not smooth noise), and an

@@ -57,6 +57,10 @@ SCENE_KINDS = ("nuclei", "tissue", "zstack", "phase", "ct", "natural", "parts", 
 DEFAULT_KIND_WEIGHTS = {"nuclei": 0.2, "tissue": 0.2, "zstack": 0.15, "phase": 0.1, "ct": 0.1,
                         "natural": 0.25, "parts": 0.0, "em": 0.0, "photo": 0.0}
 
+#: Smallest frame side (px) :func:`generate_clip` makes: the natural-video kinds place
+#: objects with margins that need it.
+MIN_SIZE = 48
+
 #: scikit-image's bundled sample images the ``photo`` kind cuts textures from (natural
 #: photographs, microscopy, astronomy, materials; not the drawings, text or silhouettes).
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field",
@@ -785,10 +789,12 @@ def generate_clip(
     Raises
     ------
     ValueError
-        If ``kind`` is unknown or ``n_frames`` < 1.
+        If ``kind`` is unknown, ``n_frames`` < 1 or ``size`` < :data:`MIN_SIZE`.
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} px (the scenes place objects with margins), got {size}")
     if kind is None:
         kind = draw_kind(rng)
     if kind not in SCENE_KINDS:
