@@ -137,7 +137,10 @@ SCHEDULES = {
 
 
 #: What ``best.pt`` may maximise (see :class:`RecipeConfig`).
-SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", "val_mix_em", "val_mix_photo")
+#: The ``val_mix_*`` choices: ``val_mix`` and the tracking J on clips of one more scene kind,
+#: weighted 3:1.
+MIX_EXTRA_KIND = {"val_mix_em": "em", "val_mix_photo": "photo"}
+SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", *MIX_EXTRA_KIND)
 
 
 @dataclass
@@ -549,11 +552,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     change_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
                                     CHANGE_MOTION)
     parts_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", "val_mix_em", "val_mix_photo") else None
-    em_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                kinds=(("em", 1.0),)) if cfg.select == "val_mix_em" else None
-    photo_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=(("photo", 1.0),)) if cfg.select == "val_mix_photo" else None
+                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", *MIX_EXTRA_KIND) else None
+    extra = MIX_EXTRA_KIND.get(cfg.select)  # val_mix plus one scene kind's own clips
+    extra_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
+                                   kinds=((extra, 1.0),)) if extra else None
     stages = SCHEDULES[cfg.schedule]
 
     def validate_all():
@@ -566,14 +568,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
                         for k, v in validate(model, parts_batches).items()})
             val["val_mix"] = (val["val_track_j"] + val["val_change_track_j"]
                               + val["val_parts_track_j"]) / 3
-        if em_batches is not None:
-            val.update({k.replace("val_", "val_em_"): v
-                        for k, v in validate(model, em_batches).items()})
-            val["val_mix_em"] = (3 * val["val_mix"] + val["val_em_track_j"]) / 4
-        if photo_batches is not None:
-            val.update({k.replace("val_", "val_photo_"): v
-                        for k, v in validate(model, photo_batches).items()})
-            val["val_mix_photo"] = (3 * val["val_mix"] + val["val_photo_track_j"]) / 4
+        if extra_batches is not None:
+            val.update({k.replace("val_", f"val_{extra}_"): v
+                        for k, v in validate(model, extra_batches).items()})
+            val[cfg.select] = (3 * val["val_mix"] + val[f"val_{extra}_track_j"]) / 4
         return val
     log = open(run_dir / "log.jsonl", "a")
     t_start = time.time()

@@ -595,21 +595,26 @@ class _Composite:
                     p.rel_dist *= k
 
 
-def _scene_parts(rng, t, h, w, motion):
-    """Multi-part, shaded objects over a panning dead-leaves background (see the module
-    docstring); objects occlude each other and may share their colours with the clutter."""
-    pad = 48
-    bank = _texture_bank(rng, h + 2 * pad, w + 2 * pad)
-    clutter = int(np.exp(rng.uniform(np.log(30), np.log(600))))  # sparse to dense
-    bg = _dead_leaves(rng, h + 2 * pad, w + 2 * pad, bank, n=clutter, r_max=rng.uniform(50, 150))
-    pan = rng.normal(0, motion.speed * 0.6, 2)
-    n = int(rng.integers(1, 5))
+def _articulated_objects(rng, h, w, motion, on_object=None) -> list:
+    """1-4 :class:`_Composite` objects placed apart, each with its own velocity;
+    ``on_object(o, radius)`` is called after each (to draw its look in the same random order)."""
     objs = []
-    for cy, cx in _place(rng, n, h, w, margin=24, min_dist=40):
+    for cy, cx in _place(rng, int(rng.integers(1, 5)), h, w, margin=24, min_dist=40):
         radius = float(np.exp(rng.uniform(np.log(10), np.log(55))))
         o = _Composite(rng, cy, cx, radius)
         o.core.vy, o.core.vx = rng.normal(0, motion.speed * 1.5, 2)
         objs.append(o)
+        if on_object is not None:
+            on_object(o, radius)
+    return objs
+
+
+def _render_panning(rng, t, h, w, motion, bg, pad, pan, objs, paint, gain):
+    """Frames of ``objs`` moving over the background ``bg`` (padded by ``pad`` on each side)
+    that the camera pans across by ``pan`` px per frame: objects are drawn far to near, each
+    piece by ``paint(frame, mask, obj_index, piece_index, (oy, ox))`` (the view's offset in
+    ``bg``), then optional blur, a global gain drawn from ``gain`` and noise. Returns
+    ((T, H, W, 3) uint8, (T, H, W) int32)."""
     depth = rng.permutation(len(objs))
     labels = np.zeros((t, h, w), np.int32)
     frames = np.zeros((t, h, w, 3), np.float32)
@@ -618,22 +623,39 @@ def _scene_parts(rng, t, h, w, motion):
     for f in range(t):
         oy, ox = np.clip(np.round(shift), 0, 2 * pad).astype(int)
         frame = bg[oy:oy + h, ox:ox + w].copy()
-        tex = [b[oy:oy + h, ox:ox + w] for b in bank]
         lab = np.zeros((h, w), np.int32)
-        for i in np.argsort(depth):  # far to near
+        for i in np.argsort(depth):  # far to near: nearer objects occlude
             o = objs[i]
             for k, piece in enumerate(o.pieces()):
                 m = piece.mask(h, w)
                 lab[m] = i + 1
-                o.look[k] = _paint(rng, frame, m, tex, *(o.look[k] or (None, None)))
+                paint(frame, m, i, k, (oy, ox))
             o.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
         shift += pan + rng.normal(0, 0.3, 2)
         labels[f] = lab
         if blur > 0.3:
             frame = ndi.gaussian_filter(frame, (blur, blur, 0))
         frames[f] = frame
-    frames = frames * rng.uniform(0.7, 1.2) + rng.normal(0, rng.uniform(0, 0.03), frames.shape)
+    frames = frames * rng.uniform(*gain) + rng.normal(0, rng.uniform(0, 0.03), frames.shape)
     return (np.clip(frames, 0, 1) * 255).astype(np.uint8), labels
+
+
+def _scene_parts(rng, t, h, w, motion):
+    """Multi-part, shaded objects over a panning dead-leaves background (see the module
+    docstring); objects occlude each other and may share their colours with the clutter."""
+    pad = 48
+    bank = _texture_bank(rng, h + 2 * pad, w + 2 * pad)
+    clutter = int(np.exp(rng.uniform(np.log(30), np.log(600))))  # sparse to dense
+    bg = _dead_leaves(rng, h + 2 * pad, w + 2 * pad, bank, n=clutter, r_max=rng.uniform(50, 150))
+    pan = rng.normal(0, motion.speed * 0.6, 2)
+    objs = _articulated_objects(rng, h, w, motion)
+
+    def paint(frame, m, i, k, offset):  # shaded colour + texture, drawn on first paint
+        oy, ox = offset
+        tex = [b[oy:oy + h, ox:ox + w] for b in bank]
+        objs[i].look[k] = _paint(rng, frame, m, tex, *(objs[i].look[k] or (None, None)))
+
+    return _render_panning(rng, t, h, w, motion, bg, pad, pan, objs, paint, gain=(0.7, 1.2))
 
 
 _PHOTOS: Optional[List[np.ndarray]] = None
@@ -702,13 +724,9 @@ def _scene_photo(rng, t, h, w, motion):
                 bg[m] = _photo_patch(rng, h + 2 * pad, w + 2 * pad)[m] if rng.random() < 0.3 else \
                     np.clip(bg[m] * rng.uniform(0.5, 1.5) + rng.normal(0, 0.1, 3), 0, 1)
     pan = rng.normal(0, motion.speed * 0.6, 2)
-    n = int(rng.integers(1, 5))
-    objs, looks = [], []
-    for cy, cx in _place(rng, n, h, w, margin=24, min_dist=40):
-        radius = float(np.exp(rng.uniform(np.log(10), np.log(55))))
-        o = _Composite(rng, cy, cx, radius)
-        o.core.vy, o.core.vx = rng.normal(0, motion.speed * 1.5, 2)
-        objs.append(o)
+    looks = []
+
+    def draw_look(o, radius):
         # one texture per piece, fixed to the object (it moves with it): a photo patch, the
         # background's own photo (camouflage) or one patch shared by all pieces
         side = int(4 * radius + 64)
@@ -726,37 +744,18 @@ def _scene_photo(rng, t, h, w, motion):
                 patch = _photo_patch(rng, side, side)
             tex.append(patch)
         looks.append(tex)
-    depth = rng.permutation(len(objs))
-    labels = np.zeros((t, h, w), np.int32)
-    frames = np.zeros((t, h, w, 3), np.float32)
-    shift = np.array([pad, pad], np.float64)
-    blur = rng.uniform(0.0, 1.2)
-    for f in range(t):
-        oy, ox = np.clip(np.round(shift), 0, 2 * pad).astype(int)
-        frame = bg[oy:oy + h, ox:ox + w].copy()
-        lab = np.zeros((h, w), np.int32)
-        for i in np.argsort(depth):  # far to near
-            o = objs[i]
-            cy, cx = o.core.cy, o.core.cx
-            for k, piece in enumerate(o.pieces()):
-                m = piece.mask(h, w)
-                yy, xx = np.nonzero(m)
-                if not len(yy):
-                    continue
-                lab[yy, xx] = i + 1
-                patch = looks[i][k]
-                side = patch.shape[0]
-                py = np.clip(np.round(yy - cy).astype(int) + side // 2, 0, side - 1)
-                px = np.clip(np.round(xx - cx).astype(int) + side // 2, 0, side - 1)
-                frame[yy, xx] = patch[py, px]
-            o.step(rng, motion, h, w, bounce=rng.random() > 0.3 * motion.events)
-        shift += pan + rng.normal(0, 0.3, 2)
-        labels[f] = lab
-        if blur > 0.3:
-            frame = ndi.gaussian_filter(frame, (blur, blur, 0))
-        frames[f] = frame
-    frames = frames * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0, 0.03), frames.shape)
-    return (np.clip(frames, 0, 1) * 255).astype(np.uint8), labels
+
+    objs = _articulated_objects(rng, h, w, motion, on_object=draw_look)
+
+    def paint(frame, m, i, k, offset):  # the piece's patch, centred on the object's core
+        yy, xx = np.nonzero(m)
+        patch = looks[i][k]
+        side = patch.shape[0]
+        py = np.clip(np.round(yy - objs[i].core.cy).astype(int) + side // 2, 0, side - 1)
+        px = np.clip(np.round(xx - objs[i].core.cx).astype(int) + side // 2, 0, side - 1)
+        frame[yy, xx] = patch[py, px]
+
+    return _render_panning(rng, t, h, w, motion, bg, pad, pan, objs, paint, gain=(0.8, 1.15))
 
 
 def generate_clip(
