@@ -191,3 +191,31 @@ def test_parts_schedule_trains_and_validates_on_parts_clips(tmp_path):
     val = list(train(tmp_path / "photo", cfg, init_weights=weights))[-1]
     assert 0 <= val["val_photo_track_j"] <= 1
     assert val["val_mix_photo"] == pytest.approx((3 * val["val_mix"] + val["val_photo_track_j"]) / 4)
+
+
+def test_step_batches_are_the_same_from_worker_processes_and_after_a_resume():
+    """The batch of step s comes from the seed and s alone: a DataLoader with two worker
+    processes yields exactly the batches generated in-process, and a loader started at step
+    2 (a resumed run) gives steps 2 and 3 unchanged; other seeds give other batches."""
+    import torch
+
+    from napari_lit.training.recipe import RecipeConfig, SCHEDULES, _StepBatches, step_batch
+
+    cfg = RecipeConfig(steps=4, image_size=64, schedule="photo", data_workers=2)
+    stages = SCHEDULES["photo"]
+    inline = [step_batch(cfg, s) for s in range(4)]
+    loader = torch.utils.data.DataLoader(_StepBatches(cfg, stages), batch_size=None,
+                                         sampler=range(4), num_workers=2)
+    from_workers = list(loader)
+    resumed = list(torch.utils.data.DataLoader(_StepBatches(cfg, stages), batch_size=None,
+                                               sampler=range(2, 4)))
+    for a, b in zip(inline, from_workers):
+        assert torch.equal(a.img_batch, b.img_batch) and torch.equal(a.masks, b.masks)
+    for a, b in zip(inline[2:], resumed):
+        assert torch.equal(a.img_batch, b.img_batch)
+    other = step_batch(RecipeConfig(steps=4, image_size=64, schedule="photo", seed=1), 0)
+    assert other.img_batch.shape != inline[0].img_batch.shape or not torch.equal(
+        other.img_batch, inline[0].img_batch)
+    # clips_scale multiplies the clips of the stage's batches
+    doubled = step_batch(RecipeConfig(steps=4, image_size=64, schedule="photo", clips_scale=2), 0)
+    assert doubled.img_batch.shape[1] == 2 * inline[0].img_batch.shape[1]

@@ -1,7 +1,9 @@
 """The recipe that trains the embedded ``lit-tiny`` model on generated sequences.
 
-Run it with ``napari-lit train-model RUN_DIR`` (see :func:`main`). It is seeded, resumable
-from the checkpoint in ``RUN_DIR`` (model, optimizer, step, random states), logs training
+Run it with ``napari-lit train-model RUN_DIR`` (see :func:`main`). It is seeded (the batch of
+step ``s`` is generated from the seed and ``s`` alone, so any number of data-loader workers
+gives the same batches), resumable from the checkpoint in ``RUN_DIR`` (model, optimizer,
+step, random states), logs training
 losses and a validation curve on held-back generated clips to ``RUN_DIR/log.jsonl``, and
 goes through stages:
 
@@ -16,7 +18,8 @@ Tracking stages keep mixing in single-frame batches so segmentation is not forgo
 The model, the prompt sampling and the loss all come from the ``sam2`` package
 (``training.model.sam2.SAM2Train``, ``training.loss_fns.MultiStepMultiMasksAndIous``, with
 the loss weights of sam2's published fine-tuning config). It runs on CPU; ``--device cuda``
-continues the same run on a GPU.
+runs (or continues) it on a GPU, where ``--data-workers`` processes generate the batches
+ahead of the optimiser.
 """
 
 from __future__ import annotations
@@ -175,6 +178,11 @@ class RecipeConfig:
         Validation period and set size, checkpoint and log periods, in steps.
     threads : int
         Torch CPU threads.
+    data_workers : int
+        Processes generating batches ahead of the optimiser (0: in the training process).
+        The batches do not depend on it.
+    clips_scale : int
+        Clips per batch as a multiple of each stage's ``clips``.
     schedule : str
         A key of :data:`SCHEDULES`.
     select : str
@@ -206,6 +214,8 @@ class RecipeConfig:
     ckpt_every: int = 100
     log_every: int = 20
     threads: int = 2
+    data_workers: int = 0
+    clips_scale: int = 1
     schedule: str = "default"
     select: str = "val_track_j"
 
@@ -321,6 +331,40 @@ def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: Moti
     return collate_fn(videos, dict_key="synthetic")
 
 
+def step_batch(cfg: RecipeConfig, step: int, stages: Optional[Sequence[Stage]] = None):
+    """The training batch of optimiser step ``step``: generated from ``cfg.seed`` and
+    ``step`` alone (not from earlier steps), so it is the same in any worker process and
+    after a resume. ``stages`` default to ``SCHEDULES[cfg.schedule]``."""
+    stages = SCHEDULES[cfg.schedule] if stages is None else stages
+    stage = stage_at(step, cfg.steps, stages, skip_image=cfg.skip_image_stage)
+    rng = np.random.default_rng([cfg.seed, 7, step])
+    if stage.n_frames > 1 and rng.random() < stage.image_batches:
+        return make_batch(rng, 1, STAGES[0].clips * cfg.clips_scale, stage.motion,
+                          STAGES[0].max_objects, cfg.image_size, stage.kinds)
+    return make_batch(rng, stage.n_frames, stage.clips * cfg.clips_scale, stage.motion,
+                      stage.max_objects, cfg.image_size, stage.kinds)
+
+
+class _StepBatches:
+    """Map-style dataset: item ``s`` is :func:`step_batch` ``(cfg, s)`` (for torch's
+    ``DataLoader``, which bounds how far its workers generate ahead)."""
+
+    def __init__(self, cfg: RecipeConfig, stages):
+        self.cfg, self.stages = cfg, stages
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int):
+        return step_batch(self.cfg, int(step), self.stages)
+
+
+def _one_thread(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _cosine_lr(step: int, cfg: RecipeConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -404,6 +448,12 @@ def validation_set(seed: int, n: int, size: int = 256, max_objects: int = 3,
     return [make_batch(rng, 8, 1, motion, max_objects, size, kinds) for _ in range(n)]
 
 
+def _validation_set_kw(args):
+    """:func:`validation_set` of ``(positional, keywords)`` (for a process pool)."""
+    positional, keywords = args
+    return validation_set(*positional, **keywords)
+
+
 def validate(model, batches) -> Dict[str, float]:
     """Mean J of mask-prompted tracking on frames 1..T-1, beside the static baseline.
 
@@ -418,21 +468,23 @@ def validate(model, batches) -> Dict[str, float]:
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     j_track, j_static, j_click = [], [], []
     n_corr = model.num_correction_pt_per_frame
     model.num_correction_pt_per_frame = 1  # sam2 needs >= 1 on a clicked frame
     try:
         with torch.inference_mode():
             for batch in batches:
-                outs = model(batch)
                 gt = batch.masks.numpy()
+                batch = batch.to(device)
+                outs = model(batch)
                 for t in range(1, len(outs)):
-                    pred = (outs[t]["pred_masks_high_res"][:, 0] > 0).numpy()
+                    pred = (outs[t]["pred_masks_high_res"][:, 0] > 0).cpu().numpy()
                     for o in range(gt.shape[1]):
                         j_track.append(_frame_j(pred[o], gt[t, o]))
                         j_static.append(_frame_j(gt[0, o], gt[t, o]))
                 out = model(_single_frame(batch, 1))[0]  # one frame: SAM2Train clicks
-                pred = (out["pred_masks_high_res"][:, 0] > 0).numpy()
+                pred = (out["pred_masks_high_res"][:, 0] > 0).cpu().numpy()
                 for o in range(gt.shape[1]):
                     j_click.append(_frame_j(pred[o], gt[1, o]))
     finally:
@@ -517,6 +569,7 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         state = torch.load(last, map_location=device, weights_only=False)
         saved = RecipeConfig(**state["config"])
         saved.steps = max(saved.steps, cfg.steps)
+        saved.threads, saved.data_workers = cfg.threads, cfg.data_workers  # batches unchanged
         cfg = saved
     torch.set_num_threads(cfg.threads)
     model = build_train_model(config_path, device, cfg.correction_points)
@@ -527,12 +580,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     rest = [p for n, p in model.named_parameters() if not n.startswith(MEMORY_PREFIXES)]
     opt = torch.optim.AdamW([{"params": memory, "weight_decay": 0.0},
                              {"params": rest, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed)
     step, best = 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
         model.rng.bit_generator.state = state["model_rng"]
         torch.set_rng_state(state["torch_rng"])
         step, best = state["step"], state.get("best", -1.0)
@@ -548,15 +599,31 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         if init_weights is None or cfg.reinit_memory:
             init_memory_locality(model, cfg.memory_locality)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    val_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects)
-    change_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                    CHANGE_MOTION)
-    parts_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=(("parts", 1.0),)) if cfg.select in ("val_mix", *MIX_EXTRA_KIND) else None
     extra = MIX_EXTRA_KIND.get(cfg.select)  # val_mix plus one scene kind's own clips
-    extra_batches = validation_set(cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects,
-                                   kinds=((extra, 1.0),)) if extra else None
+    val_args = [{}, {"motion": CHANGE_MOTION}]
+    if cfg.select in ("val_mix", *MIX_EXTRA_KIND):
+        val_args.append({"kinds": (("parts", 1.0),)})
+    if extra:
+        val_args.append({"kinds": ((extra, 1.0),)})
+    common = (cfg.seed, cfg.val_clips, cfg.image_size, cfg.max_objects)
+    if cfg.data_workers > 0:  # the validation sets are generated side by side
+        from concurrent.futures import ProcessPoolExecutor
+
+        # one torch thread in each child: OpenMP state forked from a parent that has
+        # trained can deadlock the child's first parallel region (as torch's DataLoader does)
+        with ProcessPoolExecutor(min(cfg.data_workers, len(val_args)), initializer=_one_thread,
+                                 initargs=(0,)) as pool:
+            sets = list(pool.map(_validation_set_kw, [(common, kw) for kw in val_args]))
+    else:
+        sets = [validation_set(*common, **kw) for kw in val_args]
+    val_batches, change_batches = sets[0], sets[1]
+    parts_batches = sets[2] if len(sets) > 2 else None
+    extra_batches = sets[3] if extra else None
     stages = SCHEDULES[cfg.schedule]
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(cfg, stages), batch_size=None, sampler=range(step, cfg.steps),
+        num_workers=cfg.data_workers, worker_init_fn=_one_thread if cfg.data_workers else None,
+        prefetch_factor=4 if cfg.data_workers else None)
 
     def validate_all():
         val = validate(model, val_batches)
@@ -581,7 +648,6 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         payload = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
-            "rng": rng.bit_generator.state,
             "model_rng": model.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "step": step,
@@ -595,14 +661,8 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
 
     try:
         model.train()
-        while step < cfg.steps:
+        for batch in loader:
             stage = stage_at(step, cfg.steps, stages, skip_image=cfg.skip_image_stage)
-            if stage.n_frames > 1 and rng.random() < stage.image_batches:
-                batch = make_batch(rng, 1, STAGES[0].clips, stage.motion, STAGES[0].max_objects,
-                                   cfg.image_size, stage.kinds)
-            else:
-                batch = make_batch(rng, stage.n_frames, stage.clips, stage.motion,
-                                   stage.max_objects, cfg.image_size, stage.kinds)
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(step, cfg)
@@ -654,6 +714,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=RecipeConfig.threads)
     p.add_argument("--val-every", type=int, default=RecipeConfig.val_every)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--data-workers", type=int, default=RecipeConfig.data_workers,
+                   help="processes generating batches ahead of the optimiser (same batches)")
+    p.add_argument("--clips-scale", type=int, default=RecipeConfig.clips_scale,
+                   help="clips per batch as a multiple of each stage's")
     p.add_argument("--init-weights", default=None, help="start a new run from these weights")
     p.add_argument("--skip-image-stage", action="store_true", help="tracking stages only (with --init-weights)")
     p.add_argument("--reinit-memory", action="store_true",
@@ -679,7 +743,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = RecipeConfig(steps=args.steps, seed=args.seed, lr=args.lr, threads=args.threads,
                        val_every=args.val_every, skip_image_stage=args.skip_image_stage,
                        reinit_memory=args.reinit_memory, schedule=args.schedule,
-                       select=args.select, warmup=args.warmup)
+                       select=args.select, warmup=args.warmup, data_workers=args.data_workers,
+                       clips_scale=args.clips_scale)
     for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
                      max_minutes=args.max_minutes):
         logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
