@@ -10,7 +10,7 @@ for both, so each correction runs all ``max_steps`` (20 by default, the worst ca
 median under the simulated user, with early stopping, is in the ``lit`` benchmark results
 (``median_adapt_ms``). ``--published`` times LIT's published settings instead (40 steps).
 
-    python benchmarks/adaptation_speed.py [--corrections 5] [--threads 2]
+    python benchmarks/adaptation_speed.py [--corrections 5] [--threads 2] [--device cpu|cuda]
         [--out benchmarks/results/adaptation_speed.json]
 """
 
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corrections", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (the figure issue 3 asks for) or cuda")
     p.add_argument("--skip-hiera", action="store_true", help="only lit-tiny")
     p.add_argument("--published", action="store_true", help="LIT's settings (lr 1e-4, 40 steps)")
     p.add_argument("--out", default="benchmarks/results/adaptation_speed.json")
@@ -92,20 +93,21 @@ def main(argv=None) -> int:
     results = []
     cfg = AdapterConfig.published() if args.published else AdapterConfig()
     steps = f"all {cfg.max_steps} steps"
-    lit = load_predictor("lit-tiny", device="cpu")
+    lit = load_predictor("lit-tiny", device=args.device)
     r = time_model(lit, f"lit-tiny ({steps})", args.corrections, 256, full_steps=True, cfg=cfg)
     r["trainable_parameters"] = count_lora_parameters(lit)
     results.append(r)
     if not args.skip_hiera:
         torch.manual_seed(0)
-        hiera = build_sam2_model(MODELS["sam2.1_hiera_tiny"].config, target="video", device="cpu")
+        hiera = build_sam2_model(MODELS["sam2.1_hiera_tiny"].config, target="video", device=args.device)
         r = time_model(hiera, f"sam2.1_hiera_tiny (random weights, 1024 px, {steps})",
                        max(2, args.corrections // 2), 512, full_steps=True, cfg=cfg)
         r["trainable_parameters"] = count_lora_parameters(hiera)
         results.append(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "results": results}, indent=2))
+    out.write_text(json.dumps({"threads": args.threads, "device": args.device, "torch": torch.__version__,
+                               "results": results}, indent=2))
     for r in results:
         print(f"{r['model']:45s} LoRA params {r['trainable_parameters']:6d}  median {r['median_adapt_ms']:7.0f} ms"
               f"  p95 {r['p95_adapt_ms']:7.0f} ms per correction  ({r['median_ms_per_step']:.1f} ms/step,"

@@ -196,3 +196,16 @@ def test_memory_attention_can_be_adapted_too(predictor, clip):
     assert type(predictor.memory_attention).__name__ == "MemoryAttention"
     for n, p in predictor.memory_attention.named_parameters():
         assert torch.equal(p, before[n])
+
+
+def test_training_target_is_made_on_the_decoder_inputs_device():
+    """The target mask goes to the device of the recorded decoder inputs (a CPU target with
+    CUDA inputs broke learning on a GPU; the meta device stands in for one here), area-
+    resampled to 4x the embedding's size and binary."""
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 16:48] = True
+    meta = DecoderAdapter.target_tensor({"image_embeddings": torch.empty(1, 8, 4, 4, device="meta")}, mask)
+    assert meta.device.type == "meta" and tuple(meta.shape) == (1, 1, 16, 16)
+    cpu = DecoderAdapter.target_tensor({"image_embeddings": torch.zeros(1, 8, 4, 4)}, mask)
+    assert cpu.device.type == "cpu" and set(cpu.unique().tolist()) == {0.0, 1.0}
+    assert cpu[0, 0].numpy().astype(bool).sum() == (32 // 4) * (32 // 4)

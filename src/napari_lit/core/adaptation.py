@@ -442,14 +442,15 @@ class DecoderAdapter:
         Returns
         -------
         (1, 1, h, w) float32 tensor
-            Area-resampled, thresholded at 0.5.
+            Area-resampled, thresholded at 0.5, on the decoder inputs' device.
         """
         import torch
         import torch.nn.functional as F
 
         low_hw = tuple(inputs["image_embeddings"].shape[-2:])
         low_hw = (low_hw[0] * 4, low_hw[1] * 4)
-        t = torch.as_tensor(np.asarray(target_mask, dtype=np.float32))[None, None]
+        device = inputs["image_embeddings"].device
+        t = torch.as_tensor(np.asarray(target_mask, dtype=np.float32), device=device)[None, None]
         t = F.interpolate(t, size=low_hw, mode="area") if tuple(t.shape[-2:]) != low_hw else t
         return (t > 0.5).float()
 
