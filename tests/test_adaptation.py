@@ -57,6 +57,8 @@ def test_training_learns_the_correction_and_leaves_sam2_frozen(session, predicto
     steps = list(adapter.train(obj, inputs, target))
     assert 1 <= len(steps) <= 40 and [s.step for s in steps] == list(range(1, len(steps) + 1))
     assert min(s.loss for s in steps) < steps[0].loss  # it learns
+    # the adapter's fit: the best IoU of its steps on the correction
+    assert adapter.fit[obj] == max(s.iou for s in steps) >= steps[0].iou
     low, _, _ = adapter.predict(obj, inputs)
     adapted = tracker.to_input_resolution(low) > 0
     assert _iou(adapted, target) > _iou(frozen[3] > 0, target)
@@ -115,15 +117,18 @@ def test_snapshot_restore_reset_save_load(session, tmp_path):
     list(adapter.train(obj, inputs, labels[3] == obj))
     snap = adapter.snapshot()
     ref, _, _ = adapter.predict(obj, inputs)
-    list(adapter.train(obj, tracker.decoder_inputs(5, obj), labels[5] == obj))
+    fit = adapter.fit[obj]
+    second = list(adapter.train(obj, tracker.decoder_inputs(5, obj), labels[5] == obj))
+    assert adapter.fit[obj] == max(s.iou for s in second)  # the latest correction's
     assert not torch.allclose(adapter.predict(obj, inputs)[0], ref)
     adapter.restore(snap)  # undo the second correction
     assert torch.allclose(adapter.predict(obj, inputs)[0], ref) and adapter.n_corrections[obj] == 1
+    assert adapter.fit[obj] == fit
     adapter.save(tmp_path / "a", obj)
     cfg = (tmp_path / "a" / "adapter_config.json").read_text()
     assert '"r": 4' in cfg and "q_proj" in cfg
     adapter.reset()
-    assert not adapter.has_adapter(obj)
+    assert not adapter.has_adapter(obj) and obj not in adapter.fit
     with pytest.raises(KeyError):
         adapter.predict(obj, inputs)
     adapter.load(tmp_path / "a", obj)

@@ -327,10 +327,11 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
             events.append(event)
             if method in LEARNING_METHODS and inputs is not None and mask.any():
                 t_start = time.perf_counter()
-                steps = list(adapter.train(obj_id, inputs, mask))
+                for _ in adapter.train(obj_id, inputs, mask):
+                    pass
                 adapt_ms.append(1000 * (time.perf_counter() - t_start))
                 # how well the adapter reproduces this correction (decoder resolution)
-                event["adapter_fit"] = max(s.iou for s in steps) if steps else None
+                event["adapter_fit"] = adapter.fit.get(int(obj_id))
             start = f
     if adapter is not None:
         adapter.always = False

@@ -220,6 +220,10 @@ class DecoderAdapter:
         self.peft_memory = None  # the memory attention wrapped by peft (config.memory_attention)
         self.examples: Dict[int, List[_Example]] = {}
         self.n_corrections: Dict[int, int] = {}
+        #: per object, the best IoU with which the adapted decoder reproduced the target of its
+        #: latest correction during that training (at the decoder's output resolution); an
+        #: adapter fitting below tau cannot be expected to pass tau on later frames
+        self.fit: Dict[int, float] = {}
         self.always = False
 
     # ----------------------------------------------------------------- plumbing
@@ -376,6 +380,7 @@ class DecoderAdapter:
         params = self._lora_parameters(obj_id)
         opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=0.0)
         best_loss, best_state, since_best = float("inf"), None, 0
+        self.fit.pop(int(obj_id), None)
         self._activate(obj_id)
         for wrapped in self._wrapped():
             wrapped.train()
@@ -405,6 +410,7 @@ class DecoderAdapter:
                     loss = torch.cat(losses).mean()
                     loss.backward()
                 iou_new = first
+                self.fit[int(obj_id)] = max(self.fit.get(int(obj_id), 0.0), iou_new)
                 total = float(loss.detach())
                 # `total` is the loss of the weights before this step: keep those if best
                 if total < best_loss - 1e-6:
@@ -469,7 +475,7 @@ class DecoderAdapter:
             for name in self.peft_model.peft_config:
                 state[name] = self._weights(name)
         return {"weights": state, "examples": {k: list(v) for k, v in self.examples.items()},
-                "n_corrections": dict(self.n_corrections)}
+                "n_corrections": dict(self.n_corrections), "fit": dict(self.fit)}
 
     def restore(self, snap: dict) -> None:
         """Go back to ``snap``, a :meth:`snapshot` (adapters created since are removed)."""
@@ -482,6 +488,7 @@ class DecoderAdapter:
             self._set_weights(name, weights)
         self.examples = {k: list(v) for k, v in snap["examples"].items()}
         self.n_corrections = dict(snap["n_corrections"])
+        self.fit = dict(snap.get("fit", {}))
 
     def _weights(self, name: str) -> dict:
         from peft import get_peft_model_state_dict
@@ -528,9 +535,11 @@ class DecoderAdapter:
         if obj_id is None:
             self.examples.clear()
             self.n_corrections.clear()
+            self.fit.clear()
         else:
             self.examples.pop(int(obj_id), None)
             self.n_corrections.pop(int(obj_id), None)
+            self.fit.pop(int(obj_id), None)
 
     def save(self, folder: Union[str, Path], obj_id: int) -> Path:
         """Save the adapter weights of object ``obj_id`` and its peft config to ``folder``.

@@ -653,12 +653,10 @@ class LitSession:
             )
         target = self.store.read_frame(frame_idx) == obj_id
         t0 = time.perf_counter()
-        fit = None
         for step in self.adapter.train(obj_id, inputs, target):
-            fit = step.iou if fit is None else max(fit, step.iou)
             yield step
         self.last_train_ms = 1000 * (time.perf_counter() - t0)
-        self.last_train_fit = fit
+        self.last_train_fit = self.adapter.fit.get(int(obj_id))
         if correction is not None:
             correction.learned = True
         if self.folder is not None:  # only a finished training is saved (a cancelled one keeps its best step)
