@@ -20,6 +20,11 @@ if [ "$what" = all ] || [ "$what" = tracking ]; then
   done
   # all objects of a sequence tracked together, as in the widget (masked entropy with a class per object)
   $BENCH "$DATA" --method propagate --init mask --joint --json $OUT/propagate-mask-joint.json --quiet
+  # the masked entropy per boundary length instead of per area (not Lazy-XMem eq. 4; a comparison)
+  $BENCH "$DATA" --method propagate --init mask --entropy-norm length --json $OUT/propagate-mask-length.json --quiet
+  $BENCH "$DATA" --method propagate --init mask --joint --entropy-norm length --json $OUT/propagate-mask-joint-length.json --quiet
+  $BENCH "$DATA" --method propagate --init click --entropy-norm length --json $OUT/propagate-click-length.json --quiet
+  .venv/bin/python benchmarks/leak_analysis.py "$DATA" --out $OUT/leak_analysis.json
 fi
 if [ "$what" = all ] || [ "$what" = corrections ]; then
   .venv/bin/python benchmarks/mask_resolution_ceiling.py "$DATA" --out $OUT/mask_resolution_ceiling.json

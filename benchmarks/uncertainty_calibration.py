@@ -10,7 +10,10 @@ first frame, faster motion than training so that tracking fails sometimes), then
 2. at that temperature, computes each object's masked entropy (Lazy-XMem eq. 2-4) for
    several dilation ratios from the same logits and reports per ratio the median over
    objects of Spearman's correlation between -entropy and IoU (Lazy-XMem Fig. 3); the table
-   is repeated at T = 1 (no calibration) for comparison.
+   is repeated at T = 1 (no calibration) for comparison;
+3. at that temperature and ratio, the same with the entropy normalised per boundary length
+   (``masked_entropy(normalize="length")``: divided by the square root of the region's size
+   instead of its size, Lazy-XMem eq. 4), for comparison with eq. 4.
 
 napari-lit's lit-tiny temperature (``napari_lit.models.MODELS["lit-tiny"].temperature``) and
 default dilation (``napari_lit.core.uncertainty.DEFAULT_DILATION``) are the fitted T and the
@@ -53,17 +56,17 @@ def fit_temperature(frames_logits, frames_target) -> tuple:
     return float(np.exp(res.x)), float(res.fun), float(nll(0.0))
 
 
-def spearman_table(records, temperature: float) -> dict:
+def spearman_table(records, temperature: float, ratios=RATIOS, normalize: str = "area") -> dict:
     """Per dilation ratio: the median over objects of Spearman(-masked entropy, IoU)."""
     from napari_lit.bench.runner import entropy_iou_correlation
     from napari_lit.core.uncertainty import masked_entropy
 
-    rho = {r: [] for r in RATIOS}
+    rho = {r: [] for r in ratios}
     for logits, j in records:
-        for r in RATIOS:
+        for r in ratios:
             ent = np.full(len(j), np.nan)
             for i, z in logits.items():
-                ent[i] = masked_entropy(z, r, temperature=temperature)[0]
+                ent[i] = masked_entropy(z, r, temperature=temperature, normalize=normalize)[0]
             value = entropy_iou_correlation(ent, j, exclude=0)
             if value is not None:
                 rho[r].append(value)
@@ -103,19 +106,22 @@ def main(argv=None) -> int:
     raw = spearman_table(records, 1.0)
     best = max((r for r in RATIOS if calibrated[str(r)]["objects"]),
                key=lambda r: calibrated[str(r)]["median_spearman"])
+    per_length = spearman_table(records, temperature, ratios=(best,), normalize="length")[str(best)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"clips": args.clips, "frames": args.frames, "seed": args.seed,
                                "temperature": round(temperature, 3), "nll_at_temperature": nll_t,
                                "nll_at_1": nll_1, "ratios": calibrated, "ratios_at_1": raw,
-                               "best_ratio": best, "seconds": round(time.perf_counter() - t0, 1)},
+                               "best_ratio": best, "per_length_at_best_ratio": per_length,
+                               "seconds": round(time.perf_counter() - t0, 1)},
                               indent=2))
     print(f"temperature {temperature:.3f}: pixel NLL {nll_t:.4f} (at T = 1: {nll_1:.4f})")
     for r in RATIOS:
         print(f"dilation ratio {r:4.2f}: median Spearman(-entropy, IoU) "
               f"{calibrated[str(r)]['median_spearman']} (T = 1: {raw[str(r)]['median_spearman']})"
               f" over {calibrated[str(r)]['objects']} objects")
-    print(f"best ratio {best}; wrote {out}")
+    print(f"best ratio {best}; per boundary length there: median Spearman {per_length['median_spearman']} "
+          f"over {per_length['objects']} objects; wrote {out}")
     return 0
 
 

@@ -252,6 +252,8 @@ def test_object_absent_everywhere_is_skipped(tmp_path, no_model, caplog):
     (["DATA", "--method", "static"], "--init"),
     (["DATA", "--method", "static", "--init", "mask", "--sequences", "nope"], "no sequence nope"),
     (["DATA", "--method", "frozen", "--init", "mask", "--joint"], "--joint is for the propagate and static"),
+    (["DATA", "--method", "static", "--init", "mask", "--entropy-norm", "length"], "--entropy-norm is for the propagate"),
+    (["DATA", "--method", "propagate", "--init", "mask", "--entropy-norm", "volume"], "invalid choice"),
 ])
 def test_cli_bad_input_exit_2_one_line(args, message, data_dir, tmp_path, capsys):
     args = [str(tmp_path / "missing") if a == "MISSING" else str(data_dir) if a == "DATA" else a for a in args]
@@ -312,6 +314,17 @@ def test_propagate_scores_every_frame(data_dir, predictor, tmp_path):
     static = run_benchmark(data_dir, "static", "mask", sequences=["cells-tiff"], progress=False)
     with pytest.raises(ValueError, match="no per-frame masked entropy"):
         plot_entropy_iou(static, tmp_path / "x.png")
+    # per boundary length: the same masks, the entropy of each tracked frame scaled by the
+    # square root of its region's size (> 1 pixel), so larger than eq. 4's; prompt frames 0
+    length = run_benchmark(data_dir, "propagate", "mask", sequences=["cells-tiff"], predictor=predictor,
+                           progress=False, entropy_norm="length")
+    assert length["entropy_norm"] == "length" and res["entropy_norm"] == "area"
+    for a, b in zip(res["sequences"], length["sequences"]):
+        assert a["j"] == b["j"]
+        ea, eb = np.array(a["entropy"]), np.array(b["entropy"])
+        tracked = ea > 0
+        assert tracked.sum() >= N_FRAMES - 1 and (eb[tracked] > ea[tracked]).all()
+        assert (eb[~tracked] == 0).all()
 
 
 def test_joint_propagation_tracks_the_objects_together_as_the_widget_does(data_dir, predictor):

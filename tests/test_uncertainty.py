@@ -65,6 +65,28 @@ def test_masked_entropy_ranks_a_blurred_boundary_above_a_sharp_one():
         masked_entropy(np.zeros((64, 64)))
 
 
+def test_a_leak_looks_surer_per_area_but_not_per_length():
+    """The same boundary blur on an object and on a mask that leaked to twice its radius:
+    eq. 4 (per area) scores the leak about half as uncertain, since its confident interior
+    grows the denominator; per length (sqrt of the region size) the two score alike. A
+    blurrier boundary still ranks above a sharp one per length."""
+    d_obj, _ = _disk((256, 256), (128, 128), 25)
+    d_leak, _ = _disk((256, 256), (128, 128), 50)
+    obj, leak = (25 - d_obj)[None] * 0.5, (50 - d_leak)[None] * 0.5
+    area = masked_entropy(obj, max_side=None)[0], masked_entropy(leak, max_side=None)[0]
+    length = (masked_entropy(obj, max_side=None, normalize="length")[0],
+              masked_entropy(leak, max_side=None, normalize="length")[0])
+    assert area[1] < 0.6 * area[0]
+    assert length[1] == pytest.approx(length[0], rel=0.15)
+    # "length" is the per-area figure times the square root of the region's size
+    region = dilate(obj[0] > 0, 0.25).sum()
+    assert length[0] == pytest.approx(area[0] * np.sqrt(region), rel=1e-5)
+    sharp = (25 - d_obj)[None] * 4.0
+    assert masked_entropy(sharp, normalize="length")[0] < masked_entropy(obj, normalize="length")[0]
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        masked_entropy(obj, normalize="perimeter")
+
+
 def test_entropy_iou_correlation():
     j = np.array([1.0, 0.9, 0.5, 0.2, 0.8])
     assert entropy_iou_correlation(1 - j, j) == pytest.approx(1.0)

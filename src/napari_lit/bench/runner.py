@@ -77,7 +77,7 @@ def first_frame(gt: np.ndarray) -> Optional[int]:
     return int(present[0]) if len(present) else None
 
 
-def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> Dict:
+def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1, entropy_norm: str = "area") -> Dict:
     """Prompt, segment and score one object through one sequence.
 
     Parameters
@@ -91,6 +91,9 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         It is reset first, so only this object is tracked.
     obj_id : int
         Id the object gets in the tracker.
+    entropy_norm : {"area", "length"}
+        ``propagate``: how the masked entropy is normalised (Lazy-XMem eq. 4's region size,
+        or its square root; see :func:`napari_lit.core.uncertainty.masked_entropy`).
 
     Returns
     -------
@@ -107,10 +110,11 @@ def score_object(gt, method: str, init: str, tracker=None, obj_id: int = 1) -> D
         On an unknown method or init, a ground truth that is not (N, Y, X) or is empty on
         every frame, or a tracker whose frames differ from the ground truth in shape.
     """
-    return score_objects({obj_id: gt}, method, init, tracker)[obj_id]
+    return score_objects({obj_id: gt}, method, init, tracker, entropy_norm=entropy_norm)[obj_id]
 
 
-def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=None) -> Dict[int, Dict]:
+def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=None,
+                  entropy_norm: str = "area") -> Dict[int, Dict]:
     """Prompt several objects, each on the first frame where it appears, track them
     together (as the widget does) and score each.
 
@@ -124,7 +128,7 @@ def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=No
     gts : dict of int -> (N, Y, X) ndarray of bool
         Ground truth of each object (its id in the tracker -> its masks); each must be
         non-empty somewhere, all of one shape.
-    method, init, tracker
+    method, init, tracker, entropy_norm
         As in :func:`score_object`; the tracker is reset first.
 
     Returns
@@ -186,7 +190,7 @@ def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=No
     else:
         for result in tracker.propagate(direction="both"):
             i = result.frame_idx
-            entropy = result.masked_entropy()
+            entropy = result.masked_entropy(normalize=entropy_norm)
             for obj_id, gt in gts.items():
                 o = out[obj_id]
                 o["j"][i], o["f"][i] = frame_scores(result.mask(obj_id), gt[i])
@@ -247,7 +251,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   progress: Union[bool, Callable[[int, int], None]] = True,
                   tau: float = 0.5, max_corrections: Optional[int] = None,
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
-                  joint: bool = False) -> Dict:
+                  joint: bool = False, entropy_norm: str = "area") -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Each object's run is seeded from its sequence name and id (LoRA initialisation and
@@ -284,6 +288,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``propagate``, ``static``: prompt and track all objects of a sequence together, as
         the widget does (:func:`score_objects`; their masked entropy then has a class per
         object), instead of each object alone.
+    entropy_norm : {"area", "length"}
+        ``propagate``: normalisation of the recorded masked entropy (see :func:`score_object`).
 
     Returns
     -------
@@ -321,6 +327,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if joint and method not in ("propagate", "static"):
         raise _usage_error(f"--joint is for the propagate and static methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
+    if entropy_norm not in ("area", "length"):
+        raise _usage_error(f"unknown entropy normalisation {entropy_norm!r}: expected area or length")
+    if entropy_norm != "area" and method != "propagate":
+        raise _usage_error(f"--entropy-norm is for the propagate method (it only changes the recorded "
+                           f"masked entropy); {method!r} uses eq. 4's")
     try:
         folders = list_sequences(data_dir)
     except FileNotFoundError as exc:
@@ -372,7 +383,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     present.append(int(obj))
             if needs_model and present:
                 tracker = _make_tracker(predictor, seq, record=interactive)
-            joint_scores = (score_objects({obj: labels == obj for obj in present}, method, init, tracker)
+            joint_scores = (score_objects({obj: labels == obj for obj in present}, method, init, tracker,
+                                          entropy_norm=entropy_norm)
                             if joint and present else None)
             for obj in seq.objects:
                 if bar is not None:
@@ -388,7 +400,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                                                  max_corrections=max_corrections, obj_id=int(obj),
                                                  backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
                     else:
-                        scores = score_object(gt, method, init, tracker, obj_id=int(obj))
+                        scores = score_object(gt, method, init, tracker, obj_id=int(obj),
+                                              entropy_norm=entropy_norm)
                     presence.append(gt.reshape(len(gt), -1).any(axis=1).tolist())
                     entries.append({
                         "name": seq.name, "object": int(obj), "domain": seq.domain,
@@ -417,6 +430,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "init": init,
         "data_dir": str(data_dir),
         "joint": bool(joint),
+        "entropy_norm": entropy_norm,
         "mean_j": mean("mean_j"),
         "mean_jf": mean("mean_jf"),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -506,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint", action="store_true",
                    help="propagate, static: track all objects of a sequence together, as the widget does "
                         "(their masked entropy then has a class per object); default: each object alone")
+    p.add_argument("--entropy-norm", choices=("area", "length"), default="area",
+                   help="propagate: masked entropy divided by the region's size (Lazy-XMem eq. 4, default) "
+                        "or by its square root (entropy per pixel of boundary length)")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     lora = p.add_argument_group("adapter (lit, lit-always)", "LoRA settings; napari-lit's defaults otherwise")
@@ -575,7 +592,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_benchmark(args.data_dir, args.method, args.init, model=args.model, config=args.config,
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
-                           adapter_config=adapter_config_from_args(args), joint=args.joint)
+                           adapter_config=adapter_config_from_args(args), joint=args.joint,
+                           entropy_norm=args.entropy_norm)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:

@@ -62,7 +62,7 @@ class FrameResult:
     out_of_memory: Tuple[int, ...] = ()
     temperature: float = 1.0
     given: Tuple[int, ...] = ()
-    _entropy: dict = field(default_factory=dict, repr=False, compare=False)  # ratio -> (O,)
+    _entropy: dict = field(default_factory=dict, repr=False, compare=False)  # (ratio, normalize) -> (O,)
 
     @property
     def masks(self) -> np.ndarray:
@@ -79,22 +79,24 @@ class FrameResult:
         """
         return self.logits[self.obj_ids.index(obj_id)] > 0
 
-    def masked_entropy(self, ratio: Optional[float] = None) -> np.ndarray:
+    def masked_entropy(self, ratio: Optional[float] = None, normalize: str = "area") -> np.ndarray:
         """(O,) float32 masked entropy of each object, in the order of :attr:`obj_ids`
         (Lazy-XMem eq. 2-4, see :func:`napari_lit.core.uncertainty.masked_entropy`; the
         objects compete for pixels). ``ratio``: mask dilation (default
-        :data:`~napari_lit.core.uncertainty.DEFAULT_DILATION`). Computed once per ratio: the
-        memory gate, the session and the benchmark all ask for it on every frame."""
+        :data:`~napari_lit.core.uncertainty.DEFAULT_DILATION`); ``normalize``: eq. 4's
+        ``"area"`` or ``"length"`` (see there). Computed once per setting: the memory gate, the
+        session and the benchmark all ask for it on every frame."""
         from .uncertainty import DEFAULT_DILATION, masked_entropy
 
         if not self.obj_ids:
             return np.zeros(0, np.float32)
         ratio = DEFAULT_DILATION if ratio is None else float(ratio)
-        if ratio not in self._entropy:
-            values = masked_entropy(self.logits, ratio, temperature=self.temperature)
+        key = (ratio, normalize)
+        if key not in self._entropy:
+            values = masked_entropy(self.logits, ratio, temperature=self.temperature, normalize=normalize)
             values[[k for k, o in enumerate(self.obj_ids) if o in self.given]] = 0.0
-            self._entropy[ratio] = values
-        return self._entropy[ratio].copy()
+            self._entropy[key] = values
+        return self._entropy[key].copy()
 
     def labels(self) -> np.ndarray:
         """(Y, X) uint32 label image: each pixel gets the object with the highest positive

@@ -154,8 +154,12 @@ def dilate(mask: np.ndarray, ratio: float = DEFAULT_DILATION) -> np.ndarray:
     return distance_transform_edt(~mask) <= radius
 
 
+#: How :func:`masked_entropy` normalises the entropy summed over an object's region.
+NORMALIZATIONS = ("area", "length")
+
+
 def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side: Optional[int] = 256,
-                   temperature: float = 1.0) -> np.ndarray:
+                   temperature: float = 1.0, normalize: str = "area") -> np.ndarray:
     """Masked entropy of each object on one frame (Lazy-XMem eq. 2-4, per pixel of the region).
 
     Parameters
@@ -170,22 +174,35 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
         resolution.
     temperature : float
         Logit temperature of the model (see :func:`model_temperature`).
+    normalize : {"area", "length"}
+        ``"area"`` (Lazy-XMem eq. 4, the default): the entropy summed over the region divided
+        by the region's size. ``"length"``: divided by the square root of its size instead,
+        the region's length scale, so the figure is the entropy per pixel of boundary length
+        (the uncertain band along the boundary, whatever the object's size). Eq. 4 makes a
+        mask that leaks into the background look surer (its confident interior grows the
+        denominator); per length it does not. Not used by the widget or ``lit-auto`` (their
+        thresholds are on the eq. 4 scale); see docs/benchmarks.md.
 
     Returns
     -------
     (O,) float32 ndarray
-        Mean normalised entropy over each object's dilated mask, in [0, 1]. An object with an
-        empty mask is scored over the pixels where its probability is >= 0.1 (a faint
-        object SAM2 nearly found), and 0 when there is none (confidently absent).
+        ``"area"``: mean normalised entropy over each object's dilated mask, in [0, 1];
+        ``"length"``: that mean times the square root of the region's size in pixels (of the
+        grid it is computed on), in [0, sqrt(region size)]. An object with an empty mask is
+        scored over the pixels where its probability is >= 0.1 (a faint object SAM2 nearly
+        found), and 0 when there is none (confidently absent).
 
     Raises
     ------
     ValueError
-        If ``logits`` is not (O, Y, X) with O >= 1, or ``temperature`` <= 0.
+        If ``logits`` is not (O, Y, X) with O >= 1, ``temperature`` <= 0, or ``normalize``
+        is not one of :data:`NORMALIZATIONS`.
     """
     logits = np.asarray(logits)
     if logits.ndim != 3 or len(logits) == 0:
         raise ValueError(f"logits must be (O, Y, X) with at least one object; got shape {logits.shape}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
     if max_side is not None and max(logits.shape[1:]) > max_side:
         step = int(np.ceil(max(logits.shape[1:]) / max_side))
         logits = logits[:, ::step, ::step]
@@ -197,6 +214,8 @@ def masked_entropy(logits: np.ndarray, ratio: float = DEFAULT_DILATION, max_side
         region = dilate(mask, ratio) if mask.any() else probs[i + 1] >= 0.1
         if region.any():
             out[i] = float(ent[region].mean())
+            if normalize == "length":
+                out[i] *= float(np.sqrt(region.sum()))
     return out
 
 
