@@ -295,7 +295,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     -------
     dict
         ``model`` (None for ``static`` + ``mask``, which uses no model), ``method``, ``init``,
-        ``data_dir``, ``joint``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
+        ``data_dir``, ``joint``, ``entropy_norm``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
         None if there is none), ``seconds`` (wall time, model loading included) and
         ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
