@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     from napari_lit.bench import runner
+    from napari_lit.bench.metrics import jaccard
     from napari_lit.io.dataset import list_sequences, load_sequence
     from napari_lit.models import load_predictor
 
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
             true_area = gt.reshape(n, -1).sum(1).astype(float)
             for r in tracker.propagate(direction="both"):
                 i, m = r.frame_idx, r.mask(int(obj))
-                union = (m | gt[i]).sum()
-                j[i] = (m & gt[i]).sum() / union if union else 1.0
+                j[i] = jaccard(m, gt[i])
                 e_area[i] = r.masked_entropy()[0]
                 e_length[i] = r.masked_entropy(normalize="length")[0]
                 area[i] = m.sum()

@@ -38,6 +38,7 @@ import numpy as np
 
 from .interactive import (AUTO_METHODS, DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIVE_METHODS, LEARNING_METHODS, robustness,
                           simulate_object, workload)
+from ..core.uncertainty import NORMALIZATIONS
 from .metrics import click_point, frame_scores
 
 __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "score_objects", "build_parser",
@@ -327,8 +328,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if joint and method not in ("propagate", "static"):
         raise _usage_error(f"--joint is for the propagate and static methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
-    if entropy_norm not in ("area", "length"):
-        raise _usage_error(f"unknown entropy normalisation {entropy_norm!r}: expected area or length")
+    if entropy_norm not in NORMALIZATIONS:
+        raise _usage_error(f"unknown entropy normalisation {entropy_norm!r}: expected one of "
+                           f"{', '.join(NORMALIZATIONS)}")
     if entropy_norm != "area" and method != "propagate":
         raise _usage_error(f"--entropy-norm is for the propagate method (it only changes the recorded "
                            f"masked entropy); {method!r} uses eq. 4's")
@@ -520,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint", action="store_true",
                    help="propagate, static: track all objects of a sequence together, as the widget does "
                         "(their masked entropy then has a class per object); default: each object alone")
-    p.add_argument("--entropy-norm", choices=("area", "length"), default="area",
+    p.add_argument("--entropy-norm", choices=NORMALIZATIONS, default="area",
                    help="propagate: masked entropy divided by the region's size (Lazy-XMem eq. 4, default) "
                         "or by its square root (entropy per pixel of boundary length)")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
