@@ -53,11 +53,14 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB --json $OUT/ablation-lit-lr1e-2-20steps.json
   $BENCH "$DATA" --method lit $SUB --lora-replay 4 --json $OUT/ablation-lit-lr1e-2-20steps-replay4.json
   $BENCH "$DATA" --method lit-always $SUB --json $OUT/ablation-lit-always-lr1e-2-20steps.json
+  # LoRA on the decoder's hypernetwork MLPs too (the adapter's capacity)
+  $BENCH "$DATA" --method lit $SUB --lora-targets q_proj k_proj v_proj hypernetworks --json $OUT/ablation-lit-hypernetworks.json
   # tau 0.85: the default step budget against five times more (issue 3's 0.5 s allows ~20 steps)
   SUB85="--sequences c2c12-phase-timelapse davis-car-shadow davis-dog davis-motocross-jump --init mask --tau 0.85 --quiet"
   $BENCH "$DATA" --method frozen $SUB85 --json $OUT/ablation85-frozen.json
   $BENCH "$DATA" --method lit $SUB85 --json $OUT/ablation85-lit-20steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-steps 100 --lora-patience 100 --json $OUT/ablation85-lit-100steps.json
+  $BENCH "$DATA" --method lit $SUB85 --lora-targets q_proj k_proj v_proj hypernetworks --json $OUT/ablation85-lit-hypernetworks.json
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
   .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json

@@ -170,7 +170,32 @@ def test_defaults_and_published_settings():
     assert lora.r == 4 and lora.lora_alpha == 4.0 and lora.lora_dropout == 0.1
 
 
-@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(target_modules=("nope",)), dict(lr=0)])
+def test_output_path_layers_can_be_adapted_too(session, predictor):
+    """``hypernetworks`` puts LoRA weights on exactly the decoder's hypernetwork MLPs
+    besides the transformer's q/k/v, and training moves them."""
+    tracker, _, obj, labels, frozen = session
+    torch.manual_seed(0)
+    config = AdapterConfig(lr=5e-3, max_steps=10, patience=10,
+                           target_modules=("q_proj", "k_proj", "v_proj", "hypernetworks"))
+    adapter = DecoderAdapter(predictor, config)
+    try:
+        steps = list(adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj))
+        assert min(s.loss for s in steps) < steps[0].loss
+        lora_b = {n.split(".lora_B")[0].replace("base_model.model.", ""): p
+                  for n, p in predictor.sam_mask_decoder.named_parameters() if "lora_B" in n}
+        outside = {n for n in lora_b if not n.startswith("transformer.")}
+        n_mlps = len(predictor.sam_mask_decoder.get_base_model().output_hypernetworks_mlps)
+        assert outside == {f"output_hypernetworks_mlps.{i}.layers.{k}" for i in range(n_mlps) for k in range(3)}
+        assert {n.rsplit(".", 1)[1] for n in set(lora_b) - outside} == {"q_proj", "k_proj", "v_proj"}
+        # LoRA's B starts at zero: the hypernetworks' low-rank updates were trained
+        assert any(lora_b[n].abs().sum() > 0 for n in outside)
+    finally:
+        adapter.reset()
+    assert type(predictor.sam_mask_decoder).__name__ == "MaskDecoder"
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(target_modules=("nope",)), dict(lr=0),
+                                    dict(target_modules=("hypernetworks",), memory_attention=True)])
 def test_bad_adapter_config(kwargs):
     with pytest.raises(ValueError):
         AdapterConfig(**kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,3 +374,41 @@ def test_static_click_repeats_the_models_click_mask(data_dir, predictor):
     tracker = Tracker(predictor, FrameSource(seq.image, image_size=predictor.image_size))
     mask = tracker.add_points(e["prompt_frame"], 1, [[y, x]], [1]).mask(1)
     assert e["j"] == pytest.approx([_iou(mask, gt[i]) for i in range(N_FRAMES)])
+
+
+def _benchmark_script(name):
+    """A script of benchmarks/ as a module (its folder on sys.path, as when it runs)."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_one_step_benchmark(data_dir, tmp_path):
+    """benchmarks/one_step.py: the model's prediction of a frame from the true mask of the
+    previous one (and of the same frame shown again), beside copying that mask, per
+    generated scene kind and per sequence, from the real lit-tiny."""
+    from napari_lit.io.dataset import load_sequence
+
+    one_step = _benchmark_script("one_step")
+    out = tmp_path / "one_step.json"
+    assert one_step.main(["--data", str(data_dir), "--clips", "1", "--stride", "2", "--out", str(out),
+                          "--plot", str(tmp_path / "one-step.png")]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["sequences"]) == {"cells-tiff", "davis-synth"} and len(r["generated"]) >= 6
+    # the copy measure is the true mask of frame t scored on frame t+1, every 2nd frame
+    seq = load_sequence(data_dir / "cells-tiff")
+    labels = np.asarray(seq.labels)
+    copies = [jaccard(labels[t] == o, labels[t + 1] == o) for o in seq.objects for t in range(0, N_FRAMES - 1, 2)
+              if (labels[t] == o).any() and (labels[t + 1] == o).any()]
+    s = r["sequences"]["cells-tiff"]
+    assert s["pairs"] == len(copies) and s["copy"]["median"] == pytest.approx(np.median(copies))
+    for group in (*r["generated"].values(), *r["sequences"].values(), *r["all"].values()):
+        for m in one_step.MEASURES:
+            assert 0.0 <= group[m]["median"] <= 1.0 and 0.0 <= group[m]["at_least_0.85"] <= 1.0
+    # lit-tiny gives back most of a nucleus it holds in memory when the frame is shown again
+    assert r["generated"]["nuclei"]["same_frame"]["median"] > 0.7
+    assert (tmp_path / "one-step.png").stat().st_size > 10_000

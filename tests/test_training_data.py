@@ -143,7 +143,7 @@ def test_default_kind_draw_leaves_parts_and_em_out_and_weights_are_checked():
 
 def test_parts_schedule_draws_its_scene_mix():
     pytest.importorskip("training")  # sam2's training package (collate_fn)
-    from napari_lit.training.recipe import EM_KINDS, PARTS_KINDS, PHOTO_KINDS, SCHEDULES, make_batch
+    from napari_lit.training.recipe import ALL_KINDS, EM_KINDS, PARTS_KINDS, PHOTO_KINDS, SCHEDULES, make_batch
 
     assert all(stage.kinds == PARTS_KINDS for stage in SCHEDULES["parts"])
     assert all(stage.kinds == EM_KINDS for stage in SCHEDULES["em"])
@@ -151,6 +151,11 @@ def test_parts_schedule_draws_its_scene_mix():
     assert all(stage.kinds == PHOTO_KINDS for stage in SCHEDULES["photo"])
     assert dict(PHOTO_KINDS)["photo"] > 0 and dict(PHOTO_KINDS)["parts"] > 0
     assert all(stage.kinds is None for stage in SCHEDULES["default"])
+    # precision: every kind of the photo and em mixes; single frames, then slow short clips
+    assert all(stage.kinds == ALL_KINDS for stage in SCHEDULES["precision"])
+    assert {k for k, _ in PHOTO_KINDS + EM_KINDS} == {k for k, _ in ALL_KINDS}
+    assert [s.n_frames for s in SCHEDULES["precision"]] == [1, 4, 6]
+    assert SCHEDULES["precision"][1].motion.speed < SCHEDULES["precision"][2].motion.speed
     batch = make_batch(np.random.default_rng(1), 3, 2, MotionLevel(), 2, 64, kinds=(("parts", 1.0),))
     assert tuple(batch.img_batch.shape) == (3, 2, 3, 64, 64)
     assert batch.masks.shape[0] == 3 and batch.masks[0].flatten(1).any(1).all()

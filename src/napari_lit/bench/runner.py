@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after N steps without a lower loss (early stopping; default 8)")
     lora.add_argument("--lora-dropout", type=float, help="LoRA dropout")
     lora.add_argument("--lora-targets", nargs="+", metavar="PROJ",
-                      help="projections to adapt: q_proj k_proj v_proj out_proj")
+                      help="layers to adapt: the decoder transformer's q_proj k_proj v_proj out_proj, and "
+                           "of its output path hypernetworks (default q_proj k_proj v_proj)")
     lora.add_argument("--lora-memory-attention", action="store_true",
                       help="also adapt SAM2's memory attention")
     lora.add_argument("--lora-replay", type=int, metavar="N",

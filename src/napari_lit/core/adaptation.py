@@ -39,6 +39,14 @@ ADAPTER_FILE = "adapter.pt"
 CONFIG_FILE = "adapter_config.json"
 
 
+#: projections of the attention layers (decoder transformer; memory attention)
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: layers of the decoder's output path, by name: the regular expression of their modules
+OUTPUT_TARGETS = {
+    "hypernetworks": r".*output_hypernetworks_mlps\.\d+\.layers\.\d+",
+}
+
+
 @dataclass
 class AdapterConfig:
     """Settings of the LoRA adapter and of its training on a correction.
@@ -48,8 +56,13 @@ class AdapterConfig:
     rank, alpha, dropout : int, float, float
         LoRA rank r, scaling alpha (the update is scaled by alpha / r) and dropout.
     target_modules : sequence of str
-        Projection names to adapt inside the mask decoder's transformer (``q_proj``,
-        ``k_proj``, ``v_proj``, ``out_proj``).
+        Layers to adapt: projections inside the mask decoder's transformer (``q_proj``,
+        ``k_proj``, ``v_proj``, ``out_proj``; :data:`ATTENTION_TARGETS`) and, optionally,
+        layers of its output path (:data:`OUTPUT_TARGETS`: ``hypernetworks``, the MLPs that
+        turn each mask token into the per-channel weights of its mask). (The decoder's
+        projections of the high-resolution features run when a frame is encoded, not in the
+        decoder's forward pass, and its upscaling is transposed convolutions, which peft's
+        LoRA does not wrap.) The memory attention, when adapted, gets the projections only.
     lr : float
         AdamW learning rate (no weight decay); LIT published 1e-4 (see the module notes).
     max_steps : int
@@ -91,10 +104,13 @@ class AdapterConfig:
             raise ValueError(f"patience must be >= 1 (steps without a lower loss before stopping); got {self.patience}")
         if self.replay < 0:
             raise ValueError(f"replay must be >= 0 (earlier corrections trained along); got {self.replay}")
-        allowed = {"q_proj", "k_proj", "v_proj", "out_proj"}
+        allowed = set(ATTENTION_TARGETS) | set(OUTPUT_TARGETS)
         bad = set(self.target_modules) - allowed
         if bad or not self.target_modules:
             raise ValueError(f"target_modules must be a non-empty subset of {sorted(allowed)}; got {list(self.target_modules)}")
+        if self.memory_attention and not set(self.target_modules) & set(ATTENTION_TARGETS):
+            raise ValueError(f"memory_attention adapts the memory attention's projections: target_modules must "
+                             f"name at least one of {list(ATTENTION_TARGETS)}; got {list(self.target_modules)}")
 
     @classmethod
     def published(cls, **overrides) -> "AdapterConfig":
@@ -110,11 +126,18 @@ class AdapterConfig:
 
     def lora_config(self, part: str = "decoder"):
         """The ``peft.LoraConfig`` for ``part``: ``decoder`` (a regex over the mask decoder
-        transformer's projections) or ``memory`` (the memory attention's layers)."""
+        transformer's projections and the output-path layers asked for) or ``memory`` (the
+        memory attention's projections)."""
         from peft import LoraConfig
 
-        names = "|".join(self.target_modules)
-        pattern = rf".*transformer\..*\.({names})" if part == "decoder" else rf"layers\..*\.({names})"
+        attn = [m for m in self.target_modules if m in ATTENTION_TARGETS]
+        names = "|".join(attn)
+        if part == "decoder":
+            alternatives = [rf".*transformer\..*\.({names})"] if attn else []
+            alternatives += [OUTPUT_TARGETS[m] for m in self.target_modules if m in OUTPUT_TARGETS]
+            pattern = "|".join(f"(?:{a})" for a in alternatives)
+        else:
+            pattern = rf"layers\..*\.({names})"
         return LoraConfig(
             r=int(self.rank), lora_alpha=float(self.alpha), lora_dropout=float(self.dropout),
             target_modules=pattern, bias="none",

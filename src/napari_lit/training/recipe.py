@@ -120,12 +120,26 @@ def _continuation(kinds) -> Tuple[Stage, ...]:
     )
 
 
+#: Scene mix of the ``precision`` schedule: every kind of the ``photo`` and ``em`` mixes.
+ALL_KINDS = (("photo", 0.2), ("parts", 0.15), ("em", 0.1), ("natural", 0.05), ("tissue", 0.12), ("ct", 0.12),
+             ("zstack", 0.08), ("nuclei", 0.08), ("phase", 0.1))
+
+#: Stages of the ``precision`` schedule: a third single-frame prompt-to-mask steps, then short
+#: clips at slow motion, where the answer is close to the previous mask and what counts is
+#: reproducing the object's outline exactly, then normal tracking so that it is not forgotten.
+PRECISION_STAGES = (
+    Stage("image", 0.30, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=ALL_KINDS),
+    Stage("track-slow", 0.70, 4, 2, MotionLevel(1.0, 0.01, 0.2), image_batches=0.2, kinds=ALL_KINDS),
+    Stage("track", 1.00, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.15, kinds=ALL_KINDS),
+)
+
 #: Stage schedules by name. ``change`` continues a trained model on clips where the previous
 #: mask is a poor answer (the failure of copy-the-last-mask tracking on real z-stacks).
 #: ``parts`` continues a trained model with multi-part objects on cluttered, panning
 #: backgrounds (the ``parts`` scene kind), where a model that only knows one-texture shapes
 #: falls back to repeating the last mask. ``em`` is ``parts`` with the :data:`EM_KINDS` mix,
-#: ``photo`` with the :data:`PHOTO_KINDS` mix.
+#: ``photo`` with the :data:`PHOTO_KINDS` mix. ``precision`` (:data:`PRECISION_STAGES`)
+#: continues a trained model where it copies a still object's mask imprecisely.
 SCHEDULES = {
     "default": STAGES,
     "change": (
@@ -136,6 +150,7 @@ SCHEDULES = {
     "parts": _continuation(PARTS_KINDS),
     "em": _continuation(EM_KINDS),
     "photo": _continuation(PHOTO_KINDS),
+    "precision": PRECISION_STAGES,
 }
 
 
