@@ -124,7 +124,7 @@ def _continuation(kinds) -> Tuple[Stage, ...]:
 ALL_KINDS = (("photo", 0.2), ("parts", 0.15), ("em", 0.1), ("natural", 0.05), ("tissue", 0.12), ("ct", 0.12),
              ("zstack", 0.08), ("nuclei", 0.08), ("phase", 0.1))
 
-#: Stages of the ``precision`` schedule: a third single-frame prompt-to-mask steps, then short
+#: Stages of the ``precision`` schedule: 30 % single-frame prompt-to-mask steps, then short
 #: clips at slow motion, where the answer is close to the previous mask and what counts is
 #: reproducing the object's outline exactly, then normal tracking so that it is not forgotten.
 PRECISION_STAGES = (
