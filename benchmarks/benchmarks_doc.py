@@ -103,7 +103,7 @@ def corrections_section(results: Path, docs: Path) -> str:
         png = docs / f"bench-corrections-tau{tau}.png"
         plot_corrections([frozen, lit], seq, png, labels=["frozen SAM2", "LIT-LoRA"])
         parts.append(f"\n![per-frame IoU and corrections, {seq}, tau {tau}]({png.name})\n")
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)  # a part without its results adds no blank line
 
 
 def ceiling_part(results: Path, tau: float) -> str:
@@ -263,8 +263,9 @@ def _ablation_rows(frozen: dict, runs) -> list:
         a = r.get("adapter") or {}
         red = 100 * (frozen["total_corrections"] - r["total_corrections"]) / max(frozen["total_corrections"], 1)
         targets = a.get("target_modules", ["q_proj", "k_proj", "v_proj"])
-        on = "/".join(t.replace("_proj", "") for t in targets if t.endswith("_proj"))
-        on = " + ".join([on] * bool(on) + [t for t in targets if not t.endswith("_proj")])
+        projections = [t.replace("_proj", "") for t in targets if t.endswith("_proj")]
+        others = [t for t in targets if not t.endswith("_proj")]
+        on = " + ".join((["/".join(projections)] if projections else []) + others)
         rows.append((r["method"], len(targets), -a.get("lr", 0), a.get("max_steps", 0), a.get("replay", 0),
                      f"| {r['method']} | {on} | {a.get('lr', 0):g} | {a.get('max_steps', '?')} | {a.get('patience', '?')} | "
                      f"{a.get('replay', 0)} | {r['total_corrections']} | "
