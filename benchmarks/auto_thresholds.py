@@ -1,11 +1,11 @@
 """Choose the -auto thresholds (tau_m, tau_u) on generated sequences (never on ../shared/data).
 
 Runs the simulated user of ``napari_lit.bench.interactive`` (tau 0.5, mask prompt) with
-lit-tiny on generated clips of every scene kind (faster motion than in training), first
-``frozen-auto`` for several memory gates tau_m, then ``lit-auto`` with the best tau_m for
-several entropy jumps tau_u, and reports the total corrections of each. The defaults of
-``napari_lit.bench.interactive`` are the values with the fewest corrections here (ties: the
-one that intervenes least; no best value when all give the same).
+lit-tiny on generated clips of the pinned calibration scene kinds (faster motion than in
+training), first ``frozen-auto`` for several memory gates tau_m, then ``lit-auto`` with the
+best tau_m for several entropy jumps tau_u, and reports the total corrections of each. The
+defaults of ``napari_lit.bench.interactive`` are the values with the fewest corrections here
+(ties: the one that intervenes least; no best value when all give the same).
 
     python benchmarks/auto_thresholds.py [--clips 16] [--out benchmarks/results/auto_thresholds.json]
 """
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     predictor = load_predictor("lit-tiny", device="cpu")
     adapter = DecoderAdapter(predictor)
-    clips = hard_clips(args.seed, args.clips, args.frames)
+    clips = hard_clips(args.seed, args.clips, args.frames, kinds=args.kinds)
 
     def total(method, **kw):
         corrections, j = 0, []
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"clips": len(clips), "frames": args.frames, "seed": args.seed,
+                               "kinds": args.kinds,
                                "frozen_auto_tau_m": frozen_auto, "best_tau_m": best_m,
                                "lit_auto_tau_u": lit_auto, "best_tau_u": best_u,
                                "seconds": round(time.perf_counter() - t0, 1)}, indent=2))

@@ -1,7 +1,8 @@
 """Calibrate the masked entropy on generated sequences (never on ../shared/data).
 
-Tracks objects through generated clips of every scene kind with lit-tiny (mask prompt on the
-first frame, faster motion than training so that tracking fails sometimes), then
+Tracks objects through generated clips of the pinned calibration scene kinds
+(``_generated.CALIBRATION_KINDS``) with lit-tiny (mask prompt on the first frame, faster
+motion than training so that tracking fails sometimes), then
 
 1. fits the model's logit temperature T by temperature scaling (Guo et al. 2017): the T that
    minimises the mean pixel-wise binary cross-entropy of sigmoid(logit / T) against the
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     predictor = load_predictor("lit-tiny", device="cpu")
     records, fit_logits, fit_targets = [], [], []
-    for frames, gt in hard_clips(args.seed, args.clips, args.frames):
+    for frames, gt in hard_clips(args.seed, args.clips, args.frames, kinds=args.kinds):
         tracker = Tracker(predictor, frames)
         tracker.add_mask(0, 1, gt[0])
         logits, j = {}, np.full(args.frames, np.nan)
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"clips": args.clips, "frames": args.frames, "seed": args.seed,
+                               "kinds": args.kinds,
                                "temperature": round(temperature, 3), "nll_at_temperature": nll_t,
                                "nll_at_1": nll_1, "ratios": calibrated, "ratios_at_1": raw,
                                "best_ratio": best, "per_length_at_best_ratio": per_length,

@@ -412,3 +412,23 @@ def test_one_step_benchmark(data_dir, tmp_path):
     # lit-tiny gives back most of a nucleus it holds in memory when the frame is shown again
     assert r["generated"]["nuclei"]["same_frame"]["median"] > 0.7
     assert (tmp_path / "one-step.png").stat().st_size > 10_000
+
+
+def test_calibration_clips_are_pinned_to_their_scene_kinds():
+    """The calibration scripts' clips cycle through a pinned list of scene kinds, so a kind
+    added to the generator later does not change the clips behind the shipped temperature,
+    dilation and tau_m; an unknown kind is refused with the valid ones named."""
+    from napari_lit.training.synthetic import SCENE_KINDS
+
+    generated = _benchmark_script("_generated")
+    assert set(generated.CALIBRATION_KINDS) < set(SCENE_KINDS)
+    args = generated.calibration_parser("doc", clips=2, seed=1, out="x.json").parse_args([])
+    assert args.kinds == list(generated.CALIBRATION_KINDS)
+    a = generated.hard_clips(7, 2, 3, size=64, kinds=("nuclei", "ct"))
+    b = generated.hard_clips(7, 2, 3, size=64, kinds=("nuclei", "ct"))
+    c = generated.hard_clips(7, 2, 3, size=64, kinds=("nuclei", "phase"))
+    assert len(a) == 2 and all(f.shape == (3, 64, 64, 3) and g.shape == (3, 64, 64) for f, g in a)
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a, b))  # seeded: the same clips again
+    assert np.array_equal(a[0][0], c[0][0]) and not np.array_equal(a[1][0], c[1][0])
+    with pytest.raises(ValueError, match="scene kinds must be some of .*got \\['nuclei', 'cells'\\]"):
+        generated.hard_clips(7, 2, 3, kinds=("nuclei", "cells"))
