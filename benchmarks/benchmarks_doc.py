@@ -67,7 +67,7 @@ def corrections_section(results: Path, docs: Path) -> str:
                          "in brackets when accepted; then up to 3 clicks at the centre of the largest error, "
                          "then the ground-truth mask); the adapter trains on the corrected frame; "
                          "propagation resumes from it. Each object's run is seeded from its sequence name "
-                         "and id (LoRA initialisation, dropout), so a rerun repeats it.\n")
+                         "and id (LoRA initialisation, dropout), so a rerun on the same machine repeats it.\n")
         parts.append(f"### tau = {tau}\n")
         parts.append("```bash\n" + "\n".join(
             f"napari-lit bench {DATA} --method {m} --init mask --tau {tau} --json benchmarks/results/{m}-tau{tau}.json"
@@ -95,7 +95,8 @@ def corrections_section(results: Path, docs: Path) -> str:
                      "a little; the final J of the two methods is therefore not an effort-free comparison.\n")
         parts.append(ceiling_part(results, tau))
         parts.append(adapter_part(results, lit, float(tau)))
-        parts.append(one_step_part(results, docs, float(tau)))
+        if tau == "0.85":  # once, where it bounds the corrections (it reports both taus)
+            parts.append(one_step_part(results, docs))
         counts = {}
         for e in frozen["sequences"]:
             counts[e["name"]] = counts.get(e["name"], 0) + e["corrections"]
@@ -168,26 +169,28 @@ def adapter_part(results: Path, lit: dict, tau: float) -> str:
     return "\n".join(out)
 
 
-def one_step_part(results: Path, docs: Path, tau: float) -> str:
+def one_step_part(results: Path, docs: Path) -> str:
     """One step from a ground-truth mask in memory (``benchmarks/one_step.py``): how often the
     model's next-frame prediction, and its prediction of the very same frame shown again, pass
-    tau, beside repeating the last mask and the decoder grid's ceiling."""
+    each tau of the run, beside repeating the last mask and the decoder grid's ceiling."""
     f = results / "one_step.json"
     r = json.loads(f.read_text()) if f.is_file() else None
-    key = f"at_least_{tau:g}"
-    if r is None or key not in r["all"].get("generated", {}).get("copy", {}):
+    if r is None or "generated" not in r["all"]:
         return ""
+    keys = sorted(k for k in r["all"]["generated"]["copy"] if k.startswith("at_least_"))
     names = {"same_frame": "the same frame shown again", "next_frame": "the next frame",
              "copy": "repeating the last mask", "ceiling": "the decoder grid's ceiling"}
 
     def line(part):
         a = r["all"][part]
-        return ", ".join(f"{names[m]} {a[m]['median']:.2f} ({100 * a[m][key]:.0f} % >= {tau:g})" for m in names)
+        return ", ".join(f"{names[m]} {a[m]['median']:.2f} ("
+                         + ", ".join(f"{100 * a[m][k]:.0f} % >= {k[len('at_least_'):]}" for k in keys) + ")"
+                         for m in names)
 
     out = ["\nOne step from a ground-truth mask (`python benchmarks/one_step.py --plot docs/one-step.png`): "
            "a fresh tracker gets the true mask of frame t and predicts frame t+1, as after every "
-           "ground-truth correction. Median IoU (share of frame pairs at IoU >= tau) on generated clips "
-           f"at slow motion, every scene kind ({r['all']['generated']['pairs']} pairs): {line('generated')}"]
+           "ground-truth correction. Median IoU (share of frame pairs at IoU >= each tau) on generated "
+           f"clips at slow motion, every scene kind ({r['all']['generated']['pairs']} pairs): {line('generated')}"]
     if "sequences" in r["all"]:
         out.append(f"; on the evaluation sequences ({r['all']['sequences']['pairs']} pairs, frames t every "
                    f"{r['stride']}): {line('sequences')}")
@@ -274,6 +277,22 @@ def _ablation_rows(frozen: dict, runs) -> list:
     return parts + [row[-1] for row in sorted(rows, key=lambda t: (t[0] != "lit", t[1], t[2], t[3], t[4]))]
 
 
+def _rerun_part(folder: Path) -> str:
+    """The hypernetworks target at tau 0.5 beside the default adapter, both run later on
+    another machine (``folder``): reruns repeat on one machine, but floating-point results
+    differ between CPUs, so only a pair measured together is compared."""
+    default, hyper = _load(folder / "lit-default.json"), _load(folder / "lit-hypernetworks.json")
+    if default is None or hyper is None:
+        return ""
+    return (f"`hypernetworks` at tau {hyper['tau']:g} was run later on another machine, together with the "
+            f"default adapter: {hyper['total_corrections']} corrections ({hyper['adapter_accepts']} accepts, mean J "
+            f"{hyper['mean_j']:.3f}) vs {default['total_corrections']} ({default['adapter_accepts']} accepts, mean J "
+            f"{default['mean_j']:.3f}). The default's own count there differs from the table's "
+            "(same code, same seeds): each run repeats on its machine, but a different CPU's floating point "
+            "changes some IoUs near tau, so differences of a few percent between runs on different machines "
+            "are not findings (`benchmarks/results/ablation-rerun/`).\n")
+
+
 def ablation_section(results: Path) -> str:
     frozen = _load(results / "ablation-frozen.json")
     runs = sorted(results.glob("ablation-lit*.json"))
@@ -290,6 +309,7 @@ def ablation_section(results: Path) -> str:
              "LoRA also on the decoder's hypernetwork MLPs, which turn each mask token into the weights "
              "of its mask (`--lora-targets q_proj k_proj v_proj hypernetworks`).\n",
              *_ablation_rows(frozen, runs), ""]
+    parts.append(_rerun_part(results / "ablation-rerun"))
     frozen85 = _load(results / "ablation85-frozen.json")
     runs85 = sorted(results.glob("ablation85-lit*.json"))
     if frozen85 is not None and runs85:
