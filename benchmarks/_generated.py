@@ -1,8 +1,9 @@
 """Shared by the calibration scripts: their command line and the generated clips they use.
 
 Thresholds and defaults are chosen on these clips, never on ../shared/data: the scene kinds
-of ``CALIBRATION_KINDS`` (``napari_lit.training.synthetic``) in turn, with faster motion than in training so that
-tracking fails sometimes; per clip the object with the largest area on frame 0.
+of ``CALIBRATION_KINDS`` (``napari_lit.training.synthetic``) in turn, with faster motion than
+in training so that tracking fails sometimes; per clip the object with the largest area on
+frame 0.
 """
 
 from __future__ import annotations
