@@ -206,6 +206,13 @@ def test_cli_json_keys_and_reports(data_dir, tmp_path, no_model, capsys):
     for key in ("model", "method", "init", "mean_j", "mean_jf", "seconds", "sequences"):
         assert key in res
     assert (res["method"], res["init"]) == ("static", "mask")
+    # what it ran on: results (counts near tau, timings) are compared only on one machine
+    import os
+    import platform
+    from importlib import metadata
+    m = res["machine"]
+    assert m["cpu"] and m["cpu_count"] == os.cpu_count() and m["python"] == platform.python_version()
+    assert m["torch"] == metadata.version("torch")
     for e in res["sequences"]:
         for key in ("name", "object", "frames", "prompt_frame", "mean_j", "mean_jf", "j", "f", "domain"):
             assert key in e

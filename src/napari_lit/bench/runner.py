@@ -246,6 +246,43 @@ def _seed(name: str, obj: int) -> None:
     torch.manual_seed(zlib.crc32(f"{name}/{int(obj)}".encode()))
 
 
+def machine_info() -> Dict[str, object]:
+    """What a benchmark ran on, recorded with its results.
+
+    Seeded runs repeat exactly on one machine, but floating-point results (and so a few IoUs
+    near tau, and the correction counts) differ between CPUs, and timings differ more: only
+    results recorded on the same machine are compared.
+
+    Returns
+    -------
+    dict
+        ``cpu`` (the processor's model name, or ``platform.processor()`` where
+        ``/proc/cpuinfo`` is missing), ``cpu_count`` (logical cores), ``platform``, ``python``,
+        ``torch`` (installed version, None without torch) and ``torch_threads`` (None when torch
+        was not imported by the run).
+    """
+    import os
+    import platform
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    torch = sys.modules.get("torch")
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch_version,
+            "torch_threads": torch.get_num_threads() if torch is not None else None}
+
+
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
                   model: str = "lit-tiny", config=None, device: str = "auto",
                   sequences: Optional[Sequence[str]] = None, predictor=None,
@@ -297,8 +334,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     dict
         ``model`` (None for ``static`` + ``mask``, which uses no model), ``method``, ``init``,
         ``data_dir``, ``joint``, ``entropy_norm``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
-        None if there is none), ``seconds`` (wall time, model loading included) and
-        ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
+        None if there is none), ``seconds`` (wall time, model loading included), ``machine``
+        (:func:`machine_info`) and ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
         ``mean_jf``, and the per-frame lists ``j`` and ``f`` (N floats each); ``propagate``
         adds ``entropy`` and ``spearman`` per entry and ``median_spearman`` (see
@@ -436,6 +473,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "mean_j": mean("mean_j"),
         "mean_jf": mean("mean_jf"),
         "seconds": round(time.perf_counter() - t0, 3),
+        "machine": machine_info(),
         "sequences": entries,
     }
     if method == "propagate":
