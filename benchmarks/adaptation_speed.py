@@ -75,6 +75,8 @@ def count_lora_parameters(predictor) -> int:
 
 
 def main(argv=None) -> int:
+    from napari_lit.bench.runner import machine_info
+
     import torch
 
     from napari_lit.core.adaptation import AdapterConfig
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"threads": args.threads, "device": args.device, "torch": torch.__version__,
-                               "results": results}, indent=2))
+                               "machine": machine_info(), "results": results}, indent=2))
     for r in results:
         print(f"{r['model']:45s} LoRA params {r['trainable_parameters']:6d}  median {r['median_adapt_ms']:7.0f} ms"
               f"  p95 {r['p95_adapt_ms']:7.0f} ms per correction  ({r['median_ms_per_step']:.1f} ms/step,"

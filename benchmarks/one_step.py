@@ -163,6 +163,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from napari_lit.bench.runner import machine_info
+
     import torch
 
     from napari_lit.models import load_predictor
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
                   flush=True)
     result["all"] = {part: summarise(pairs, args.taus) for part, pairs in all_pairs.items() if pairs}
     result["seconds"] = round(time.time() - t0, 1)
+    result["machine"] = machine_info()
     for part, s in result["all"].items():
         print(f"ALL {part:24s} n={s['pairs']:3d}  " + "  ".join(f"{m} {s[m]['median']:.3f}" for m in MEASURES))
     out = Path(args.out)

@@ -196,6 +196,8 @@ def run_stock(n_frames: int, size: int, model: str, threads: int, n_objects: int
 
 
 def main(argv=None) -> int:
+    from napari_lit.bench.runner import machine_info
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=500)
     p.add_argument("--size", type=int, default=512)
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
         result["stock_sam2"] = stock
         if "peak_rss_mb" in stock:
             result["stock_over_ours_peak_rss"] = stock["peak_rss_mb"] / result["peak_rss_mb"]
+    result["machine"] = machine_info()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,6 @@ def test_cli_json_keys_and_reports(data_dir, tmp_path, no_model, capsys):
         assert key in res
     assert (res["method"], res["init"]) == ("static", "mask")
     # what it ran on: results (counts near tau, timings) are compared only on one machine
-    import os
     import platform
     from importlib import metadata
     m = res["machine"]
@@ -406,6 +406,7 @@ def test_one_step_benchmark(data_dir, tmp_path):
                           "--plot", str(tmp_path / "one-step.png")]) == 0
     r = json.loads(out.read_text())
     assert set(r["sequences"]) == {"cells-tiff", "davis-synth"} and len(r["generated"]) >= 6
+    assert r["machine"]["cpu_count"] == os.cpu_count()  # what it ran on, for comparisons
     # the copy measure is the true mask of frame t scored on frame t+1, every 2nd frame
     seq = load_sequence(data_dir / "cells-tiff")
     labels = np.asarray(seq.labels)
