@@ -97,6 +97,7 @@ def corrections_section(results: Path, docs: Path) -> str:
         parts.append(adapter_part(results, lit, float(tau)))
         if tau == "0.85":  # once, where it bounds the corrections (it reports both taus)
             parts.append(one_step_part(results, docs))
+            parts.append(adapter_inputs_part(results))
         counts = {}
         for e in frozen["sequences"]:
             counts[e["name"]] = counts.get(e["name"], 0) + e["corrections"]
@@ -201,6 +202,29 @@ def one_step_part(results: Path, docs: Path) -> str:
     if png.is_file():
         out.append(f"\n![one step from a ground-truth mask]({png.name})\n")
     return "".join(out)
+
+
+def adapter_inputs_part(results: Path) -> str:
+    """Which decoder inputs the adapter learns a correction from (``benchmarks/adapter_inputs.py``),
+    judged by its prediction of the next frame."""
+    r = _load(results / "adapter_inputs.json")
+    if r is None:
+        return ""
+    a = r["all"]
+    names = {"frozen": "SAM2 (no adapter)", "recorded": "adapter on the recorded inputs (what `lit` does)",
+             "recall": "adapter on the recall inputs", "both": "adapter on both (two corrections' training)",
+             "copy": "repeating the mask of t"}
+    return ("\nWhich inputs to learn from (`python benchmarks/adapter_inputs.py`): the adapter learns a "
+            "correction of frame t from frame t's decoder inputs as they were recorded while tracking, "
+            "from the memory that produced the error; frame t+1 is then predicted from memory that holds "
+            "the corrected mask. Learning instead from frame t decoded again with its correction in memory "
+            "(*recall* inputs, the situation of frame t+1 without the motion) was checked on "
+            f"{a['pairs']} frame pairs of the evaluation sequences (frames t every {r['stride']}; "
+            "napari-lit's adapter defaults), scoring the prediction of t+1 from the true mask of t, median "
+            "IoU (share >= 0.85): " + ", ".join(
+                f"{names[m]} {a[m]['median']:.3f} ({100 * a[m]['at_least_0.85']:.0f} %)" for m in names)
+            + ". No choice of inputs brings the next frame near what repeating the mask gives; the recall "
+            "inputs are not adopted.\n")
 
 
 def _fewer(percent: float) -> str:

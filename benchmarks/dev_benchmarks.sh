@@ -35,6 +35,8 @@ if [ "$what" = all ] || [ "$what" = corrections ]; then
   done
   # how well the adapter reproduces a correction within 10-100 steps (and what that costs)
   .venv/bin/python benchmarks/adapter_fit.py "$DATA" --tau 0.85 --out $OUT/adapter_fit-tau0.85.json
+  # learning a correction from frame t as tracked vs frame t decoded again with its correction in memory
+  .venv/bin/python benchmarks/adapter_inputs.py "$DATA" --out $OUT/adapter_inputs.json
 fi
 if [ "$what" = all ] || [ "$what" = auto ]; then
   # self-applied learning and the uncertainty-driven memory update (issue 5), tau 0.5,

@@ -422,6 +422,54 @@ def test_one_step_benchmark(data_dir, tmp_path):
     assert (tmp_path / "one-step.png").stat().st_size > 10_000
 
 
+def test_long_clips_benchmark(tmp_path):
+    """benchmarks/long_clips.py: lit-tiny tracked over generated clips longer than the
+    recipe validates, the same seeded clips for every model, J per window of frames."""
+    long_clips = _benchmark_script("long_clips")
+    out = tmp_path / "long.json"
+    assert long_clips.main(["--frames", "12", "--clips", "1", "--objects", "1", "--kinds", "nuclei", "parts",
+                            "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    m = r["models"]["lit-tiny"]
+    assert set(m["kinds"]) == {"nuclei", "parts"} and m["kinds"]["nuclei"]["tracks"] == 1
+    assert m["natural"] == {w: m["kinds"]["parts"][w] for w in long_clips.WINDOWS}  # parts is the only one
+    assert m["mean"]["all"] == pytest.approx((m["kinds"]["nuclei"]["all"] + m["kinds"]["parts"]["all"]) / 2)
+    # the windows are the J of a real tracking run of the same clip, recomputed here
+    clip = long_clips.draw_clips(["nuclei"], 1, 12)["nuclei"][0]
+    ids, counts = np.unique(clip.labels[0][clip.labels[0] > 0], return_counts=True)
+    from napari_lit.models import load_predictor
+
+    j = long_clips.track_j(load_predictor("lit-tiny"), clip.frames, clip.labels == ids[np.argmax(counts)])
+    assert j[0] > 0.9 and m["kinds"]["nuclei"]["first7"] == pytest.approx(j[1:8].mean())
+    assert m["kinds"]["nuclei"]["last10"] == pytest.approx(j[-10:].mean())
+    assert m["kinds"]["nuclei"]["first7"] > 0.7  # lit-tiny tracks a generated nucleus
+    with pytest.raises(ValueError, match="--frames must be at least 11"):
+        long_clips.main(["--frames", "8", "--out", str(out)])
+    with pytest.raises(ValueError, match="scene kinds must be some of .*got \\['cells'\\]"):
+        long_clips.main(["--kinds", "cells", "--out", str(out)])
+
+
+def test_adapter_inputs_benchmark(data_dir, tmp_path):
+    """benchmarks/adapter_inputs.py: the next frame predicted by SAM2 and by adapters that
+    learned the true mask of frame t from its recorded or its recall inputs, per sequence."""
+    from napari_lit.io.dataset import load_sequence
+
+    adapter_inputs = _benchmark_script("adapter_inputs")
+    out = tmp_path / "inputs.json"
+    assert adapter_inputs.main([str(data_dir), "--sequences", "cells-tiff", "--stride", "4", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    labels = np.asarray(load_sequence(data_dir / "cells-tiff").labels)
+    copies = [jaccard(labels[t] == o, labels[t + 1] == o) for o in TIFF_OBJECTS for t in range(1, N_FRAMES - 1, 4)
+              if all((labels[i] == o).any() for i in (t - 1, t, t + 1))]
+    s = r["sequences"]["cells-tiff"]
+    assert set(r["sequences"]) == {"cells-tiff"} and s["pairs"] == len(copies) == r["all"]["pairs"]
+    assert s["copy"]["mean"] == pytest.approx(np.mean(copies))
+    for m in adapter_inputs.MEASURES:
+        assert 0.0 <= s[m]["median"] <= 1.0 and 0.0 <= s[m]["at_least_0.85"] <= s[m]["at_least_0.5"] <= 1.0
+    assert s["frozen"]["median"] > 0.5  # lit-tiny tracks a generated nucleus from its true mask
+    assert r["adapter"]["rank"] == 4 and r["machine"]["cpu_count"] == os.cpu_count()
+
+
 def test_calibration_clips_are_pinned_to_their_scene_kinds():
     """The calibration scripts' clips cycle through a pinned list of scene kinds, so a kind
     added to the generator later does not change the clips behind the shipped temperature,

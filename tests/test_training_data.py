@@ -156,6 +156,10 @@ def test_parts_schedule_draws_its_scene_mix():
     assert {k for k, _ in PHOTO_KINDS + EM_KINDS} == {k for k, _ in ALL_KINDS}
     assert [s.n_frames for s in SCHEDULES["precision"]] == [1, 4, 6]
     assert SCHEDULES["precision"][1].motion.speed < SCHEDULES["precision"][2].motion.speed
+    # long: the parts mix on clips longer than the memory's 7 frames, as many frames per step
+    assert all(stage.kinds == PARTS_KINDS for stage in SCHEDULES["long"])
+    assert [s.n_frames * s.clips for s in SCHEDULES["long"][1:]] == [12, 16]
+    assert min(s.n_frames for s in SCHEDULES["long"][1:]) > 8
     batch = make_batch(np.random.default_rng(1), 3, 2, MotionLevel(), 2, 64, kinds=(("parts", 1.0),))
     assert tuple(batch.img_batch.shape) == (3, 2, 3, 64, 64)
     assert batch.masks.shape[0] == 3 and batch.masks[0].flatten(1).any(1).all()

@@ -1,0 +1,140 @@
+"""Which decoder inputs LIT-LoRA should learn a correction from, judged on the next frame.
+
+After a ground-truth correction on frame t, SAM2 predicts frame t+1 with that mask in memory,
+and at tau 0.85 that prediction usually fails again (benchmarks/one_step.py). The adapter
+learns from frame t's *recorded* decoder inputs: the memory-conditioned embedding of frame t
+as it was tracked, before the correction, from memory that led to the failure. Frame t+1 is
+then predicted from memory that holds the corrected mask. This script asks whether the adapter
+would carry more to frame t+1 if it learned instead (or also) from frame t decoded again with
+its own correction in memory (*recall* inputs: the situation of frame t+1, without the
+motion). For a sample of frame pairs of every object (frames t-1, t, t+1, all present):
+
+- ``frozen``: SAM2's prediction of t+1 from the true mask of t (a fresh tracker that is
+  shown frame t, frame t again, then t+1; the recall inputs are those of the repeat);
+- ``recorded``: the adapted prediction of t+1, the adapter trained (napari-lit's defaults) on
+  frame t's inputs as tracked from the true mask of t-1 against the true mask of t;
+- ``recall``: trained on frame t's inputs with the true mask of t in memory;
+- ``both``: trained on ``recorded``, then on ``recall`` (two corrections' time);
+- ``copy``: the true mask of t scored on t+1.
+
+Each is the IoU with the true mask of t+1 (median and share >= 0.5 / 0.85 per sequence and
+over all pairs). Evaluation sequences are only scored; nothing here sets a default.
+
+    python benchmarks/adapter_inputs.py [DATA_DIR] [--stride 5] [--out benchmarks/results/adapter_inputs.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+MEASURES = ("frozen", "recorded", "recall", "both", "copy")
+
+
+def _track(predictor, frames, mask0):
+    """A recording tracker over ``frames`` prompted with ``mask0`` on frame 0 and propagated
+    forward; returns it (open) and the logits per frame."""
+    from napari_lit.core import FrameSource, Tracker
+
+    tracker = Tracker(predictor, FrameSource(np.stack(frames), image_size=predictor.image_size),
+                      record_decoder_inputs=True)
+    tracker.add_mask(0, 1, mask0)
+    logits = {r.frame_idx: r.logits[0] for r in tracker.propagate(0, direction="forward")}
+    return tracker, logits
+
+
+def score_pair(predictor, adapter, images, masks) -> dict:
+    """The measures for one object on frames (t-1, t, t+1): ``images`` and ``masks`` (bool)
+    are those three frames."""
+    from napari_lit.bench.metrics import jaccard
+
+    (im_prev, im_t, im_next), (gt_prev, gt_t, gt_next) = images, masks
+    before, _ = _track(predictor, [im_prev, im_t], gt_prev)
+    after, logits = _track(predictor, [im_t, im_t, im_next], gt_t)
+    try:
+        recorded, recall, nxt = before.decoder_inputs(1, 1), after.decoder_inputs(1, 1), after.decoder_inputs(2, 1)
+
+        def adapted(examples) -> float:
+            adapter.reset()
+            for inputs in examples:
+                list(adapter.train(1, inputs, gt_t))
+            low, _, _ = adapter.predict(1, nxt)
+            return jaccard(after.to_input_resolution(low) > 0, gt_next)
+
+        return {"frozen": jaccard(logits[2] > 0, gt_next), "recorded": adapted([recorded]),
+                "recall": adapted([recall]), "both": adapted([recorded, recall]), "copy": jaccard(gt_t, gt_next)}
+    finally:
+        before.close()
+        after.close()
+
+
+def summarise(pairs) -> dict:
+    out = {"pairs": len(pairs)}
+    for m in MEASURES:
+        v = np.array([p[m] for p in pairs])
+        out[m] = {"median": float(np.median(v)), "mean": float(v.mean()),
+                  "at_least_0.5": float((v >= 0.5).mean()), "at_least_0.85": float((v >= 0.85).mean())}
+    return out
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_lit.bench.runner import machine_info
+    from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
+    from napari_lit.io.dataset import list_sequences, load_sequence
+    from napari_lit.models import load_predictor
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("data_dir", nargs="?", default="../shared/data/dev")
+    p.add_argument("--model", default="lit-tiny")
+    p.add_argument("--config", help="Hydra config of a custom checkpoint")
+    p.add_argument("--stride", type=int, default=5, help="every stride-th frame t of each object")
+    p.add_argument("--sequences", nargs="+", help="only these sequences")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/adapter_inputs.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    predictor = load_predictor(args.model, config=args.config, device="cpu")
+    adapter = DecoderAdapter(predictor, AdapterConfig())
+    t0 = time.time()
+    result = {"model": args.model, "stride": args.stride, "adapter": asdict(AdapterConfig()),
+              "machine": machine_info(), "sequences": {}}
+    everything = []
+    for folder in list_sequences(args.data_dir):
+        if args.sequences and folder.name not in args.sequences:
+            continue
+        seq = load_sequence(folder)
+        labels = np.asarray(seq.labels)
+        pairs = []
+        for obj in seq.objects:
+            gt = labels == obj
+            for t in range(1, len(gt) - 1, args.stride):
+                if gt[t - 1].any() and gt[t].any() and gt[t + 1].any():
+                    images = [np.asarray(seq.image[i]) for i in (t - 1, t, t + 1)]
+                    pairs.append(score_pair(predictor, adapter, images, [gt[t - 1], gt[t], gt[t + 1]]))
+        if pairs:
+            result["sequences"][seq.name] = summarise(pairs)
+            everything += pairs
+            s = result["sequences"][seq.name]
+            print(f"{seq.name:26s} n={len(pairs):3d}  " + "  ".join(
+                f"{m} {s[m]['median']:.3f} ({100 * s[m]['at_least_0.85']:.0f} %)" for m in MEASURES), flush=True)
+    result["all"] = summarise(everything)
+    result["seconds"] = round(time.time() - t0, 1)
+    s = result["all"]
+    print(f"{'all':26s} n={s['pairs']:3d}  " + "  ".join(
+        f"{m} {s[m]['median']:.3f} ({100 * s[m]['at_least_0.85']:.0f} %)" for m in MEASURES))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
