@@ -100,13 +100,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/adapter_inputs.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    folders = list_sequences(args.data_dir)
+    unknown = sorted(set(args.sequences or ()) - {f.name for f in folders})
+    if unknown:
+        raise ValueError(f"no sequence named {unknown} in {args.data_dir}; it has {[f.name for f in folders]}")
     predictor = load_predictor(args.model, config=args.config, device="cpu")
     adapter = DecoderAdapter(predictor, AdapterConfig())
     t0 = time.time()
     result = {"model": args.model, "stride": args.stride, "adapter": asdict(AdapterConfig()),
               "machine": machine_info(), "sequences": {}}
     everything = []
-    for folder in list_sequences(args.data_dir):
+    for folder in folders:
         if args.sequences and folder.name not in args.sequences:
             continue
         seq = load_sequence(folder)
@@ -116,6 +120,7 @@ def main(argv=None) -> int:
             gt = labels == obj
             for t in range(1, len(gt) - 1, args.stride):
                 if gt[t - 1].any() and gt[t].any() and gt[t + 1].any():
+                    torch.manual_seed(1_000 * int(obj) + t)  # LoRA initialisation and dropout: reruns repeat
                     images = [np.asarray(seq.image[i]) for i in (t - 1, t, t + 1)]
                     pairs.append(score_pair(predictor, adapter, images, [gt[t - 1], gt[t], gt[t + 1]]))
         if pairs:

@@ -207,11 +207,12 @@ def one_step_part(results: Path, docs: Path) -> str:
 def adapter_inputs_part(results: Path) -> str:
     """Which decoder inputs the adapter learns a correction from (``benchmarks/adapter_inputs.py``),
     judged by its prediction of the next frame."""
-    r = _load(results / "adapter_inputs.json")
-    if r is None:
+    f = results / "adapter_inputs.json"
+    if not f.is_file():
         return ""
+    r = json.loads(f.read_text())
     a = r["all"]
-    names = {"frozen": "SAM2 (no adapter)", "recorded": "adapter on the recorded inputs (what `lit` does)",
+    names = {"frozen": "SAM2 (no adapter)", "recorded": "adapter on the recorded inputs (frame t tracked from the true mask of t-1; what `lit` learns from)",
              "recall": "adapter on the recall inputs", "both": "adapter on both (two corrections' training)",
              "copy": "repeating the mask of t"}
     return ("\nWhich inputs to learn from (`python benchmarks/adapter_inputs.py`): the adapter learns a "

@@ -468,6 +468,8 @@ def test_adapter_inputs_benchmark(data_dir, tmp_path):
         assert 0.0 <= s[m]["median"] <= 1.0 and 0.0 <= s[m]["at_least_0.85"] <= s[m]["at_least_0.5"] <= 1.0
     assert s["frozen"]["median"] > 0.5  # lit-tiny tracks a generated nucleus from its true mask
     assert r["adapter"]["rank"] == 4 and r["machine"]["cpu_count"] == os.cpu_count()
+    with pytest.raises(ValueError, match=r"no sequence named \['cells'\] .* it has \['cells-tiff', 'davis-synth'\]"):
+        adapter_inputs.main([str(data_dir), "--sequences", "cells", "--out", str(out)])
 
 
 def test_calibration_clips_are_pinned_to_their_scene_kinds():
