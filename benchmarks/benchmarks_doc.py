@@ -212,7 +212,8 @@ def adapter_inputs_part(results: Path) -> str:
         return ""
     r = json.loads(f.read_text())
     a = r["all"]
-    names = {"frozen": "SAM2 (no adapter)", "recorded": "adapter on the recorded inputs (frame t tracked from the true mask of t-1; what `lit` learns from)",
+    names = {"frozen": "SAM2 (no adapter)",
+             "recorded": "adapter on the recorded inputs (frame t tracked from the true mask of t-1; what `lit` learns from)",
              "recall": "adapter on the recall inputs", "both": "adapter on both (two corrections' training)",
              "copy": "repeating the mask of t"}
     return ("\nWhich inputs to learn from (`python benchmarks/adapter_inputs.py`): the adapter learns a "

@@ -136,8 +136,8 @@ PRECISION_STAGES = (
 #: Stages of the ``long`` schedule: the ``parts`` continuation with one clip of 12, then 16
 #: frames per step instead of two of 6 or 8 (as many frames per step), so that the model
 #: tracks on from its own predictions for more than its 7 memory frames, as on the 40-80
-#: frame evaluation videos, where tracking drifts (generated 40-frame clips: mean J 0.83 over
-#: frames 1-7, 0.57 over the last 10).
+#: frame evaluation videos, where tracking drifts (generated 40-frame clips: mean J 0.85 over
+#: frames 1-7, 0.63 over the last 10; ``benchmarks/long_clips.py``). Run L, not shipped.
 LONG_STAGES = (
     Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=PARTS_KINDS),
     Stage("track-long", 0.50, 12, 1, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2,
