@@ -74,12 +74,15 @@ def score_pair(predictor, adapter, images, masks) -> dict:
 
 
 def summarise(pairs) -> dict:
-    out = {"pairs": len(pairs)}
-    for m in MEASURES:
-        v = np.array([p[m] for p in pairs])
-        out[m] = {"median": float(np.median(v)), "mean": float(v.mean()),
-                  "at_least_0.5": float((v >= 0.5).mean()), "at_least_0.85": float((v >= 0.85).mean())}
-    return out
+    """Median, mean and share >= 0.5 / 0.85 of every measure (``one_step.summarise``)."""
+    from one_step import summarise as summarise_measures
+
+    return summarise_measures(pairs, (0.5, 0.85), MEASURES)
+
+
+def _print_row(name: str, s: dict) -> None:
+    print(f"{name:26s} n={s['pairs']:3d}  " + "  ".join(
+        f"{m} {s[m]['median']:.3f} ({100 * s[m]['at_least_0.85']:.0f} %)" for m in MEASURES), flush=True)
 
 
 def main(argv=None) -> int:
@@ -126,14 +129,10 @@ def main(argv=None) -> int:
         if pairs:
             result["sequences"][seq.name] = summarise(pairs)
             everything += pairs
-            s = result["sequences"][seq.name]
-            print(f"{seq.name:26s} n={len(pairs):3d}  " + "  ".join(
-                f"{m} {s[m]['median']:.3f} ({100 * s[m]['at_least_0.85']:.0f} %)" for m in MEASURES), flush=True)
+            _print_row(seq.name, result["sequences"][seq.name])
     result["all"] = summarise(everything)
     result["seconds"] = round(time.time() - t0, 1)
-    s = result["all"]
-    print(f"{'all':26s} n={s['pairs']:3d}  " + "  ".join(
-        f"{m} {s[m]['median']:.3f} ({100 * s[m]['at_least_0.85']:.0f} %)" for m in MEASURES))
+    _print_row("all", result["all"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -83,10 +83,11 @@ def score_pair(predictor, frame_t, frame_next, gt_t, gt_next) -> dict:
     }
 
 
-def summarise(pairs, taus) -> dict:
-    """Median, mean and share >= each tau of every measure over a group's frame pairs."""
+def summarise(pairs, taus, measures=MEASURES) -> dict:
+    """Median, mean and share >= each tau of every measure over a group's frame pairs
+    (``pairs``: one dict of IoUs per pair, keyed by measure)."""
     out = {"pairs": len(pairs)}
-    for m in MEASURES:
+    for m in measures:
         v = np.array([p[m] for p in pairs])
         out[m] = {"median": float(np.median(v)), "mean": float(v.mean()),
                   **{f"at_least_{t:g}": float((v >= t).mean()) for t in taus}}
