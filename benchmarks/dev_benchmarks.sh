@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
-#   (also: corrections, auto, ablation, uncertainty, speed, batch)
+#   (also: corrections, auto, ablation, loss-side, uncertainty, speed, batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -63,6 +63,16 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB85 --json $OUT/ablation85-lit-20steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-steps 100 --lora-patience 100 --json $OUT/ablation85-lit-100steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-targets q_proj k_proj v_proj hypernetworks --json $OUT/ablation85-lit-hypernetworks.json
+fi
+if [ "$what" = all ] || [ "$what" = loss-side ]; then
+  # the adapter's loss at the decoder's 64 x 64 output vs on logits resized to the frame, every
+  # sequence, frozen beside them: one machine, one session (counts differ a little between CPUs)
+  mkdir -p $OUT/loss-side
+  for tau in 0.5 0.85; do
+    $BENCH "$DATA" --method frozen --init mask --tau $tau --json $OUT/loss-side/frozen-tau$tau.json --quiet
+    $BENCH "$DATA" --method lit --init mask --tau $tau --json $OUT/loss-side/lit-tau$tau.json --quiet
+    $BENCH "$DATA" --method lit --init mask --tau $tau --lora-loss-side 256 --json $OUT/loss-side/lit-ls256-tau$tau.json --quiet
+  done
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
   .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json

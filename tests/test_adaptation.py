@@ -195,7 +195,8 @@ def test_output_path_layers_can_be_adapted_too(session, predictor):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rank=0), dict(target_modules=("nope",)), dict(lr=0),
-                                    dict(target_modules=("hypernetworks",), memory_attention=True)])
+                                    dict(target_modules=("hypernetworks",), memory_attention=True),
+                                    dict(loss_side=-1)])
 def test_bad_adapter_config(kwargs):
     with pytest.raises(ValueError):
         AdapterConfig(**kwargs)
@@ -240,3 +241,39 @@ def test_training_target_is_made_on_the_decoder_inputs_device():
     cpu = DecoderAdapter.target_tensor({"image_embeddings": torch.zeros(1, 8, 4, 4)}, mask)
     assert cpu.device.type == "cpu" and set(cpu.unique().tolist()) == {0.0, 1.0}
     assert cpu[0, 0].numpy().astype(bool).sum() == (32 // 4) * (32 // 4)
+
+
+def test_loss_at_the_frame_aspect_ratio():
+    """``loss_side`` N: the target keeps the correction's aspect ratio, at most N pixels on
+    its longer side and never more than its own size; a mask that is not 2-D is refused."""
+    mask = np.zeros((60, 120), bool)
+    mask[12:48, 30:90] = True
+    inputs = {"image_embeddings": torch.zeros(1, 8, 4, 4)}
+    t = DecoderAdapter.target_tensor(inputs, mask, loss_side=40)
+    assert tuple(t.shape) == (1, 1, 20, 40) and t.sum() == (36 // 3) * (60 // 3)
+    assert tuple(DecoderAdapter.target_tensor(inputs, mask, loss_side=1000).shape) == (1, 1, 60, 120)
+    with pytest.raises(ValueError, match="one \\(Y, X\\) mask"):
+        DecoderAdapter.target_tensor(inputs, mask[None], loss_side=40)
+
+
+def test_training_with_the_loss_on_resized_logits(session):
+    """With ``loss_side`` the loss and the reported IoU compare the decoder's logits resized
+    (bilinear, as sam2 resizes them to the frame) to the correction's grid; the adapter then
+    learns the correction there."""
+    import torch.nn.functional as F
+
+    tracker, adapter, obj, labels, frozen = session
+    side = max(labels.shape[1:]) // 2
+    adapter.config.loss_side = side
+    adapter.config.target_iou = 1.0  # SAM2's own mask is already close: train all steps
+    inputs, target = tracker.decoder_inputs(3, obj), labels[3] == obj
+    grid = DecoderAdapter.target_tensor(inputs, target, side)
+    assert max(grid.shape[-2:]) == side and grid.shape[-2:] != inputs["image_embeddings"].shape[-2:]
+    low, _, _ = adapter.predict_frozen(inputs)
+    resized = F.interpolate(low, size=tuple(grid.shape[-2:]), mode="bilinear", align_corners=False) > 0
+    steps = list(adapter.train(obj, inputs, target))
+    # step 1 scores the weights before any update (LoRA's B starts at zero): SAM2's own mask
+    assert steps[0].iou == pytest.approx(_iou(resized[0, 0].numpy(), grid[0, 0].numpy() > 0), abs=1e-6)
+    assert min(s.loss for s in steps) < steps[0].loss
+    adapted = tracker.to_input_resolution(adapter.predict(obj, inputs)[0]) > 0
+    assert _iou(adapted, target) > _iou(frozen[3] > 0, target)

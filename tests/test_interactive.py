@@ -258,9 +258,10 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
     base = ["data", "--method", "lit", "--init", "mask", "--json", "o.json"]
     cfg = adapter_config_from_args(build_parser().parse_args(
         base + ["--lora-rank", "8", "--lora-lr", "0.002", "--lora-steps", "12", "--lora-dropout", "0",
-                "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3", "--lora-patience", "12"]))
+                "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3", "--lora-patience", "12",
+                "--lora-loss-side", "128"]))
     assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout, cfg.replay) == (8, 8.0, 0.002, 12, 0.0, 3)
-    assert cfg.patience == 12
+    assert cfg.patience == 12 and cfg.loss_side == 128
     assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
     assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
 
@@ -291,6 +292,10 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
                    "0", "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "patience must be >= 1" in err[0]
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-loss-side",
+                   "-5", "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "loss_side must be >= 0" in err[0]
     assert not (tmp_path / "bad.json").exists()
 
 

@@ -580,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-replay", type=int, metavar="N",
                       help="also train on the object's N previous corrections with each new one "
                            "(image-sequence adaptation, Kontogianni et al. 2020; default 0)")
+    lora.add_argument("--lora-loss-side", type=int, metavar="N",
+                      help="compare the adapted mask with the correction on a grid of at most N pixels on "
+                           "its longer side, the decoder's logits resized to it as sam2 resizes them to the "
+                           "frame (default 0: at the decoder's output resolution)")
     return p
 
 
@@ -599,7 +603,8 @@ def adapter_config_from_args(args):
         kw.update(rank=args.lora_rank, alpha=float(args.lora_rank))
     for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_patience", "patience"),
                      ("lora_dropout", "dropout"),
-                     ("lora_targets", "target_modules"), ("lora_replay", "replay")):
+                     ("lora_targets", "target_modules"), ("lora_replay", "replay"),
+                     ("lora_loss_side", "loss_side")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.lora_memory_attention:

@@ -77,10 +77,18 @@ class AdapterConfig:
         batch (0 = only the new correction).
     target_iou : float
         Stop as soon as the adapted prediction reproduces the correction this well (IoU at
-        the decoder's resolution).
+        the loss's resolution, ``loss_side``).
     memory_attention : bool
         Also adapt the q/k/v projections of SAM2's memory attention (then the memory
         attention reruns from its recorded inputs at each step; LIT adapts the decoder only).
+    loss_side : int
+        Where the loss compares the adapted mask with the correction. 0: at the decoder's
+        output resolution (image_size / 4, square; the correction area-resampled to it).
+        N > 0: on a grid with the correction's aspect ratio and at most N pixels on its
+        longer side (never more than the correction's own size), the decoder's logits resized
+        to it bilinearly as sam2 resizes them to the frame -- as SAM2 is trained, with the
+        loss on upsampled masks, so the adapter learns where the boundary falls between the
+        decoder's output pixels, which is what the masks the user sees are judged on.
     """
 
     rank: int = 4
@@ -95,9 +103,12 @@ class AdapterConfig:
     replay: int = 0
     target_iou: float = 0.9
     memory_attention: bool = False
+    loss_side: int = 0
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
+        if self.loss_side < 0:
+            raise ValueError(f"loss_side must be >= 0 (0: the decoder's output resolution); got {self.loss_side}")
         if self.rank < 1 or self.max_steps < 1 or self.lr <= 0:
             raise ValueError(f"rank and max_steps must be >= 1 and lr > 0; got {self.rank}, {self.max_steps}, {self.lr}")
         if self.patience < 1:
@@ -147,7 +158,8 @@ class AdapterConfig:
 @dataclass
 class TrainStep:
     """One optimisation step on a correction: ``step`` (1-based), ``loss`` (float),
-    ``iou`` of the adapted prediction with the corrected mask at the decoder's resolution."""
+    ``iou`` of the adapted prediction with the corrected mask at the loss's resolution
+    (:attr:`AdapterConfig.loss_side`)."""
 
     step: int
     loss: float
@@ -215,7 +227,7 @@ def _stack(records: Sequence[DecoderInputs]) -> DecoderInputs:
 @dataclass
 class _Example:
     inputs: DecoderInputs
-    target: object  # (1, 1, h, w) float tensor at the decoder's output resolution
+    target: object  # (1, 1, h, w) float tensor at the loss's resolution (DecoderAdapter.target_tensor)
 
 
 class DecoderAdapter:
@@ -394,7 +406,7 @@ class DecoderAdapter:
         import torch.nn.functional as F
 
         name = self._ensure(obj_id)
-        example = _Example(inputs, self.target_tensor(inputs, target_mask))
+        example = _Example(inputs, self.target_tensor(inputs, target_mask, self.config.loss_side))
         history = self.examples.setdefault(int(obj_id), [])
         batch = [example] + history[-self.config.replay:] if self.config.replay else [example]
         history.append(example)
@@ -418,6 +430,9 @@ class DecoderAdapter:
                 with torch.enable_grad():
                     for inputs_g, target_g in groups:
                         masks, ious, _, _ = self._decode(inputs_g)
+                        if tuple(masks.shape[-2:]) != tuple(target_g.shape[-2:]):  # loss_side > 0
+                            masks = F.interpolate(masks, size=tuple(target_g.shape[-2:]), mode="bilinear",
+                                                  align_corners=False)
                         tgt = target_g.expand_as(masks)
                         per_mask = (self.config.focal_weight * focal_loss(masks, tgt)
                                     + self.config.dice_weight * dice_loss(masks, tgt))
@@ -459,28 +474,43 @@ class DecoderAdapter:
         logger.info("adapter %s: %d corrections, best loss %.4f", name, self.n_corrections[int(obj_id)], best_loss)
 
     @staticmethod
-    def target_tensor(inputs: DecoderInputs, target_mask):
-        """A mask as the training target at the decoder's output resolution.
+    def target_tensor(inputs: DecoderInputs, target_mask, loss_side: int = 0):
+        """A mask as the training target, at the resolution where the loss compares it.
 
         Parameters
         ----------
         inputs : DecoderInputs
-            The frame's decoder inputs (their embedding's size sets the output's: 4x).
+            The frame's decoder inputs (their embedding's size sets the decoder's output: 4x).
         target_mask : (Y, X) array-like of bool
+        loss_side : int
+            :attr:`AdapterConfig.loss_side`.
 
         Returns
         -------
         (1, 1, h, w) float32 tensor
-            Area-resampled, thresholded at 0.5, on the decoder inputs' device.
+            Area-resampled, thresholded at 0.5, on the decoder inputs' device: (h, w) is the
+            decoder's output size (``loss_side`` 0) or ``target_mask``'s shape scaled so its
+            longer side is at most ``loss_side``.
+
+        Raises
+        ------
+        ValueError
+            If ``target_mask`` is not 2-D.
         """
         import torch
         import torch.nn.functional as F
 
-        low_hw = tuple(inputs["image_embeddings"].shape[-2:])
-        low_hw = (low_hw[0] * 4, low_hw[1] * 4)
+        mask = np.asarray(target_mask, dtype=np.float32)
+        if mask.ndim != 2:
+            raise ValueError(f"a correction is one (Y, X) mask; got an array of shape {mask.shape}")
+        if loss_side:
+            scale = min(1.0, loss_side / max(mask.shape))
+            hw = (max(1, round(mask.shape[0] * scale)), max(1, round(mask.shape[1] * scale)))
+        else:
+            hw = tuple(4 * n for n in inputs["image_embeddings"].shape[-2:])
         device = inputs["image_embeddings"].device
-        t = torch.as_tensor(np.asarray(target_mask, dtype=np.float32), device=device)[None, None]
-        t = F.interpolate(t, size=low_hw, mode="area") if tuple(t.shape[-2:]) != low_hw else t
+        t = torch.as_tensor(mask, device=device)[None, None]
+        t = F.interpolate(t, size=hw, mode="area") if tuple(t.shape[-2:]) != hw else t
         return (t > 0.5).float()
 
     def train_all(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Tuple[List[TrainStep], float]:

@@ -325,7 +325,7 @@ class LitSession:
             for inputs_rel, target_rel in pairs:
                 inputs = self.folder.load_inputs(inputs_rel)
                 target = self.folder.load_record(target_rel)["target"]
-                examples.append(_Example(inputs, self.adapter.target_tensor(inputs, target)))
+                examples.append(_Example(inputs, self.adapter.target_tensor(inputs, target, self.adapter.config.loss_side)))
             self.adapter.examples[int(k)] = examples
 
     def _restore_adapter(self, state) -> None:
