@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
-#   (also: corrections, auto, ablation, loss-side, uncertainty, speed, batch)
+#   (also: corrections, auto, ablation, same-machine, uncertainty, speed, batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -64,14 +64,19 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB85 --lora-steps 100 --lora-patience 100 --json $OUT/ablation85-lit-100steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-targets q_proj k_proj v_proj hypernetworks --json $OUT/ablation85-lit-hypernetworks.json
 fi
-if [ "$what" = all ] || [ "$what" = loss-side ]; then
-  # the adapter's loss at the decoder's 64 x 64 output vs on logits resized to the frame, every
-  # sequence, frozen beside them: one machine, one session (counts differ a little between CPUs)
-  mkdir -p $OUT/loss-side
+if [ "$what" = all ] || [ "$what" = same-machine ]; then
+  # later adapter checks, every sequence, frozen beside them: one machine, one session (counts
+  # differ a little between CPUs): the loss on logits resized to the frame; ten larger steps
+  S=$OUT/same-machine
+  mkdir -p $S
   for tau in 0.5 0.85; do
-    $BENCH "$DATA" --method frozen --init mask --tau $tau --json $OUT/loss-side/frozen-tau$tau.json --quiet
-    $BENCH "$DATA" --method lit --init mask --tau $tau --json $OUT/loss-side/lit-tau$tau.json --quiet
-    $BENCH "$DATA" --method lit --init mask --tau $tau --lora-loss-side 256 --json $OUT/loss-side/lit-ls256-tau$tau.json --quiet
+    $BENCH "$DATA" --method frozen --init mask --tau $tau --json $S/frozen-tau$tau.json --quiet
+    $BENCH "$DATA" --method lit --init mask --tau $tau --json $S/lit-tau$tau.json --quiet
+    $BENCH "$DATA" --method lit --init mask --tau $tau --lora-loss-side 256 --json $S/lit-ls256-tau$tau.json --quiet
+  done
+  for lr in 2e-2 3e-2; do
+    $BENCH "$DATA" --method lit --init mask --tau 0.5 --lora-lr $lr --lora-steps 10 \
+      --json $S/lit-lr$lr-10steps-tau0.5.json --quiet
   done
 fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
