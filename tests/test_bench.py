@@ -472,6 +472,48 @@ def test_adapter_inputs_benchmark(data_dir, tmp_path):
         adapter_inputs.main([str(data_dir), "--sequences", "cells", "--out", str(out)])
 
 
+def test_adapter_inputs_measures_come_from_trained_adapters(predictor, clip, monkeypatch):
+    """score_pair's recorded / recall / both measures predict frame t+1 with an adapter that
+    was trained (on the true mask of t, from the named inputs) and so decodes differently from
+    SAM2's own decoder."""
+    import torch
+
+    from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
+
+    adapter_inputs = _benchmark_script("adapter_inputs")
+    frames, labels = clip
+    obj = int(np.bincount(labels[2].ravel())[1:].argmax() + 1)
+    adapter = DecoderAdapter(predictor, AdapterConfig(target_iou=1.01, max_steps=5))  # every step runs
+    trained, predicted = [], []
+    train, predict = adapter.train, adapter.predict
+
+    def spy_train(obj_id, inputs, target):
+        trained.append((inputs, np.array(target)))
+        steps = list(train(obj_id, inputs, target))
+        trained[-1] += (len(steps),)
+        yield from steps
+
+    def spy_predict(obj_id, inputs):
+        out = predict(obj_id, inputs)
+        predicted.append((out[0], adapter.predict_frozen(inputs)[0], adapter.n_corrections[obj_id]))
+        return out
+
+    monkeypatch.setattr(adapter, "train", spy_train)
+    monkeypatch.setattr(adapter, "predict", spy_predict)
+    torch.manual_seed(0)
+    try:
+        m = adapter_inputs.score_pair(predictor, adapter, list(frames[1:4]), [labels[i] == obj for i in (1, 2, 3)])
+    finally:
+        adapter.reset()
+    assert set(m) == set(adapter_inputs.MEASURES)
+    # recorded, recall, then both (recorded + recall): four trainings on the true mask of t
+    assert len(trained) == 4 and all(np.array_equal(t, labels[2] == obj) and n == 5 for _, t, n in trained)
+    assert trained[0][0] is trained[2][0] and trained[1][0] is trained[3][0] and trained[0][0] is not trained[1][0]
+    # three predictions of t+1, by adapters with 1, 1 and 2 corrections, none SAM2's own decoding
+    assert [n for _, _, n in predicted] == [1, 1, 2]
+    assert all(not torch.allclose(a, f) for a, f, _ in predicted)
+
+
 def test_calibration_clips_are_pinned_to_their_scene_kinds():
     """The calibration scripts' clips cycle through a pinned list of scene kinds, so a kind
     added to the generator later does not change the clips behind the shipped temperature,
