@@ -17,11 +17,11 @@ median under the simulated user, with early stopping, is in the ``lit`` benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 
 def time_model(predictor, name: str, corrections: int, size: int, full_steps: bool, cfg=None) -> dict:
@@ -106,10 +106,8 @@ def main(argv=None) -> int:
                        max(2, args.corrections // 2), 512, full_steps=True, cfg=cfg)
         r["trainable_parameters"] = count_lora_parameters(hiera)
         results.append(r)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "device": args.device, "torch": torch.__version__,
-                               "machine": machine_info(), "results": results}, indent=2))
+    out = write_json({"threads": args.threads, "device": args.device, "torch": torch.__version__,
+                     "machine": machine_info(), "results": results}, args.out)
     for r in results:
         print(f"{r['model']:45s} LoRA params {r['trainable_parameters']:6d}  median {r['median_adapt_ms']:7.0f} ms"
               f"  p95 {r['p95_adapt_ms']:7.0f} ms per correction  ({r['median_ms_per_step']:.1f} ms/step,"

@@ -17,11 +17,11 @@ each budget costs against issue 3's 0.5 s per correction.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 
 def record_corrections(predictor, seq, tau: float, per_object: int):
@@ -123,11 +123,9 @@ def main(argv=None) -> int:
         print(f"all: {b:>3s} steps: median fit {s['median_fit']:.3f}, fit >= {args.tau} on "
               f"{100 * s['frac_fit_at_least_tau']:.0f} % of {s['corrections']} corrections, "
               f"median {s['median_ms']:.0f} ms")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"tau": args.tau, "per_object": args.per_object, "steps": args.steps,
-                               "threads": args.threads, "torch": torch.__version__,
-                               "summary": summary, "sequences": rows}, indent=2))
+    out = write_json({"tau": args.tau, "per_object": args.per_object, "steps": args.steps,
+                     "threads": args.threads, "torch": torch.__version__,
+                     "summary": summary, "sequences": rows}, args.out)
     print(f"wrote {out}")
     return 0
 

@@ -26,12 +26,12 @@ over all pairs). Evaluation sequences are only scored; nothing here sets a defau
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 MEASURES = ("frozen", "recorded", "recall", "both", "copy")
 
@@ -133,9 +133,7 @@ def main(argv=None) -> int:
     result["all"] = summarise(everything)
     result["seconds"] = round(time.time() - t0, 1)
     _print_row("all", result["all"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(result, args.out)
     print(f"wrote {out}")
     return 0
 

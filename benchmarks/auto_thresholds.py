@@ -12,12 +12,12 @@ defaults of ``napari_lit.bench.interactive`` are the values with the fewest corr
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 TAU_M = (0.2, 0.3, 0.4, 0.5, 0.6, math.inf)
 TAU_U = (0.005, 0.01, 0.02, 0.05, 0.1, math.inf)
@@ -57,13 +57,11 @@ def main(argv=None) -> int:
     lit_auto = {str(t): total("lit-auto", tau_m=best_m, tau_u=t) for t in TAU_U}
     counts = {lit_auto[str(t)]["corrections"] for t in TAU_U}
     best_u = None if len(counts) == 1 else min(TAU_U, key=lambda t: (lit_auto[str(t)]["corrections"], -t))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clips": len(clips), "frames": args.frames, "seed": args.seed,
-                               "kinds": args.kinds,
-                               "frozen_auto_tau_m": frozen_auto, "best_tau_m": best_m,
-                               "lit_auto_tau_u": lit_auto, "best_tau_u": best_u,
-                               "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    out = write_json({"clips": len(clips), "frames": args.frames, "seed": args.seed,
+                     "kinds": args.kinds,
+                     "frozen_auto_tau_m": frozen_auto, "best_tau_m": best_m,
+                     "lit_auto_tau_u": lit_auto, "best_tau_u": best_u,
+                     "seconds": round(time.perf_counter() - t0, 1)}, args.out)
     for t in TAU_M:
         print(f"frozen-auto tau_m {t:>5}: corrections {frozen_auto[str(t)]['corrections']:4d}, "
               f"mean J {frozen_auto[str(t)]['mean_j']:.3f}")

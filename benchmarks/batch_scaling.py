@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _output import write_json
+
 
 def _peak_rss_mb() -> float:
     import resource
@@ -97,9 +99,7 @@ def main(argv=None) -> int:
         "scaling_2_vs_1": (runs[1]["stacks_per_min"] / runs[0]["stacks_per_min"]) if len(runs) > 1 else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(result, args.out)
     print(f"wrote {out}")
     return 0
 

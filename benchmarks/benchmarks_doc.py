@@ -353,9 +353,10 @@ def _same_machine_part(folder: Path) -> str:
     """Adapter settings tried later on every dev sequence, each table row against the frozen
     run at its tau, all run in one session on one machine (``folder``: ``frozen-tau*.json``
     and ``lit*-tau*.json``; reruns repeat on one machine, counts differ a little between CPUs)."""
-    rows = []
+    rows, cpu = [], None
     for path in sorted(folder.glob("lit*-tau*.json")):
         r = load_result(path)
+        cpu = cpu or (r.get("machine") or {}).get("cpu")
         frozen = _load(folder / f"frozen-tau{r['tau']:g}.json")
         if frozen is None:
             continue
@@ -369,7 +370,6 @@ def _same_machine_part(folder: Path) -> str:
                      f"{r['adapter_accepts']} | {r['mean_j']:.3f} | {r['median_adapt_ms'] or 0:.0f} ms |"))
     if not rows:
         return ""
-    cpu = (load_result(next(folder.glob("lit*-tau*.json"))).get("machine") or {}).get("cpu")
     return "\n".join([
         "### Later checks, every dev sequence on one machine\n",
         "Settings checked after the tables above, every dev sequence, all runs (and their frozen "

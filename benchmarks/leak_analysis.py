@@ -17,10 +17,10 @@ Analysis for docs/benchmarks.md, not a tuning step: nothing here sets a default.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 KEYS = ("j_vs_area", "j_vs_size_error", "entropy_area_vs_j", "entropy_length_vs_j", "entropy_vs_area")
 
@@ -78,9 +78,7 @@ def main(argv=None) -> int:
                          "entropy_vs_area": rho(e_area, area)})
         tracker.close()
     medians = {k: float(np.median([r[k] for r in rows if r[k] is not None])) for k in KEYS}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data_dir": str(args.data_dir), "medians": medians, "objects": rows}, indent=1))
+    out = write_json({"data_dir": str(args.data_dir), "medians": medians, "objects": rows}, args.out, indent=1)
     for k, v in medians.items():
         print(f"median Spearman {k}: {v:+.2f}")
     print(f"wrote {out}")

@@ -20,11 +20,11 @@ sequences do (docs/training.md).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 SEED = 777_2026  # not a training seed: the recipe draws from seeds 0.. and 10_000_0xx
 NATURAL_KINDS = ("natural", "parts", "photo")
@@ -129,9 +129,7 @@ def main(argv=None) -> int:
               + "  | mean " + "/".join(f"{r['mean'][w]:.3f}" for w in WINDOWS)
               + ("  natural " + "/".join(f"{r['natural'][w]:.3f}" for w in WINDOWS) if "natural" in r else ""),
               flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(result, args.out)
     print(f"wrote {out}")
     return 0
 

@@ -28,11 +28,12 @@ sequences are only scored.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 MEASURES = ("same_frame", "next_frame", "copy", "ceiling")
 SLOW_MOTION = dict(speed=1.0, deform=0.01, events=0.2)  # the recipe's track-easy stage
@@ -202,9 +203,7 @@ def main(argv=None) -> int:
     result["machine"] = machine_info()
     for part, s in result["all"].items():
         print(f"ALL {part:24s} n={s['pairs']:3d}  " + "  ".join(f"{m} {s[m]['median']:.3f}" for m in MEASURES))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(result, args.out, indent=1)
     if args.plot:
         plot(result, Path(args.plot))
     print(f"wrote {out}" + (f", {args.plot}" if args.plot else ""))

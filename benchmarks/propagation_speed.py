@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _output import write_json
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -218,9 +220,7 @@ def main(argv=None) -> int:
         if "peak_rss_mb" in stock:
             result["stock_over_ours_peak_rss"] = stock["peak_rss_mb"] / result["peak_rss_mb"]
     result["machine"] = machine_info()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(result, args.out)
     for k, v in result.items():
         print(f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
     print(f"wrote {out}")

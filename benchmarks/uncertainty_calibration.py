@@ -26,11 +26,11 @@ best ratio here.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _output import write_json
 
 RATIOS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
@@ -108,15 +108,12 @@ def main(argv=None) -> int:
     best = max((r for r in RATIOS if calibrated[str(r)]["objects"]),
                key=lambda r: calibrated[str(r)]["median_spearman"])
     per_length = spearman_table(records, temperature, ratios=(best,), normalize="length")[str(best)]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clips": args.clips, "frames": args.frames, "seed": args.seed,
-                               "kinds": args.kinds,
-                               "temperature": round(temperature, 3), "nll_at_temperature": nll_t,
-                               "nll_at_1": nll_1, "ratios": calibrated, "ratios_at_1": raw,
-                               "best_ratio": best, "per_length_at_best_ratio": per_length,
-                               "seconds": round(time.perf_counter() - t0, 1)},
-                              indent=2))
+    out = write_json({"clips": args.clips, "frames": args.frames, "seed": args.seed,
+                     "kinds": args.kinds,
+                     "temperature": round(temperature, 3), "nll_at_temperature": nll_t,
+                     "nll_at_1": nll_1, "ratios": calibrated, "ratios_at_1": raw,
+                     "best_ratio": best, "per_length_at_best_ratio": per_length,
+                     "seconds": round(time.perf_counter() - t0, 1)}, args.out)
     print(f"temperature {temperature:.3f}: pixel NLL {nll_t:.4f} (at T = 1: {nll_1:.4f})")
     for r in RATIOS:
         print(f"dilation ratio {r:4.2f}: median Spearman(-entropy, IoU) "
