@@ -64,7 +64,7 @@ def score_pair(predictor, adapter, images, masks) -> dict:
             for inputs in examples:
                 list(adapter.train(1, inputs, gt_t))
             low, _, _ = adapter.predict(1, nxt)
-            return jaccard(after.to_input_resolution(low) > 0, gt_next)
+            return jaccard(after.to_input_resolution(low, nxt.window) > 0, gt_next)
 
         return {"frozen": jaccard(logits[2] > 0, gt_next), "recorded": adapted([recorded]),
                 "recall": adapted([recall]), "both": adapted([recorded, recall]), "copy": jaccard(gt_t, gt_next)}

@@ -60,7 +60,7 @@ def test_training_learns_the_correction_and_leaves_sam2_frozen(session, predicto
     # the adapter's fit: the best IoU of its steps on the correction
     assert adapter.fit[obj] == max(s.iou for s in steps) >= steps[0].iou
     low, _, _ = adapter.predict(obj, inputs)
-    adapted = tracker.to_input_resolution(low) > 0
+    adapted = tracker.to_input_resolution(low, inputs.window) > 0
     assert _iou(adapted, target) > _iou(frozen[3] > 0, target)
     # sam2's own weights are untouched: only LoRA weights changed
     after = {k.replace(".base_layer", ""): v
@@ -275,5 +275,5 @@ def test_training_with_the_loss_on_resized_logits(session):
     # step 1 scores the weights before any update (LoRA's B starts at zero): SAM2's own mask
     assert steps[0].iou == pytest.approx(_iou(resized[0, 0].numpy(), grid[0, 0].numpy() > 0), abs=1e-6)
     assert min(s.loss for s in steps) < steps[0].loss
-    adapted = tracker.to_input_resolution(adapter.predict(obj, inputs)[0]) > 0
+    adapted = tracker.to_input_resolution(adapter.predict(obj, inputs)[0], inputs.window) > 0
     assert _iou(adapted, target) > _iou(frozen[3] > 0, target)

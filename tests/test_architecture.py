@@ -57,7 +57,7 @@ def test_sample_data_has_ground_truth():
 
 
 PUBLIC_MODULES = [
-    "napari_lit.core.frames", "napari_lit.core.tracker", "napari_lit.core.store",
+    "napari_lit.core.frames", "napari_lit.core.zoom", "napari_lit.bench.flow", "napari_lit.core.tracker", "napari_lit.core.store",
     "napari_lit.core.adaptation", "napari_lit.core.session", "napari_lit.core.folder", "napari_lit.bench.interactive",
     "napari_lit.models.catalogue", "napari_lit.models.build", "napari_lit.models.trunk",
     "napari_lit.io.readers", "napari_lit.io.dataset",

@@ -259,7 +259,7 @@ def test_object_absent_everywhere_is_skipped(tmp_path, no_model, caplog):
     (["DATA", "--method", "magic", "--init", "mask"], "invalid choice"),
     (["DATA", "--method", "static"], "--init"),
     (["DATA", "--method", "static", "--init", "mask", "--sequences", "nope"], "no sequence nope"),
-    (["DATA", "--method", "frozen", "--init", "mask", "--joint"], "--joint is for the propagate and static"),
+    (["DATA", "--method", "frozen", "--init", "mask", "--joint"], "--joint is for the propagate, static and flow"),
     (["DATA", "--method", "static", "--init", "mask", "--entropy-norm", "length"], "--entropy-norm is for the propagate"),
     (["DATA", "--method", "propagate", "--init", "mask", "--entropy-norm", "volume"], "invalid choice"),
 ])

@@ -158,7 +158,7 @@ def test_memory_gate_keeps_unsure_frames_out_of_sam2_memory(tracker, object_on_f
     obj, mask = object_on_frame0
     tracker.add_mask(0, obj, mask)
     plain = {r.frame_idx: r.logits.copy() for r in tracker.propagate(direction="forward")}
-    outputs = tracker.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    outputs = tracker.state_of(obj)["output_dict_per_obj"][0]["non_cond_frame_outputs"]
     assert sorted(outputs) == sorted(set(plain) - {0})
     never = {r.frame_idx: r for r in tracker.propagate(direction="forward", memory_gate=2.0)}
     assert all(not r.out_of_memory for r in never.values())
@@ -167,7 +167,7 @@ def test_memory_gate_keeps_unsure_frames_out_of_sam2_memory(tracker, object_on_f
     always = {r.frame_idx: r for r in tracker.propagate(direction="forward", memory_gate=-1.0)}
     assert always[0].out_of_memory == ()  # the prompt frame is a conditioning frame: kept
     assert all(r.out_of_memory == (obj,) for f, r in always.items() if f > 0)
-    assert not tracker.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    assert not tracker.state_of(obj)["output_dict_per_obj"][0]["non_cond_frame_outputs"]
     np.testing.assert_allclose(always[1].logits, plain[1], atol=1e-4)  # frame 1 sees the same memory
     assert max(np.abs(always[f].logits - plain[f]).max() for f in range(3, len(plain))) > 0.1
 

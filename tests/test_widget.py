@@ -372,7 +372,7 @@ def test_self_applied_learning_and_memory_gate_switches(loop, qtbot, monkeypatch
         assert f in s.tracker.prompt_frames(obj)
         assert _iou(s.store.read_frame(f) == obj, s.adapted_prediction(f, obj)) > 0.99
     # the gate: no tracked (non-prompt) frame after the correction is in SAM2's memory
-    state = s.tracker.state
+    state = s.tracker.state_of(obj)
     remembered = state["output_dict_per_obj"][state["obj_id_to_idx"][obj]]["non_cond_frame_outputs"]
     assert not [f for f in remembered if f > 4]
 

@@ -107,6 +107,7 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
         "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(session.adapter.config).items()},
         "adapted_objects": adapted,
         "frame_shape": list(session.tracker.frame_shape),
+        "zoom": session.tracker.zoom,
         "prompts": entries,
         "prompt_mode": prompts,
         "detect": {"frame": int(detect_frame), "polarity": polarity, "min_area": int(min_area)},
@@ -293,21 +294,24 @@ def _segment(stack_path: Path, recipe_dir: Path, target: Path, device: str, t0: 
     from .core.frames import FrameSource
     from .core.store import LabelStore
     from .core.tracker import Tracker
-    from .io.ngff import frames_of, is_ome_zarr, open_ome_zarr
+    from .io.ngff import frames_of, is_ome_zarr, levels_of, open_ome_zarr
     from .io.readers import open_image
 
     recipe = json.loads((recipe_dir / RECIPE_FILE).read_text())
     predictor, adapter = _model_for(recipe_dir, device)
-    lowres = None
+    lowres, levels = None, ()
     if is_ome_zarr(stack_path):
-        stack, lowres, _ = frames_of(open_ome_zarr(stack_path), predictor.image_size)
+        ome = open_ome_zarr(stack_path)
+        stack, lowres, _ = frames_of(ome, predictor.image_size)
+        levels = levels_of(ome)
     else:
         stack = open_image(stack_path)
-    source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres)
+    source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres, levels=levels)
     if list(source.frame_shape) != list(recipe["frame_shape"]):
         raise ValueError(f"{stack_path.name}: frames of {source.frame_shape} px, but the recipe's prompts are for "
                          f"{tuple(recipe['frame_shape'])} px frames")
-    tracker = Tracker(predictor, source, record_decoder_inputs=True)
+    # recipes from before the zoom saw whole frames
+    tracker = Tracker(predictor, source, record_decoder_inputs=True, zoom=recipe.get("zoom", "off"))
     tracker.context.listeners.append(adapter.on_decoder_call)
     partial = target.with_name(f".{target.name}.partial")
     if partial.exists():

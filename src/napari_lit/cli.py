@@ -40,7 +40,7 @@ def _progress(total: int, desc: str):
 def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prompt_mask=None,
             prompt_frame: Optional[int] = None, mask_obj_id: int = 1, device: str = "auto",
             overwrite: bool = False, progress: bool = True, session=None,
-            labels_name: str = "napari-lit") -> "LabelStore":
+            labels_name: str = "napari-lit", zoom: str = "auto") -> "LabelStore":
     """Segment a stack from click prompts and/or a mask prompt, writing a label store.
 
     Parameters
@@ -56,6 +56,10 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     session : str or Path, optional
         Instead of ``out``: a new session folder (label store, log of the prompts and of
         every written frame), which ``napari-lit resume`` finishes if this run is killed.
+    zoom : {"auto", "off"}
+        Object-centred zoom (see :class:`~napari_lit.core.tracker.Tracker`): small objects
+        are seen through their own window of the frame (default), or every object through
+        the whole frame.
     model, config, device
         See :func:`napari_lit.models.load_predictor`.
     prompt_mask : str or Path, optional
@@ -85,11 +89,14 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     from .core.frames import FrameSource
     from .core.store import LabelStore
     from .core.tracker import Tracker
-    from .io.ngff import NgffLabelStore, frames_of, is_ome_zarr, open_ome_zarr
+    from .core.zoom import ZOOM_MODES
+    from .io.ngff import NgffLabelStore, frames_of, is_ome_zarr, levels_of, open_ome_zarr
     from .io.readers import open_image, read_prompts_csv
     from .models import ModelUnavailableError, load_predictor
     from .models.build import CheckpointError
 
+    if zoom not in ZOOM_MODES:
+        raise UsageError(f"--zoom must be one of {', '.join(ZOOM_MODES)}; got {zoom!r}")
     if prompts is None and prompt_mask is None:
         raise UsageError("give click prompts (--prompts FILE.csv) and/or a mask prompt (--prompt-mask FILE --prompt-frame F)")
     if (prompt_mask is None) != (prompt_frame is None):
@@ -134,22 +141,24 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     except (ModelUnavailableError, CheckpointError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
-        lowres = None
+        lowres, levels = None, ()
         if ome is not None:  # model inputs from the pyramid level nearest the model's size
             _, lowres, _ = frames_of(ome, predictor.image_size)
-        source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres)
+            levels = levels_of(ome)  # and each zoom window from the level it needs
+        source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres, levels=levels)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{Path(image).name}: {exc}") from None
     if session is not None:
         from .core.session import LitSession
 
         try:
-            lit = LitSession.create_in(session, predictor, source, learn=False, source=str(Path(image).resolve()))
+            lit = LitSession.create_in(session, predictor, source, learn=False, source=str(Path(image).resolve()),
+                                       zoom=zoom)
         except (FileExistsError, PermissionError, OSError) as exc:
             raise UsageError(str(exc)) from None
         tracker, store = lit, lit.store  # prompts and frames go through the session: logged
     else:
-        tracker = Tracker(predictor, source)
+        tracker = Tracker(predictor, source, zoom=zoom)
     for p in click_prompts:
         tracker.add_points(p.frame, p.obj_id, p.points, p.labels)
     if mask is not None:
@@ -301,7 +310,7 @@ def _cmd_segment(args) -> int:
     store = segment(args.image, args.prompts, args.out, model=args.model, config=args.config,
                     prompt_mask=args.prompt_mask, prompt_frame=args.prompt_frame, device=args.device,
                     overwrite=args.overwrite, progress=not args.quiet, session=args.session,
-                    labels_name=args.labels_name)
+                    labels_name=args.labels_name, zoom=args.zoom)
     print(f"wrote {len(store.frames_done)} frames of labels {store.shape} to {store.path}")
     return 0
 
@@ -474,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lit-tiny", help="lit-tiny (default), sam2.1_hiera_tiny|small|base_plus|large, or a .pt file")
     s.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    s.add_argument("--zoom", choices=["auto", "off"], default="auto",
+                   help="object-centred zoom: small objects seen through their own window of the frame "
+                        "(auto, default) or every object through the whole frame (off)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_segment)

@@ -33,18 +33,20 @@ def default_session_dir() -> Path:
 def _model_frames(layer, view, stack, image_size: int):
     """The session's :class:`FrameSource`: for a multiscale layer (e.g. OME-Zarr), model
     inputs come from the pyramid level nearest the model's input size (among the levels
-    with all of level 0's frames), masks stay at full resolution."""
+    with all of level 0's frames), each zoom window from the coarsest level that has the
+    detail it needs; masks stay at full resolution."""
     from ..core.frames import FrameSource
     from ..io.ngff import choose_level
 
-    lowres = None
+    lowres, levels = None, []
     if layer.multiscale:
         shapes = [tuple(d.shape)[:-1] if layer.rgb else tuple(d.shape) for d in layer.data]
         same = [i for i, shape in enumerate(shapes) if shape[:-2] == shapes[0][:-2]]
         level = same[choose_level([shapes[i] for i in same], image_size)]
         if level:
             lowres = view.select(layer.data[level])
-    return FrameSource(stack, image_size=image_size, lowres=lowres)
+        levels = [view.select(layer.data[i]) for i in same[1:]]  # each zoom window from the level it needs
+    return FrameSource(stack, image_size=image_size, lowres=lowres, levels=levels)
 
 
 def _label_shape(layer) -> Tuple[int, ...]:
@@ -105,6 +107,7 @@ class SessionMixin:
             folder = self.store_dir / f"{stem}-{n}.litsession"
         source = getattr(getattr(layer, "source", None), "path", None) or layer.name
         learn = self.learn_check.isChecked()
+        zoom = "auto" if self.zoom_check.isChecked() else "off"
         result = {}
 
         def load():
@@ -127,7 +130,7 @@ class SessionMixin:
             frames = _model_frames(layer, view, stack, predictor.image_size)
             full = dict(label_shape=_label_shape(layer), frame_axis=view.axis, fixed=view.fixed) if view.fixed else {}
             session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config, **full,
-                                           source=source)
+                                           source=source, zoom=zoom)
             session.folder.meta["view"] = {"axis": view.axis, "fixed": {str(k): v for k, v in view.fixed.items()},
                                            "layer": layer.name}
             session.folder.save_meta()

@@ -163,6 +163,11 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.learn_check = QCheckBox("learn from corrections (LIT-LoRA)")
         self.learn_check.setChecked(True)
         form.addRow(self.learn_check)
+        self.zoom_check = QCheckBox("zoom to each object (small objects in their own window)")
+        self.zoom_check.setChecked(True)
+        self.zoom_check.setToolTip("object-centred zoom: a small object is seen through its own window of the "
+                                   "frame, which follows it, instead of the whole frame shrunk to the model's input")
+        form.addRow(self.zoom_check)
         from superqt import QCollapsible
 
         self.advanced = QCollapsible("Advanced adapter settings")

@@ -2,7 +2,7 @@
 
 ::
 
-    napari-lit bench DATA_DIR --method propagate|static --init mask|click --json OUT.json
+    napari-lit bench DATA_DIR --method propagate|static|flow --init mask|click --json OUT.json
                      [--model lit-tiny] [--config CFG] [--device auto]
                      [--sequences NAME ...] [--report-dir DIR] [--quiet]
 
@@ -14,8 +14,10 @@ farthest from its boundary (``--init click``, :func:`~napari_lit.bench.metrics.c
 ``propagate`` tracks the object from there forward and backward with the model (each object
 alone: the tracker is reset between objects; ``--joint``: all objects of a sequence together,
 as in the widget). ``static`` repeats the prompt frame's mask on every frame (for ``--init
-click`` the mask the model made from the click): the baseline to beat; ``static`` with
-``--init mask`` needs no model and loads none.
+click`` the mask the model made from the click): the baseline to beat. ``flow`` is the
+classical peer with no learning: the prompt-frame mask warped from frame to frame along
+OpenCV's DIS optical flow (:mod:`napari_lit.bench.flow`). ``static`` and ``flow`` with
+``--init mask`` need no model and load none.
 
 Every frame is scored with J and F (:mod:`napari_lit.bench.metrics`), the prompt frame
 included. The JSON result is described in :func:`run_benchmark`; a Markdown table and a
@@ -46,7 +48,7 @@ __all__ = ["METHODS", "INITS", "first_frame", "run_benchmark", "score_object", "
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("propagate", "static") + INTERACTIVE_METHODS
+METHODS = ("propagate", "static", "flow") + INTERACTIVE_METHODS
 INITS = ("mask", "click")
 
 
@@ -210,6 +212,67 @@ def score_objects(gts: Dict[int, np.ndarray], method: str, init: str, tracker=No
     return out
 
 
+def score_flow(gts: Dict[int, np.ndarray], init: str, frames, tracker=None) -> Dict[int, Dict]:
+    """The classical peer: each object's prompt-frame mask warped along optical flow
+    (:class:`~napari_lit.bench.flow.FlowTracker`, no learning), forward and backward from the
+    frame where it first appears, and scored on every frame.
+
+    Parameters
+    ----------
+    gts : dict of int -> (N, Y, X) ndarray of bool
+        Ground truth of each object; each non-empty somewhere, all of one shape.
+    init : {"mask", "click"}
+        ``mask``: the prompt-frame mask is the ground truth's; ``click``: it is the model's
+        answer to one click at the mask's innermost point (each object alone).
+    frames : array-like, (N, Y, X) or (N, Y, X, C)
+        The sequence's image.
+    tracker : napari_lit.core.Tracker, optional
+        Required for ``init="click"``; reset before each object.
+
+    Returns
+    -------
+    dict of int -> dict
+        Per object: ``prompt_frame``, ``click``, ``j``, ``f``, ``mean_j``, ``mean_jf`` as
+        :func:`score_object` gives them.
+
+    Raises
+    ------
+    ValueError
+        On an unknown init, masks of different shapes or not (N, Y, X), an object absent
+        everywhere, or ``init="click"`` without a tracker.
+    """
+    from .flow import FlowTracker
+
+    _check_choice("init", init, INITS)
+    if not gts:
+        raise ValueError("no object to score")
+    gts = {int(k): np.asarray(v, dtype=bool) for k, v in gts.items()}
+    shapes = {v.shape for v in gts.values()}
+    if len(shapes) > 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"ground truths must be (N, Y, X) of one shape; got {sorted(shapes)}")
+    if init == "click" and tracker is None:
+        raise ValueError("the flow peer with init 'click' needs a tracker (the model answers the click)")
+    prompts, clicks = {}, {}
+    for obj_id, gt in gts.items():
+        pf = first_frame(gt)
+        if pf is None:
+            raise ValueError(f"object {obj_id} is absent from every frame of the ground truth")
+        if init == "mask":
+            prompts[obj_id], clicks[obj_id] = (pf, gt[pf]), None
+        else:
+            tracker.reset()
+            click = click_point(gt[pf])
+            prompts[obj_id] = (pf, tracker.add_points(pf, obj_id, [list(click)], [1]).mask(obj_id))
+            clicks[obj_id] = [int(click[0]), int(click[1])]
+    masks = FlowTracker(frames).track(prompts)
+    out = {}
+    for obj_id, gt in gts.items():
+        j, f = np.array([frame_scores(masks[obj_id][i], gt[i]) for i in range(len(gt))]).T
+        out[obj_id] = {"prompt_frame": prompts[obj_id][0], "click": clicks[obj_id], "j": j.tolist(),
+                       "f": f.tolist(), "mean_j": float(j.mean()), "mean_jf": float(((j + f) / 2).mean())}
+    return out
+
+
 def entropy_iou_correlation(entropy, j, exclude: Optional[int] = None) -> Optional[float]:
     """Spearman's rank correlation of -entropy with IoU over frames (Lazy-XMem Fig. 3: the
     higher, the better the masked entropy tells a good frame from a bad one).
@@ -289,7 +352,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   progress: Union[bool, Callable[[int, int], None]] = True,
                   tau: float = 0.5, max_corrections: Optional[int] = None,
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
-                  joint: bool = False, entropy_norm: str = "area") -> Dict:
+                  joint: bool = False, entropy_norm: str = "area", zoom: str = "auto") -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Each object's run is seeded from its sequence name and id (LoRA initialisation and
@@ -299,10 +362,12 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     ----------
     data_dir : str or Path
         A folder of sequence folders, or one sequence folder (with ``meta.json``).
-    method : {"propagate", "static"}
+    method : {"propagate", "static", "flow", "frozen", "lit", ...}
+        See :data:`METHODS` and the module notes.
     init : {"mask", "click"}
     model, config, device
-        See :func:`napari_lit.models.load_predictor`; unused for ``static`` + ``mask``.
+        See :func:`napari_lit.models.load_predictor`; unused for ``static`` or ``flow`` with
+        ``mask``.
     sequences : sequence of str, optional
         Names of the sequences to run (all by default).
     predictor : sam2.sam2_video_predictor.SAM2VideoPredictor, optional
@@ -328,12 +393,14 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         object), instead of each object alone.
     entropy_norm : {"area", "length"}
         ``propagate``: normalisation of the recorded masked entropy (see :func:`score_object`).
+    zoom : {"auto", "off"}
+        The tracker's object-centred zoom (:class:`~napari_lit.core.tracker.Tracker`).
 
     Returns
     -------
     dict
-        ``model`` (None for ``static`` + ``mask``, which uses no model), ``method``, ``init``,
-        ``data_dir``, ``joint``, ``entropy_norm``, ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
+        ``model`` (None for ``static`` or ``flow`` with ``mask``, which use no model), ``method``, ``init``,
+        ``data_dir``, ``joint``, ``entropy_norm``, ``zoom`` (None when no model runs), ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
         None if there is none), ``seconds`` (wall time, model loading included), ``machine``
         (:func:`machine_info`) and ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
         ``davis`` (bool), ``axes``, ``frames`` (N), ``prompt_frame``, ``click``, ``mean_j``,
@@ -362,9 +429,13 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         raise _usage_error(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
     if init not in INITS:
         raise _usage_error(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
-    if joint and method not in ("propagate", "static"):
-        raise _usage_error(f"--joint is for the propagate and static methods; the simulated user of "
+    if joint and method not in ("propagate", "static", "flow"):
+        raise _usage_error(f"--joint is for the propagate, static and flow methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
+    from ..core.zoom import ZOOM_MODES
+
+    if zoom not in ZOOM_MODES:
+        raise _usage_error(f"unknown zoom {zoom!r}: expected one of {', '.join(ZOOM_MODES)}")
     if entropy_norm not in NORMALIZATIONS:
         raise _usage_error(f"unknown entropy normalisation {entropy_norm!r}: expected one of "
                            f"{', '.join(NORMALIZATIONS)}")
@@ -390,7 +461,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             raise _usage_error(f"{folder.name}: {exc}") from None
 
-    needs_model = not (method == "static" and init == "mask")
+    needs_model = not (method in ("static", "flow") and init == "mask")
     if needs_model and predictor is None:
         predictor = _load_predictor(model, config, device)
     interactive = method in INTERACTIVE_METHODS
@@ -421,10 +492,13 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                 else:
                     present.append(int(obj))
             if needs_model and present:
-                tracker = _make_tracker(predictor, seq, record=interactive)
-            joint_scores = (score_objects({obj: labels == obj for obj in present}, method, init, tracker,
-                                          entropy_norm=entropy_norm)
-                            if joint and present else None)
+                tracker = _make_tracker(predictor, seq, record=interactive, zoom=zoom)
+            joint_scores = None
+            if method == "flow" and present:  # one flow per frame pair for all objects
+                joint_scores = score_flow({obj: labels == obj for obj in present}, init, seq.image, tracker)
+            elif joint and present:
+                joint_scores = score_objects({obj: labels == obj for obj in present}, method, init, tracker,
+                                             entropy_norm=entropy_norm)
             for obj in seq.objects:
                 if bar is not None:
                     bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
@@ -470,6 +544,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         "data_dir": str(data_dir),
         "joint": bool(joint),
         "entropy_norm": entropy_norm,
+        "zoom": zoom if needs_model else None,
         "mean_j": mean("mean_j"),
         "mean_jf": mean("mean_jf"),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -514,14 +589,14 @@ def _load_predictor(model, config, device):
         raise _usage_error(str(exc)) from None
 
 
-def _make_tracker(predictor, seq, record: bool = False):
+def _make_tracker(predictor, seq, record: bool = False, zoom: str = "auto"):
     from ..core import FrameSource, Tracker
 
     try:
         source = FrameSource(seq.image, image_size=predictor.image_size)
     except (TypeError, ValueError) as exc:
         raise _usage_error(f"{seq.name}: {exc}") from None
-    return Tracker(predictor, source, record_decoder_inputs=record)
+    return Tracker(predictor, source, record_decoder_inputs=record, zoom=zoom)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -537,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Benchmark segmentation through sequences with ground truth (J, F, J&F).")
     p.add_argument("data_dir", help="folder of sequence folders (or one sequence folder)")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="propagate: track with the model; static: repeat the prompt frame's mask; "
+                   help="propagate: track with the model; static: repeat the prompt frame's mask; flow: warp "
+                        "it along optical flow (OpenCV DIS, no learning); "
                         "frozen|lit|lit-always|lit-auto|frozen-auto: a simulated user corrects frames with IoU < --tau "
                         "(lit learns from each correction; lit-auto also applies what it learned where the "
                         "masked entropy jumps); lit-auto-oracle: lit-auto choosing on every frame by the "
@@ -563,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-norm", choices=NORMALIZATIONS, default="area",
                    help="propagate: masked entropy divided by the region's size (Lazy-XMem eq. 4, default) "
                         "or by its square root (entropy per pixel of boundary length)")
+    p.add_argument("--zoom", choices=("auto", "off"), default="auto",
+                   help="object-centred zoom: small objects seen through their own window of the frame "
+                        "(auto, default) or every object through the whole frame (off)")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     lora = p.add_argument_group("adapter (lit, lit-always)", "LoRA settings; napari-lit's defaults otherwise")
@@ -639,7 +718,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
                            adapter_config=adapter_config_from_args(args), joint=args.joint,
-                           entropy_norm=args.entropy_norm)
+                           entropy_norm=args.entropy_norm, zoom=args.zoom)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:

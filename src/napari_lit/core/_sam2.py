@@ -11,40 +11,56 @@ Tested against sam2 1.1.0 (``tests/test_sam2_contract.py``).
 
 from __future__ import annotations
 
+import contextlib
+from typing import Optional
 from unittest import mock
 
-__all__ = ["SUPPORTED_SAM2", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
-           "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs"]
+__all__ = ["SUPPORTED_SAM2", "NO_OBJ_SCORE", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
+           "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs", "frame_low_res_masks",
+           "drop_frame_outputs", "forget_cached_features"]
+
+#: The mask logit sam2 gives where an object is not (its ``NO_OBJ_SCORE``).
+NO_OBJ_SCORE = -1024.0
 
 SUPPORTED_SAM2 = ("1.1.0", "1.0")
 
 
-def init_inference_state(predictor, frames, offload_state_to_cpu: bool = False) -> dict:
+def init_inference_state(predictor, frames, offload_state_to_cpu: bool = False, video_shape=None,
+                         warm_up: bool = True) -> dict:
     """Build sam2's inference state over a lazy frame source.
 
     Parameters
     ----------
     predictor : sam2.sam2_video_predictor.SAM2VideoPredictor
-    frames : napari_lit.core.frames.FrameSource
+    frames : napari_lit.core.frames.FrameSource or a sequence like it
         ``len(frames)`` frames; ``frames[i]`` is a (3, S, S) float tensor.
     offload_state_to_cpu : bool
         Keep per-frame outputs in CPU memory when the model runs on a GPU.
+    video_shape : (int, int), optional
+        The (height, width) sam2 resizes its output masks to and normalises click
+        coordinates by; default ``frames.frame_shape`` (the input resolution). A windowed
+        view (:mod:`napari_lit.core.zoom`) gives the decoder's own output size, so sam2 returns
+        its low-resolution logits unchanged and the tracker places them in the frame.
+    warm_up : bool
+        Encode frame 0 now, as sam2 does; a windowed view has no window for it yet.
 
     Returns
     -------
     dict
-        sam2's inference state; ``video_height``/``video_width`` are the input frame size,
-        so sam2 returns masks at the input resolution.
+        sam2's inference state.
     """
     import sam2.sam2_video_predictor as svp
 
     match_memory_dtype(predictor)
-    height, width = frames.frame_shape
+    height, width = frames.frame_shape if video_shape is None else video_shape
 
     def _lazy_loader(**_kwargs):
-        return frames, height, width
+        return frames, int(height), int(width)
 
-    with mock.patch.object(svp, "load_video_frames", _lazy_loader):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(svp, "load_video_frames", _lazy_loader))
+        if not warm_up:
+            stack.enter_context(mock.patch.object(predictor, "_get_image_feature", lambda *a, **k: None))
         return predictor.init_state(
             video_path="<napari-lit frame source>",
             offload_video_to_cpu=True,
@@ -108,6 +124,59 @@ def forget_frame_memory(state: dict, obj_id: int, frame_idx: int) -> bool:
     if obj_idx is None:
         return False
     return state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(int(frame_idx), None) is not None
+
+
+def _frame_outputs(state: dict, obj_idx: int, frame_idx: int):
+    """The outputs sam2 holds for one object on one frame, newest kind first."""
+    temp = state["temp_output_dict_per_obj"][obj_idx]
+    out = state["output_dict_per_obj"][obj_idx]
+    return [d[frame_idx] for d in (temp["cond_frame_outputs"], temp["non_cond_frame_outputs"],
+                                   out["cond_frame_outputs"], out["non_cond_frame_outputs"]) if frame_idx in d]
+
+
+def frame_low_res_masks(predictor, state: dict, frame_idx: int):
+    """(O, 1, h, w) float32 decoder-resolution logits of every object of ``state`` on one
+    frame, as sam2 consolidates them (its newest output for the frame; ``NO_OBJ_SCORE`` for
+    an object with none there), in the order of ``state["obj_ids"]``."""
+    import torch
+
+    side = predictor.image_size // 4
+    out = torch.full((len(state["obj_ids"]), 1, side, side), NO_OBJ_SCORE, dtype=torch.float32)
+    for obj_idx in range(len(state["obj_ids"])):
+        outputs = _frame_outputs(state, obj_idx, frame_idx)
+        if outputs and outputs[0]["pred_masks"] is not None:
+            m = outputs[0]["pred_masks"].float().cpu()
+            if m.shape[-2:] != (side, side):
+                m = torch.nn.functional.interpolate(m, size=(side, side), mode="bilinear", align_corners=False)
+            out[obj_idx] = m[0]
+    return out
+
+
+def drop_frame_outputs(state: dict, obj_id: int, frame_idx: int, conditioning: bool = False) -> None:
+    """Forget what sam2 predicted for ``obj_id`` on one frame (not its prompt inputs), e.g.
+    because the frame is now seen through another window, in whose coordinates the old mask
+    is wrong.
+
+    ``conditioning`` False: only a tracked frame's output goes (a prompt there later starts
+    from the other frames' memory, without the old mask as a prior). True: its prompt's output
+    too, and sam2 forgets the frame was tracked, so the prompt given again next is taken as
+    a first prompt there (no old mask, no memory); the caller must give it again.
+    """
+    obj_idx = state["obj_id_to_idx"].get(int(obj_id))
+    if obj_idx is None:
+        return
+    f = int(frame_idx)
+    for d in (state["temp_output_dict_per_obj"][obj_idx], state["output_dict_per_obj"][obj_idx]):
+        d["non_cond_frame_outputs"].pop(f, None)
+        if conditioning:
+            d["cond_frame_outputs"].pop(f, None)
+    if conditioning:
+        state["frames_tracked_per_obj"][obj_idx].pop(f, None)
+
+
+def forget_cached_features(state: dict, frame_idx: int) -> None:
+    """Drop sam2's cached image features of ``frame_idx`` (its frame input changed)."""
+    state["cached_features"].pop(int(frame_idx), None)
 
 
 def memory_reach(predictor) -> int:
@@ -183,6 +252,8 @@ class DecoderInputs(dict):
     ``multimask_output``, ``repeat_image``. Tensors are detached copies."""
 
     memory_attention = None  #: the memory attention's keyword inputs for this frame, if recorded
+    #: the window of the frame the decoder saw, (y0, x0, y1, x1) frame pixels; None: the whole frame
+    window = None
 
     def nbytes(self) -> int:
         return _tensor_bytes(list(self.values()) + list((self.memory_attention or {}).values()))
@@ -210,19 +281,24 @@ class ObjectContext:
     Parameters
     ----------
     predictor : SAM2VideoPredictor
-    state : dict
-        sam2's inference state of the tracker.
+    state : dict, optional
+        sam2's inference state of the tracker; a tracker with several (one per zoom window)
+        adds each with :meth:`add_state`.
     budget_bytes : int
         Upper bound of the recorded inputs' size; the least recently recorded go first.
     """
 
-    def __init__(self, predictor, state: dict, budget_bytes: int = 256 * 2**20):
+    def __init__(self, predictor, state: Optional[dict] = None, budget_bytes: int = 256 * 2**20):
         from collections import OrderedDict
 
         self.predictor = predictor
-        self.state = state
+        self.states: list = []
+        self._windows: list = []  # per state: its frame -> window mapping, or None (whole frames)
+        if state is not None:
+            self.add_state(state)
         self.budget_bytes = int(budget_bytes)
         self.current = None
+        self._current_windows = None
         self.listeners = []
         self._records: "OrderedDict[tuple, DecoderInputs]" = OrderedDict()
         self._bytes = 0
@@ -238,19 +314,41 @@ class ObjectContext:
         _contexts_of(predictor).append(self)
         self._hook = self._decoder.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
+    def add_state(self, state: dict, windows: Optional[dict] = None) -> None:
+        """Also watch ``state``; ``windows`` (frame -> window, read when a frame is recorded)
+        says which window of each frame it sees (None: the whole frame)."""
+        self.states.append(state)
+        self._windows.append(windows)
+
+    def remove_state(self, state: dict) -> None:
+        """Stop watching ``state`` (its records stay until evicted or cleared)."""
+        for k, s in enumerate(self.states):
+            if s is state:
+                del self.states[k], self._windows[k]
+                return
+
+    @property
+    def state(self):
+        """The first watched state (trackers without zoom have one)."""
+        return self.states[0] if self.states else None
+
     def _enter(self, inference_state, output_dict, frame_idx, args, kwargs) -> None:
         """Note which (frame, object) sam2 is about to decode (None: not this tracker's)."""
+        which = next((k for k, s in enumerate(self.states) if s is inference_state), None)
+        if which is None:
+            self.current, self._current_windows = None, None
+            return
         obj_id = None
-        if inference_state is self.state:
-            for idx, d in inference_state["output_dict_per_obj"].items():
-                if d is output_dict:
-                    obj_id = inference_state["obj_idx_to_id"][idx]
-                    break
+        for idx, d in inference_state["output_dict_per_obj"].items():
+            if d is output_dict:
+                obj_id = inference_state["obj_idx_to_id"][idx]
+                break
         point_inputs = kwargs.get("point_inputs", args[2] if len(args) > 2 else None)
         mask_inputs = kwargs.get("mask_inputs", args[3] if len(args) > 3 else None)
         is_init = kwargs.get("is_init_cond_frame", args[1] if len(args) > 1 else False)
         tracking = point_inputs is None and mask_inputs is None and not is_init
-        self.current = (int(frame_idx), obj_id, tracking) if inference_state is self.state else None
+        self.current = (int(frame_idx), obj_id, tracking)
+        self._current_windows = self._windows[which]
 
     def _memory_pre_hook(self, module, args, kwargs):
         """Keep the memory attention's inputs of the frame in progress; they join the
@@ -271,6 +369,9 @@ class ObjectContext:
         frame_idx, obj_id, tracking = self.current
         if tracking and obj_id is not None:
             record = DecoderInputs({k: _detach(v) for k, v in kwargs.items()})
+            if self._current_windows is not None:
+                window = self._current_windows.get(frame_idx)
+                record.window = None if window is None else tuple(int(v) for v in window)
             if self._pending_memory is not None:
                 record.memory_attention = self._pending_memory
                 self._pending_memory = None

@@ -481,7 +481,10 @@ class DecoderAdapter:
         ----------
         inputs : DecoderInputs
             The frame's decoder inputs (their embedding's size sets the decoder's output: 4x).
+            When their ``window`` is set (the decoder saw that window of the frame, with
+            object-centred zoom), the target is cut to it first.
         target_mask : (Y, X) array-like of bool
+            The whole frame's mask (or, without a window, the mask at any resolution).
         loss_side : int
             :attr:`AdapterConfig.loss_side`.
 
@@ -503,6 +506,13 @@ class DecoderAdapter:
         mask = np.asarray(target_mask, dtype=np.float32)
         if mask.ndim != 2:
             raise ValueError(f"a correction is one (Y, X) mask; got an array of shape {mask.shape}")
+        window = getattr(inputs, "window", None)
+        if window is not None:
+            y0, x0, y1, x1 = (int(v) for v in window)
+            if y1 > mask.shape[0] or x1 > mask.shape[1]:
+                raise ValueError(f"the decoder saw window {[y0, x0, y1, x1]} of the frame, but the correction "
+                                 f"is {mask.shape}: expected the whole frame's mask")
+            mask = mask[y0:y1, x0:x1]
         if loss_side:
             scale = min(1.0, loss_side / max(mask.shape))
             hw = (max(1, round(mask.shape[0] * scale)), max(1, round(mask.shape[1] * scale)))

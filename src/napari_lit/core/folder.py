@@ -318,7 +318,9 @@ class SessionFolder:
 
         rel = f"inputs/{name}.pt"
         target = self.path / rel
-        payload = {"inputs": dict(inputs), "memory_attention": getattr(inputs, "memory_attention", None)}
+        window = getattr(inputs, "window", None)
+        payload = {"inputs": dict(inputs), "memory_attention": getattr(inputs, "memory_attention", None),
+                   "window": None if window is None else [int(v) for v in window]}
         buffer = io.BytesIO()  # serialised in memory: a failed file write is then a plain OSError
         torch.save(payload, buffer)
         with saving(self.path):
@@ -336,6 +338,8 @@ class SessionFolder:
         out = DecoderInputs(payload["inputs"])
         if payload.get("memory_attention") is not None:
             out.memory_attention = payload["memory_attention"]
+        if payload.get("window") is not None:
+            out.window = tuple(int(v) for v in payload["window"])
         return out
 
     def save_adapters(self, name: str, adapter, examples: Dict[int, List[str]]) -> str:

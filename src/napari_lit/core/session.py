@@ -58,7 +58,7 @@ def adapted_logits(tracker: Tracker, adapter: DecoderAdapter, frame_idx: int, ob
     if inputs is None or not adapter.has_adapter(obj_id):
         return None
     low, _, _ = adapter.predict(obj_id, inputs)
-    return tracker.to_input_resolution(low)
+    return tracker.to_input_resolution(low, inputs.window)
 
 
 def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx: int, obj_id: int,
@@ -150,16 +150,20 @@ class LitSession:
     adapter_config : AdapterConfig, optional
     folder : SessionFolder, optional
         Save everything the session does there (see :meth:`create_in` and :meth:`resume`).
+    zoom : {"auto", "off"}
+        Object-centred zoom of the tracker (:class:`~napari_lit.core.tracker.Tracker`); the
+        window each prompt and frame was seen through is recorded in the session folder.
 
     Raises
     ------
     ValueError
-        If the store's shape differs from the stack's (N, Y, X), or neither or both of
-        ``store`` and ``folder`` are given.
+        If the store's shape differs from the stack's (N, Y, X), neither or both of
+        ``store`` and ``folder`` are given, or ``zoom`` is unknown.
     """
 
     def __init__(self, predictor, frames, store: Union[LabelStore, str, Path, None] = None, learn: bool = True,
-                 adapter_config: Optional[AdapterConfig] = None, folder: Optional[SessionFolder] = None):
+                 adapter_config: Optional[AdapterConfig] = None, folder: Optional[SessionFolder] = None,
+                 zoom: str = "auto"):
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         shape = (frames.n_frames,) + frames.frame_shape
@@ -172,7 +176,7 @@ class LitSession:
         if store.shape != shape:
             raise ValueError(f"label store is {store.shape} but the stack is {shape}")
         self.store = store
-        self.tracker = Tracker(predictor, frames, record_decoder_inputs=True)
+        self.tracker = Tracker(predictor, frames, record_decoder_inputs=True, zoom=zoom)
         self.adapter = DecoderAdapter(predictor, adapter_config)
         self.tracker.context.listeners.append(self.adapter.on_decoder_call)
         self.learn = bool(learn)
@@ -198,14 +202,14 @@ class LitSession:
     def create_in(cls, folder: Union[str, Path], predictor, frames, learn: bool = True,
                   adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None,
                   label_shape: Optional[Sequence[int]] = None, frame_axis: int = 0,
-                  fixed: Optional[Dict[int, int]] = None) -> "LitSession":
+                  fixed: Optional[Dict[int, int]] = None, zoom: str = "auto") -> "LitSession":
         """A new session saved in the new session folder ``folder``.
 
         Parameters
         ----------
         folder : str or Path
             A folder that does not exist yet (or is empty).
-        predictor, frames, learn, adapter_config
+        predictor, frames, learn, adapter_config, zoom
             As for :class:`LitSession`.
         source : str, optional
             Where the image comes from (e.g. its path), recorded so a resume can find it.
@@ -236,6 +240,7 @@ class LitSession:
             # the dilation ratio of the recorded masked entropy (Lazy-XMem eq. 3)
             "uncertainty": {"dilation": DEFAULT_DILATION},
             "learn": bool(learn),
+            "zoom": zoom,
             "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         }
         if label_shape is None:
@@ -247,7 +252,7 @@ class LitSession:
                 raise ValueError(f"label_shape {label_shape} does not hold the {frames.n_frames} frames of "
                                  f"{frames.frame_shape} along axis {frame_axis}")
             folder = SessionFolder.create(folder, label_shape, meta, frame_axis=frame_axis, fixed=fixed)
-        return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder)
+        return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder, zoom=zoom)
 
     @classmethod
     def resume(cls, folder: Union[str, Path], predictor, frames) -> "LitSession":
@@ -285,7 +290,9 @@ class LitSession:
                                      f"{predictor.image_size} px")
         config = AdapterConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in sf.meta.get("adapter", {}).items()})
-        session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf)
+        # sessions from before the zoom saw whole frames
+        session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf,
+                      zoom=sf.meta.get("zoom", "off"))
         session._replay(sf.events)
         # the uncertainty's settings then and now (no temperature recorded: raw logits)
         settings = (("logit temperature", sf.meta.get("model", {}).get("temperature", 1.0), session.tracker.temperature),
@@ -382,20 +389,36 @@ class LitSession:
         finally:
             self._replaying = False
         self._load_adapters(adapters)
+        # the windows the written frames were seen through: a propagation resumed from one of
+        # them starts in the same window
+        prompted = {(f, k) for (f, k) in self._prompts}
+        windows = {}
+        for e in events:
+            if e.get("kind") == "frame":
+                for k, w in e.get("windows", {}).items():
+                    windows[(int(e["frame"]), int(k))] = w
+        for (f, k), w in windows.items():
+            if (f, k) not in prompted and k in self.tracker.obj_ids and self.tracker.window(f, k) is not None:
+                self.tracker.set_window(f, k, w)
 
     def _prompt_from_event(self, e: dict) -> dict:
         if e["prompt"] == "points":
-            return {"kind": "points", "points": e["points"], "labels": e["labels"]}
-        if e["prompt"] == "box":
-            return {"kind": "box", "box": e["box"]}
-        return {"kind": "mask", "mask": self.folder.load_record(e["record"])["mask"].astype(bool)}
+            prompt = {"kind": "points", "points": e["points"], "labels": e["labels"]}
+        elif e["prompt"] == "box":
+            prompt = {"kind": "box", "box": e["box"]}
+        else:
+            prompt = {"kind": "mask", "mask": self.folder.load_record(e["record"])["mask"].astype(bool)}
+        if "window" in e:  # the window the prompt was seen through (sessions made with zoom)
+            prompt["window"] = e["window"]
+        return prompt
 
     def _log_prompt(self, frame_idx: int, obj_id: int, prompt: dict, correction: Optional[Correction],
                     auto: bool = False) -> None:
         if self.folder is None or self._replaying:
             return
         sf, seq = self.folder, self.folder.next_seq()
-        event = {"frame": int(frame_idx), "obj": int(obj_id), "prompt": prompt["kind"]}
+        event = {"frame": int(frame_idx), "obj": int(obj_id), "prompt": prompt["kind"],
+                 "window": prompt.get("window")}
         if prompt["kind"] == "points":
             event.update(points=[[float(y), float(x)] for y, x in prompt["points"]],
                          labels=[int(v) for v in prompt["labels"]])
@@ -462,11 +485,7 @@ class LitSession:
     def is_tracked(self, frame_idx: int, obj_id: int) -> bool:
         """Whether ``frame_idx`` already has a result for ``obj_id`` (prompted or propagated);
         a new prompt there is then a correction."""
-        idx = self.tracker.state["obj_id_to_idx"].get(int(obj_id))
-        if idx is None:
-            return False
-        tracked = self.tracker.state["frames_tracked_per_obj"][idx]
-        return int(frame_idx) in tracked
+        return self.tracker.is_tracked(frame_idx, obj_id)
 
     # ------------------------------------------------------------------ prompts
     def _write(self, result: FrameResult) -> FrameResult:
@@ -477,7 +496,8 @@ class LitSession:
                 per_frame = self._entropy.setdefault(int(obj_id), np.full(self.n_frames, np.nan, np.float32))
                 per_frame[result.frame_idx] = value
                 entropy[str(int(obj_id))] = round(float(value), 6)
-        self._log("frame", frame=int(result.frame_idx), entropy=entropy)
+        windows = {str(k): [int(v) for v in w] for k, w in result.windows.items() if w is not None}
+        self._log("frame", frame=int(result.frame_idx), entropy=entropy, **({"windows": windows} if windows else {}))
         return result
 
     @property
@@ -503,13 +523,20 @@ class LitSession:
         return next((f for f in frames if values[f] >= threshold), None)
 
     def _apply_prompt(self, frame_idx: int, obj_id: int, prompt: dict) -> FrameResult:
-        """Give sam2 ``prompt`` for (frame, object) (replacing what it had there)."""
+        """Give sam2 ``prompt`` for (frame, object) (replacing what it had there), through
+        the window recorded with it (``prompt["window"]``: the zoom's window, None for the
+        whole frame) or, the first time, the window the tracker chooses, which is then
+        recorded in it."""
+        kw = {"window": prompt["window"]} if "window" in prompt else {}
         if prompt["kind"] == "points":
-            result = self.tracker.add_points(frame_idx, obj_id, prompt["points"], prompt["labels"], clear=True)
+            result = self.tracker.add_points(frame_idx, obj_id, prompt["points"], prompt["labels"], clear=True, **kw)
         elif prompt["kind"] == "box":
-            result = self.tracker.add_box(frame_idx, obj_id, prompt["box"])
+            result = self.tracker.add_box(frame_idx, obj_id, prompt["box"], **kw)
         else:
-            result = self.tracker.add_mask(frame_idx, obj_id, prompt["mask"])
+            result = self.tracker.add_mask(frame_idx, obj_id, prompt["mask"], **kw)
+        if "window" not in prompt:
+            window = self.tracker.prompt_window(frame_idx, obj_id)
+            prompt["window"] = None if window is None else [int(v) for v in window]
         self._prompts[(int(frame_idx), int(obj_id))] = prompt
         return result
 
@@ -686,7 +713,7 @@ class LitSession:
         cached = self._own_logits_cache
         if cached is None or cached[0] is not inputs:  # the same recorded inputs: the same logits
             low, _, _ = self.adapter.predict_frozen(inputs)
-            cached = self._own_logits_cache = (inputs, self.tracker.to_input_resolution(low))
+            cached = self._own_logits_cache = (inputs, self.tracker.to_input_resolution(low, inputs.window))
         return cached[1]
 
     def entropy_map(self, frame_idx: int, obj_id: int) -> Optional[np.ndarray]:

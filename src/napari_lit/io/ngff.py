@@ -19,7 +19,8 @@ import numpy as np
 
 from ..core.store import LabelStore
 
-__all__ = ["OmeImage", "is_ome_zarr", "open_ome_zarr", "choose_level", "frame_layout", "frames_of", "NgffLabelStore"]
+__all__ = ["OmeImage", "is_ome_zarr", "open_ome_zarr", "choose_level", "frame_layout", "frames_of", "levels_of",
+           "NgffLabelStore"]
 
 
 @dataclass
@@ -178,21 +179,37 @@ def frames_of(image: OmeImage, image_size: int):
     ValueError
         See :func:`frame_layout`.
     """
-    frame_axis, fixed = frame_layout(image)
     level = choose_level(image.shapes, image_size)
+    stack = _stack_of(image, image.levels[0])
+    return stack, (_stack_of(image, image.levels[level]) if level else stack), level
 
-    def stack_of(arr):
-        import dask.array as da
 
-        key = tuple(fixed.get(i, slice(None)) for i in range(arr.ndim))
-        kept = [a for i, a in enumerate(image.axes) if i not in fixed]
-        arr = arr[key]
-        if "c" in kept:
-            arr = da.moveaxis(arr, kept.index("c"), -1)
-        return arr
+def _stack_of(image: OmeImage, arr):
+    """One pyramid level as an (N, y, x[, C]) stack: singleton axes dropped, channels last."""
+    import dask.array as da
 
-    stack = stack_of(image.levels[0])
-    return stack, (stack_of(image.levels[level]) if level else stack), level
+    _, fixed = frame_layout(image)
+    key = tuple(fixed.get(i, slice(None)) for i in range(arr.ndim))
+    kept = [a for i, a in enumerate(image.axes) if i not in fixed]
+    arr = arr[key]
+    if "c" in kept:
+        arr = da.moveaxis(arr, kept.index("c"), -1)
+    return arr
+
+
+def levels_of(image: OmeImage) -> List:
+    """Every pyramid level after level 0 as an (N, y, x[, C]) stack, finest first (for
+    :class:`~napari_lit.core.frames.FrameSource`'s ``levels``: each zoom window is read from
+    the level it needs). Levels that do not keep all of level 0's frames are left out.
+
+    Raises
+    ------
+    ValueError
+        See :func:`frame_layout`.
+    """
+    frame_axis, _ = frame_layout(image)
+    n = image.shapes[0][frame_axis]
+    return [_stack_of(image, arr) for arr, shape in zip(image.levels[1:], image.shapes[1:]) if shape[frame_axis] == n]
 
 
 class NgffLabelStore(LabelStore):
