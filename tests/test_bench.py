@@ -225,7 +225,7 @@ def test_cli_json_keys_and_reports(data_dir, tmp_path, no_model, capsys):
     assert res["mean_j"] == pytest.approx(np.mean([e["mean_j"] for e in res["sequences"]]))
     assert res["mean_jf"] == pytest.approx(np.mean([e["mean_jf"] for e in res["sequences"]]))
     md = (rep / "static.md").read_text()
-    assert "cells-tiff" in md and "davis-synth" in md and "DAVIS mean" in md and "non-DAVIS mean" in md
+    assert "cells-tiff" in md and "davis-synth" in md and "natural video mean" in md and "microscopy mean" in md
     assert (rep / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "static/mask" in capsys.readouterr().out
 
@@ -236,7 +236,8 @@ def test_reports_beside_json(data_dir, tmp_path, no_model):
     md, png = write_reports(res, tmp_path / "x.json")
     assert md == tmp_path / "x.md" and png == tmp_path / "x.png" and png.stat().st_size > 0
     table = markdown_table(res)
-    assert table.count("\n| ") == 1 + 1 + 2  # header, one sequence, two mean rows
+    assert table.count("\n| ") == 1 + 1 + 1  # header, one sequence, the mean of its one domain group
+    assert "natural video mean" in table and "microscopy mean" not in table
 
 
 def test_object_absent_everywhere_is_skipped(tmp_path, no_model, caplog):
@@ -289,7 +290,8 @@ def test_comparison_table(data_dir, tmp_path, no_model):
     assert any(l.startswith("| cells-tiff |") and "0.500" in l for l in lines)
     davis = [l for l in lines if l.startswith("| davis-synth |")]
     assert len(davis) == 1 and davis[0].rstrip().endswith("| – |")  # b lacks this sequence
-    assert lines[-2].startswith("| **DAVIS mean**") and lines[-1].startswith("| **non-DAVIS mean**")
+    assert [l.split("|")[1].strip() for l in lines[-3:]] == ["**microscopy mean**", "**natural video mean**",
+                                                              "**all sequences mean**"]
     with pytest.raises(ValueError, match="lacks the keys"):
         comparison_table([{"method": "static"}])
 

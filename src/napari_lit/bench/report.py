@@ -1,8 +1,9 @@
 """Reports of benchmark results: Markdown tables and a per-frame J plot.
 
 A result is the dict :func:`napari_lit.bench.runner.run_benchmark` returns (or the JSON file
-``napari-lit bench`` writes). Sequence rows average their objects; the DAVIS and non-DAVIS
-rows average sequences (each sequence counts once, whatever its number of objects).
+``napari-lit bench`` writes). Sequence rows average their objects; the rows of the domain
+groups (microscopy, medical, natural video; :func:`domain_group`) average sequences (each
+sequence counts once, whatever its number of objects).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 __all__ = [
     "load_result",
     "sequence_summary",
+    "domain_group",
+    "DOMAIN_GROUPS",
     "markdown_table",
     "plot_per_frame",
     "plot_entropy_iou",
@@ -73,13 +76,40 @@ def _is_davis(entry: Dict) -> bool:
     return bool(entry.get("davis", str(entry["name"]).startswith("davis")))
 
 
+#: The domain groups of the tables, in their order.
+DOMAIN_GROUPS = ("microscopy", "medical", "natural video")
+
+
+def domain_group(entry: Dict) -> str:
+    """Which of :data:`DOMAIN_GROUPS` a benchmark entry belongs to.
+
+    Parameters
+    ----------
+    entry : dict
+        A ``sequences`` entry (``name``, ``domain``, ``davis``).
+
+    Returns
+    -------
+    str
+        ``natural video`` for DAVIS and other video, ``medical`` for domains that say
+        medical, MRI or CT, else ``microscopy``.
+    """
+    domain = str(entry.get("domain", "")).lower()
+    if _is_davis(entry) or "video" in domain:
+        return "natural video"
+    if any(w in domain.replace(",", " ").split() for w in ("medical", "mri", "ct")):
+        return "medical"
+    return "microscopy"
+
+
 def sequence_summary(result: ResultLike) -> List[Dict]:
     """One row per sequence of ``result`` (a result dict or JSON path), objects averaged.
 
     Returns
     -------
     list of dict
-        In order of first appearance, with ``name``, ``domain``, ``davis``, ``objects``
+        In order of first appearance, with ``name``, ``domain``, ``davis``, ``group``
+        (:func:`domain_group`), ``objects``
         (count), ``frames``, ``mean_j``, ``mean_jf``, and ``j`` ((N,) float ndarray: per-frame
         J averaged over the objects).
     """
@@ -87,7 +117,7 @@ def sequence_summary(result: ResultLike) -> List[Dict]:
     rows: Dict[str, Dict] = {}
     for e in result["sequences"]:
         row = rows.setdefault(e["name"], {
-            "name": e["name"], "domain": e.get("domain", ""), "davis": _is_davis(e),
+            "name": e["name"], "domain": e.get("domain", ""), "davis": _is_davis(e), "group": domain_group(e),
             "frames": int(e["frames"]), "_j": [], "_jf": [], "_per_frame": [],
         })
         row["_j"].append(float(e["mean_j"]))
@@ -96,7 +126,7 @@ def sequence_summary(result: ResultLike) -> List[Dict]:
     out = []
     for row in rows.values():
         out.append({
-            "name": row["name"], "domain": row["domain"], "davis": row["davis"],
+            "name": row["name"], "domain": row["domain"], "davis": row["davis"], "group": row["group"],
             "objects": len(row["_j"]), "frames": row["frames"],
             "mean_j": float(np.mean(row["_j"])), "mean_jf": float(np.mean(row["_jf"])),
             "j": np.mean(row["_per_frame"], axis=0),
@@ -119,7 +149,7 @@ def _label(result: Dict) -> str:
 
 
 def markdown_table(result: ResultLike) -> str:
-    """Markdown table of one result: one row per sequence, then DAVIS and non-DAVIS means.
+    """Markdown table of one result: one row per sequence, then the mean of each domain group.
 
     Parameters
     ----------
@@ -151,10 +181,12 @@ def markdown_table(result: ResultLike) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | {r['domain']} | {r['objects']} | {r['frames']} | "
                      f"{_fmt(r['mean_j'])} | {_fmt(r['mean_jf'])} |")
-    for title, davis in (("DAVIS mean", True), ("non-DAVIS mean", False)):
-        group = [r for r in rows if r["davis"] == davis]
+    for title in DOMAIN_GROUPS:
+        group = [r for r in rows if r["group"] == title]
+        if not group:
+            continue
         lines.append(
-            f"| **{title}** | | {sum(r['objects'] for r in group)} | {sum(r['frames'] for r in group)} | "
+            f"| **{title} mean** | | {sum(r['objects'] for r in group)} | {sum(r['frames'] for r in group)} | "
             f"{_fmt(_group_mean(r['mean_j'] for r in group))} | {_fmt(_group_mean(r['mean_jf'] for r in group))} |"
         )
     return "\n".join(lines) + "\n"
@@ -339,8 +371,9 @@ def comparison_table(results: Sequence[ResultLike], labels: Optional[Sequence[st
     -------
     str
         Columns sequence, domain, then mean J per result; rows per sequence (in order of
-        first appearance; ``–`` where a result lacks the sequence), then the DAVIS and
-        non-DAVIS means of each column over the sequences it has.
+        first appearance; ``–`` where a result lacks the sequence), then the mean of each
+        domain group (:func:`domain_group`) of each column over the sequences it has, and of
+        all sequences.
 
     Raises
     ------
@@ -373,7 +406,10 @@ def comparison_table(results: Sequence[ResultLike], labels: Optional[Sequence[st
     for name, row in names.items():
         cells = [_fmt(s[name]["mean_j"]) if name in s else "–" for s in summaries]
         lines.append(f"| {name} | {row['domain']} | " + " | ".join(cells) + " |")
-    for title, davis in (("DAVIS mean", True), ("non-DAVIS mean", False)):
-        cells = [_fmt(_group_mean(r["mean_j"] for r in s.values() if r["davis"] == davis)) for s in summaries]
-        lines.append(f"| **{title}** | | " + " | ".join(cells) + " |")
+    for title in DOMAIN_GROUPS + ("all sequences",):
+        if title != "all sequences" and not any(r["group"] == title for r in names.values()):
+            continue
+        cells = [_fmt(_group_mean(r["mean_j"] for r in s.values() if title in ("all sequences", r["group"])))
+                 for s in summaries]
+        lines.append(f"| **{title} mean** | | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
