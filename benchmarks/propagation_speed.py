@@ -12,7 +12,11 @@ every frame's outputs, in a separate process, so the two peak-memory figures com
 run (issue 6's benchmark: ``--frames 2000 --size 1024 --stock``).
 
     python benchmarks/propagation_speed.py [--frames 500] [--size 512] [--model lit-tiny]
-        [--threads 2] [--objects 1] [--stock] [--out benchmarks/results/propagation_speed.json]
+        [--threads 2] [--objects 1] [--zoom off|auto] [--tiles 1] [--stock]
+        [--out benchmarks/results/propagation_speed.json]
+
+``--zoom`` defaults to ``off`` here so that older results compare; issue 23's table runs
+both on a 1024 x 1024 stack of 2 x 2 tiles (``--tiles 2``) with 1, 8 and 32 objects.
 """
 
 from __future__ import annotations
@@ -39,23 +43,36 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def make_stack(path: Path, n_frames: int, size: int, seed: int = 0):
-    """Write the stack (run in a child process, so its memory does not count as ours)."""
+def make_stack(path: Path, n_frames: int, size: int, seed: int = 0, tiles: int = 1):
+    """Write the stack (run in a child process, so its memory does not count as ours).
+
+    With ``tiles`` > 1 each frame is a ``tiles`` x ``tiles`` grid of clips of side
+    ``size // tiles`` (their own seeds), so a large frame holds many small nuclei.
+    """
     import zarr
 
     from napari_lit.training.synthetic import MotionLevel, generate_clip
 
-    clip = generate_clip(np.random.default_rng(seed), 50, size, kind="nuclei", motion=MotionLevel(2.0, 0.02, 0.0))
-    grey = clip.frames[..., 0].astype(np.uint16) * 200 + 1000
-    arr = zarr.open_array(str(path), mode="w", shape=(n_frames, size, size), chunks=(1, size, size), dtype="uint16")
+    side = size // tiles
+    grey = np.zeros((50, side * tiles, side * tiles), np.uint16)
+    labels0 = np.zeros((side * tiles, side * tiles), np.int32)
+    for k in range(tiles * tiles):
+        clip = generate_clip(np.random.default_rng(seed + k), 50, side, kind="nuclei",
+                             motion=MotionLevel(2.0, 0.02, 0.0))
+        r, c = divmod(k, tiles)
+        sl = (slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side))
+        grey[(slice(None),) + sl] = clip.frames[..., 0].astype(np.uint16) * 200 + 1000
+        labels0[sl] = np.where(clip.labels[0] > 0, clip.labels[0] + 1000 * k, 0)
+    arr = zarr.open_array(str(path), mode="w", shape=(n_frames,) + grey.shape[1:], chunks=(1,) + grey.shape[1:],
+                          dtype="uint16")
     order = np.concatenate([np.arange(50), np.arange(49, -1, -1)])
     for t in range(n_frames):
         arr[t] = grey[order[t % len(order)]]
-    np.save(str(path) + ".labels0.npy", clip.labels[0])
+    np.save(str(path) + ".labels0.npy", labels0)
 
 
 def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, prefetch: int = 0,
-        session: bool = False) -> dict:
+        session: bool = False, zoom: str = "off", tiles: int = 1) -> dict:
     import torch
 
     from napari_lit.core import FrameSource, LabelStore, Tracker
@@ -68,7 +85,7 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stack.zarr"
-        child = multiprocessing.get_context("spawn").Process(target=make_stack, args=(path, n_frames, size))
+        child = multiprocessing.get_context("spawn").Process(target=make_stack, args=(path, n_frames, size, 0, tiles))
         child.start()
         child.join()
         stack = zarr.open_array(str(path), mode="r")
@@ -78,16 +95,17 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, 
         source = FrameSource(stack, image_size=predictor.image_size, prefetch=prefetch)
         ids, counts = np.unique(labels0[labels0 > 0], return_counts=True)
         objects = ids[np.argsort(counts)[::-1][:n_objects]]
+        areas = np.sort(counts)[::-1][:n_objects]
         if session:  # the widget's path: a session folder, a fsynced log line and the entropy per frame
             from napari_lit.core.session import LitSession
 
-            lit = LitSession.create_in(Path(tmp) / "run.litsession", predictor, source, learn=False)
+            lit = LitSession.create_in(Path(tmp) / "run.litsession", predictor, source, learn=False, zoom=zoom)
             tracker = lit.tracker
             for obj in objects:
                 lit.add_mask(0, int(obj), labels0 == obj)
             frames_iter = lit.propagate(direction="forward")
         else:  # the CLI's --out path: the tracker and a label store
-            tracker = Tracker(predictor, source)
+            tracker = Tracker(predictor, source, zoom=zoom)
             for obj in objects:
                 tracker.add_mask(0, int(obj), labels0 == obj)
             store = LabelStore.create(Path(tmp) / "labels.zarr", (n_frames, size, size))
@@ -113,6 +131,10 @@ def run(n_frames: int, size: int, model: str, threads: int, n_objects: int = 2, 
         "frame_size": [size, size],
         "dtype": "uint16",
         "objects": len(objects),
+        "object_area_px": [int(areas.min()), int(areas.max())] if len(areas) else [0, 0],
+        "zoom": zoom,
+        "tiles": tiles,
+        "views": len(tracker.states),
         "threads": threads,
         "prefetch": prefetch,
         "path": "session folder (LitSession)" if session else "tracker + label store",
@@ -209,10 +231,15 @@ def main(argv=None) -> int:
     p.add_argument("--prefetch", type=int, default=0, help="frames read ahead in a background thread")
     p.add_argument("--session", action="store_true",
                    help="through a LitSession in a session folder (fsynced log line and entropy per frame)")
+    p.add_argument("--zoom", choices=("auto", "off"), default="off",
+                   help="object-centred zoom (the tracker's default is auto; off = the whole frame)")
+    p.add_argument("--tiles", type=int, default=1,
+                   help="frames made of tiles x tiles generated clips (more, smaller nuclei)")
     p.add_argument("--stock", action="store_true", help="also run sam2's stock init_state on the same frames")
     p.add_argument("--out", default="benchmarks/results/propagation_speed.json")
     args = p.parse_args(argv)
-    result = run(args.frames, args.size, args.model, args.threads, args.objects, args.prefetch, args.session)
+    result = run(args.frames, args.size, args.model, args.threads, args.objects, args.prefetch, args.session,
+                 args.zoom, args.tiles)
     result["last_over_first_10pct_time"] = result["frames_per_s_first_10pct"] / result["frames_per_s_last_10pct"]
     if args.stock:
         stock = run_stock(args.frames, args.size, args.model, args.threads, args.objects)

@@ -173,6 +173,11 @@ def test_click_on_a_small_nucleus_in_a_large_frame_gives_a_small_mask(predictor)
         t.close()
     assert jaccard(masks["auto"], gt) > 0.6 and masks["auto"].sum() < 2 * gt.sum()
     assert masks["off"].sum() > 10 * gt.sum()  # without zoom: dozens of nuclei
+    # an answer less stable than click_min_stability gives way to the whole frame's
+    t = Tracker(predictor, frames, zoom_config=ZoomConfig(click_min_stability=0.9))
+    r = t.add_points(0, 1, click, [1])
+    assert r.windows[1] is None and jaccard(r.mask(1), masks["off"]) > 0.99
+    t.close()
 
 
 def test_objects_on_different_frames_both_directions_with_windows(predictor):

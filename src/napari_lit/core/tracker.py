@@ -648,7 +648,9 @@ class Tracker:
                 best = (score, view, win)
             else:
                 view.close()
-        _, view, win = best
+        score, view, win = best
+        if score < cfg.click_min_stability:  # unsure at every scale: the whole frame, as without zoom
+            win = full
         self._order.append(obj_id)
         if win == full:  # the whole frame: with the other objects that see it
             view.close()
