@@ -900,7 +900,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "(default ../shared/train)")
     p.add_argument("--data", choices=DATA_CHOICES, default=RecipeConfig.data,
                    help="real data used: 'all', or 'commercial-ok' (only sequences whose meta.json "
-                        "licence allows commercial use: drops DAVIS and CTC)")
+                        "licence allows commercial use: drops DAVIS, CTC and SegTrack v2)")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
