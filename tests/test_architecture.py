@@ -63,7 +63,8 @@ PUBLIC_MODULES = [
     "napari_lit.io.readers", "napari_lit.io.dataset",
     "napari_lit.bench.metrics", "napari_lit.bench.runner", "napari_lit.bench.report",
     "napari_lit.bench.correction_report",
-    "napari_lit.training.synthetic", "napari_lit.training.recipe", "napari_lit.cli",
+    "napari_lit.training.synthetic", "napari_lit.training.recipe", "napari_lit.training.real",
+    "napari_lit.training.masked", "napari_lit.training.motion", "napari_lit.cli",
 ]
 
 

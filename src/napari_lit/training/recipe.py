@@ -15,6 +15,9 @@ goes through stages:
 4. ``track-hard``: fast motion and more events.
 
 Tracking stages keep mixing in single-frame batches so segmentation is not forgotten.
+The ``real`` schedule cuts a share of each batch's clips from real training sequences
+(``--train-data``, :mod:`napari_lit.training.real`); pairs of frame and object that nobody
+annotated there are left out of the loss and of the prompts (:mod:`napari_lit.training.masked`).
 The model, the prompt sampling and the loss all come from the ``sam2`` package
 (``training.model.sam2.SAM2Train``, ``training.loss_fns.MultiStepMultiMasksAndIous``, with
 the loss weights of sam2's published fine-tuning config). It runs on CPU; ``--device cuda``
@@ -36,9 +39,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .real import DATA_CHOICES, REAL_SHARE
 from .synthetic import MotionLevel, draw_kind, generate_clip
 
-__all__ = ["Stage", "STAGES", "RecipeConfig", "make_batch", "train", "validate", "export_weights", "main"]
+__all__ = ["Stage", "STAGES", "RecipeConfig", "make_batch", "mixed_batch", "step_batch", "train", "validate",
+           "export_weights", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,9 @@ class Stage:
     kinds : tuple of (str, float), optional
         Scene kinds and their relative weights (see
         :func:`napari_lit.training.synthetic.draw_kind`); the generator's defaults when None.
+    real : float
+        Probability that a clip of a batch is cut from real training data
+        (:mod:`napari_lit.training.real`, ``RecipeConfig.train_data``) instead of generated.
     """
 
     name: str
@@ -78,6 +86,7 @@ class Stage:
     image_batches: float = 0.0
     max_objects: int = 3
     kinds: Optional[Tuple[Tuple[str, float], ...]] = None
+    real: float = 0.0
 
 
 STAGES = (
@@ -109,14 +118,16 @@ PHOTO_KINDS = (("photo", 0.25), ("parts", 0.15), ("natural", 0.05), ("tissue", 0
                ("zstack", 0.1), ("nuclei", 0.08), ("phase", 0.1))
 
 
-def _continuation(kinds) -> Tuple[Stage, ...]:
+def _continuation(kinds, real: float = 0.0) -> Tuple[Stage, ...]:
     """Stages that continue a trained model on a scene mix: 5 % single-frame steps, then 6-
-    and 8-frame clips with faster motion and some size change."""
+    and 8-frame clips with faster motion and some size change; ``real``: the share of clips
+    cut from real data (single-frame batches included)."""
     return (
-        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=kinds),
-        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2, kinds=kinds),
+        Stage("image", 0.05, 1, 4, MotionLevel(0.0, 0.0, 0.0), max_objects=6, kinds=kinds, real=real),
+        Stage("track", 0.50, 6, 2, MotionLevel(3.0, 0.02, 0.8, change=0.01), image_batches=0.2, kinds=kinds,
+              real=real),
         Stage("track-hard", 1.00, 8, 2, MotionLevel(4.0, 0.03, 1.0, change=0.02), image_batches=0.15,
-              kinds=kinds),
+              kinds=kinds, real=real),
     )
 
 
@@ -153,7 +164,9 @@ LONG_STAGES = (
 #: falls back to repeating the last mask. ``em`` is ``parts`` with the :data:`EM_KINDS` mix,
 #: ``photo`` with the :data:`PHOTO_KINDS` mix. ``precision`` (:data:`PRECISION_STAGES`)
 #: continues a trained model where it copies a still object's mask imprecisely; ``long``
-#: (:data:`LONG_STAGES`) continues it on longer clips.
+#: (:data:`LONG_STAGES`) continues it on longer clips. ``real`` is ``parts`` with
+#: ``real.REAL_SHARE`` (60 %) of the clips (tracking and single-frame) cut from the real training
+#: data of ``RecipeConfig.train_data`` (:mod:`napari_lit.training.real`).
 SCHEDULES = {
     "default": STAGES,
     "change": (
@@ -166,6 +179,7 @@ SCHEDULES = {
     "photo": _continuation(PHOTO_KINDS),
     "precision": PRECISION_STAGES,
     "long": LONG_STAGES,
+    "real": _continuation(PARTS_KINDS, real=REAL_SHARE),
 }
 
 
@@ -173,7 +187,9 @@ SCHEDULES = {
 #: The ``val_mix_*`` choices: ``val_mix`` and the tracking J on clips of one more scene kind,
 #: weighted 3:1.
 MIX_EXTRA_KIND = {"val_mix_em": "em", "val_mix_photo": "photo"}
-SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", *MIX_EXTRA_KIND)
+#: ``val_real_mix``: the mean of ``val_mix`` and ``val_real_track_j`` (held-back real clips,
+#: :func:`napari_lit.training.real.validate_real`).
+SELECT_CHOICES = ("val_track_j", "val_both", "val_mix", *MIX_EXTRA_KIND, "val_real_mix")
 
 
 @dataclass
@@ -221,7 +237,14 @@ class RecipeConfig:
         and large size change) or ``val_mix`` (the mean of those two and
         ``val_parts_track_j``, clips of the ``parts`` scene kind only) or ``val_mix_em``
         (the mean of those three and ``val_em_track_j``, clips of the ``em`` kind only) or
-        ``val_mix_photo`` (likewise with ``val_photo_track_j``, clips of the ``photo`` kind).
+        ``val_mix_photo`` (likewise with ``val_photo_track_j``, clips of the ``photo`` kind) or
+        ``val_real_mix`` (the mean of ``val_mix`` and ``val_real_track_j``, tracking J on clips
+        held back from ``train_data``).
+    train_data : str, optional
+        Folder of real training sequences (``shared/train``), for the ``real`` schedule and
+        ``val_real_mix``.
+    data : {"all", "commercial-ok"}
+        Which real sequences may be used (:func:`napari_lit.training.real.select_data`).
     """
 
     steps: int = 12000
@@ -248,6 +271,8 @@ class RecipeConfig:
     clips_scale: int = 1
     schedule: str = "default"
     select: str = "val_track_j"
+    train_data: Optional[str] = None
+    data: str = "all"
 
 
 def stage_at(step: int, total: int, stages: Sequence[Stage] = STAGES, skip_image: bool = False) -> Stage:
@@ -338,41 +363,109 @@ def make_batch(rng: np.random.Generator, n_frames: int, clips: int, motion: Moti
         ``masks`` (T, O, size, size) bool for the O objects chosen (1..max_objects per
         clip, each visible on frame 0).
     """
-    import torch
-    from training.utils.data_utils import Frame, Object, VideoDatapoint, collate_fn
+    from training.utils.data_utils import collate_fn
 
     videos = []
     while len(videos) < clips:
-        kind = None if kinds is None else draw_kind(rng, dict(kinds))
-        clip = generate_clip(rng, n_frames, size, kind=kind, motion=motion)
-        obj_ids = _pick_objects(clip.labels, rng, max_objects)
-        if not obj_ids:
-            continue
-        img = (clip.frames.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        img = torch.from_numpy(img).permute(0, 3, 1, 2).contiguous()
-        frames = [
-            Frame(
-                data=img[t],
-                objects=[Object(k, t, torch.from_numpy(clip.labels[t] == k)) for k in obj_ids],
-            )
-            for t in range(n_frames)
-        ]
-        videos.append(VideoDatapoint(frames=frames, video_id=len(videos), size=(size, size)))
+        video = _generated_video(rng, n_frames, motion, max_objects, size, kinds, len(videos))
+        if video is not None:
+            videos.append(video)
     return collate_fn(videos, dict_key="synthetic")
+
+
+def _generated_video(rng, n_frames: int, motion: MotionLevel, max_objects: int, size: int, kinds, video_id: int):
+    """One generated clip as sam2's ``VideoDatapoint`` (None when no object qualifies)."""
+    import torch
+    from training.utils.data_utils import Frame, Object, VideoDatapoint
+
+    kind = None if kinds is None else draw_kind(rng, dict(kinds))
+    clip = generate_clip(rng, n_frames, size, kind=kind, motion=motion)
+    obj_ids = _pick_objects(clip.labels, rng, max_objects)
+    if not obj_ids:
+        return None
+    img = (clip.frames.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    img = torch.from_numpy(img).permute(0, 3, 1, 2).contiguous()
+    frames = [
+        Frame(
+            data=img[t],
+            objects=[Object(k, t, torch.from_numpy(clip.labels[t] == k)) for k in obj_ids],
+        )
+        for t in range(n_frames)
+    ]
+    return VideoDatapoint(frames=frames, video_id=video_id, size=(size, size))
+
+
+def mixed_batch(rng: np.random.Generator, real_data, real_share: float, n_frames: int, clips: int,
+                motion: MotionLevel, max_objects: int = 3, size: int = 256, kinds=None):
+    """A batch whose clips are cut from real data with probability ``real_share``, else generated.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Every choice (real or generated, and each clip) comes from it.
+    real_data : napari_lit.training.real.RealData
+    real_share : float
+        In [0, 1].
+    n_frames, clips, motion, max_objects, size, kinds
+        As for :func:`make_batch`.
+
+    Returns
+    -------
+    napari_lit.training.masked.MaskedVideoBatch
+        :func:`make_batch`'s layout plus ``valid`` (T, O): False for the (frame, object)
+        pairs of real clips that nobody annotated (generated clips are valid everywhere).
+
+    Raises
+    ------
+    ValueError
+        If ``real_share`` is outside [0, 1].
+    """
+    from .masked import collate_masked
+
+    if not 0.0 <= real_share <= 1.0:
+        raise ValueError(f"real_share must be in [0, 1], got {real_share}")
+    videos, valid = [], []
+    while len(videos) < clips:
+        if rng.random() < real_share:
+            video, ok = real_data.sample_clip(rng, n_frames, size, max_objects)
+            video.video_id = len(videos)
+        else:
+            video = _generated_video(rng, n_frames, motion, max_objects, size, kinds, len(videos))
+            if video is None:
+                continue
+            ok = np.ones((n_frames, len(video.frames[0].objects)), bool)
+        videos.append(video)
+        valid.append(ok)
+    return collate_masked(videos, valid, dict_key="mixed")
 
 
 def step_batch(cfg: RecipeConfig, step: int, stages: Optional[Sequence[Stage]] = None):
     """The training batch of optimiser step ``step``: generated from ``cfg.seed`` and
     ``step`` alone (not from earlier steps), so it is the same in any worker process and
-    after a resume. ``stages`` default to ``SCHEDULES[cfg.schedule]``."""
+    after a resume (for stages with real clips, also from the files of ``cfg.train_data``,
+    which are only read). ``stages`` default to ``SCHEDULES[cfg.schedule]``.
+
+    Raises
+    ------
+    ValueError
+        If the stage has real clips and ``cfg.train_data`` is None.
+    """
     stages = SCHEDULES[cfg.schedule] if stages is None else stages
     stage = stage_at(step, cfg.steps, stages, skip_image=cfg.skip_image_stage)
     rng = np.random.default_rng([cfg.seed, 7, step])
     if stage.n_frames > 1 and rng.random() < stage.image_batches:
-        return make_batch(rng, 1, STAGES[0].clips * cfg.clips_scale, stage.motion,
-                          STAGES[0].max_objects, cfg.image_size, stage.kinds)
-    return make_batch(rng, stage.n_frames, stage.clips * cfg.clips_scale, stage.motion,
-                      stage.max_objects, cfg.image_size, stage.kinds)
+        shape = (1, STAGES[0].clips * cfg.clips_scale, stage.motion, STAGES[0].max_objects)
+    else:
+        shape = (stage.n_frames, stage.clips * cfg.clips_scale, stage.motion, stage.max_objects)
+    if stage.real > 0:
+        from .real import real_data
+
+        if cfg.train_data is None:
+            raise ValueError(f"stage {stage.name!r} cuts {stage.real:.0%} of its clips from real data: "
+                             f"set train_data (--train-data) to the training data folder")
+        return mixed_batch(rng, real_data(cfg.train_data, cfg.data), stage.real, *shape, size=cfg.image_size,
+                           kinds=stage.kinds)
+    return make_batch(rng, *shape, cfg.image_size, stage.kinds)
 
 
 class _StepBatches:
@@ -487,12 +580,14 @@ def _validation_set_kw(args):
 def validate(model, batches) -> Dict[str, float]:
     """Mean J of mask-prompted tracking on frames 1..T-1, beside the static baseline.
 
-    ``model`` is a ``SAM2Train``; ``batches`` come from :func:`validation_set`.
+    ``model`` is a ``SAM2Train``; ``batches`` come from :func:`validation_set` (or
+    :func:`napari_lit.training.real.real_validation_set`: a batch with a ``valid`` flag per
+    frame and object is scored on its valid pairs only).
 
     The model tracks from the ground-truth mask of frame 0 (sam2's evaluation mode); the
     static baseline repeats that mask on every frame. Also reports single-frame J from two
     clicks (one at the object's centre, one at the centre of the remaining error), which
-    shows whether prompt-to-mask is learned.
+    shows whether prompt-to-mask is learned. A mean over no pair is NaN.
     """
     import torch
 
@@ -506,13 +601,18 @@ def validate(model, batches) -> Dict[str, float]:
         with torch.inference_mode():
             for batch in batches:
                 gt = batch.masks.numpy()
+                valid = getattr(batch, "valid", None)
+                valid = np.ones(gt.shape[:2], bool) if valid is None else valid.cpu().numpy()
                 batch = batch.to(device)
                 outs = model(batch)
                 for t in range(1, len(outs)):
                     pred = (outs[t]["pred_masks_high_res"][:, 0] > 0).cpu().numpy()
                     for o in range(gt.shape[1]):
-                        j_track.append(_frame_j(pred[o], gt[t, o]))
-                        j_static.append(_frame_j(gt[0, o], gt[t, o]))
+                        if valid[t, o]:
+                            j_track.append(_frame_j(pred[o], gt[t, o]))
+                            j_static.append(_frame_j(gt[0, o], gt[t, o]))
+                if not valid[1].all():  # clicks are drawn from every object's mask
+                    continue
                 out = model(_single_frame(batch, 1))[0]  # one frame: SAM2Train clicks
                 pred = (out["pred_masks_high_res"][:, 0] > 0).cpu().numpy()
                 for o in range(gt.shape[1]):
@@ -520,11 +620,10 @@ def validate(model, batches) -> Dict[str, float]:
     finally:
         model.num_correction_pt_per_frame = n_corr
         model.train(was_training)
-    return {
-        "val_track_j": float(np.mean(j_track)),
-        "val_static_j": float(np.mean(j_static)),
-        "val_click2_j": float(np.mean(j_click)),
-    }
+    def mean(values):
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"val_track_j": mean(j_track), "val_static_j": mean(j_static), "val_click2_j": mean(j_click)}
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -579,7 +678,16 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     ------
     dict
         ``step``, ``stage``, ``lr``, losses, ``sec_per_step``; validation records also carry
-        ``val_track_j``, ``val_static_j`` and ``val_click2_j``.
+        ``val_track_j``, ``val_static_j`` and ``val_click2_j``, and with real data
+        (``real`` schedule or ``val_real_mix``) ``val_real_track_j`` and its groups'
+        ``val_real_<group>_track_j`` (:func:`napari_lit.training.real.validate_real`).
+
+    Raises
+    ------
+    ValueError
+        If ``schedule``, ``select`` or ``data`` is unknown, or no real sequence is usable.
+    FileNotFoundError
+        If real data are needed and the ``train_data`` folder does not exist.
     """
     import torch
 
@@ -594,6 +702,8 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.select not in SELECT_CHOICES:
         raise ValueError(f"select must be one of {SELECT_CHOICES}, got {cfg.select!r}")
+    if cfg.data not in DATA_CHOICES:
+        raise ValueError(f"data must be one of {DATA_CHOICES}, got {cfg.data!r}")
     state = None
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -601,9 +711,20 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         saved.steps = max(saved.steps, cfg.steps)
         saved.threads, saved.data_workers = cfg.threads, cfg.data_workers  # batches unchanged
         cfg = saved
+    uses_real = any(stage.real > 0 for stage in SCHEDULES[cfg.schedule]) or cfg.select == "val_real_mix"
+    if uses_real:
+        from .real import DEFAULT_TRAIN_DATA, real_data
+
+        folder = Path(cfg.train_data if cfg.train_data is not None else DEFAULT_TRAIN_DATA)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"schedule {cfg.schedule!r} with select {cfg.select!r} reads real training "
+                                    f"data, but the folder {folder} (--train-data) does not exist")
+        cfg.train_data = str(folder.resolve())
+        real_data(cfg.train_data, cfg.data)  # fails now, not in a data worker, if nothing is usable
     torch.set_num_threads(cfg.threads)
     model = build_train_model(config_path, device, cfg.correction_points)
     loss_fn = make_loss(cfg.loss_mask, cfg.loss_dice)
+    from .masked import allowed_prompt_frames, masked_loss, prompt_frames_within
     # memory modules get no weight decay: during single-frame stages they receive no
     # gradient, and decay alone wiped the mask information out of the memory encoder
     memory = [p for n, p in model.named_parameters() if n.startswith(MEMORY_PREFIXES)]
@@ -631,7 +752,7 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     extra = MIX_EXTRA_KIND.get(cfg.select)  # val_mix plus one scene kind's own clips
     val_args = [{}, {"motion": CHANGE_MOTION}]
-    if cfg.select in ("val_mix", *MIX_EXTRA_KIND):
+    if cfg.select in ("val_mix", *MIX_EXTRA_KIND, "val_real_mix"):
         val_args.append({"kinds": (("parts", 1.0),)})
     if extra:
         val_args.append({"kinds": ((extra, 1.0),)})
@@ -649,6 +770,12 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
     val_batches, change_batches = sets[0], sets[1]
     parts_batches = sets[2] if len(sets) > 2 else None
     extra_batches = sets[3] if extra else None
+    real_batches = None
+    if uses_real:
+        from .real import real_validation_set
+
+        real_batches = real_validation_set(cfg.train_data, cfg.data, cfg.seed, cfg.val_clips, cfg.image_size,
+                                           cfg.max_objects)
     stages = SCHEDULES[cfg.schedule]
     loader = torch.utils.data.DataLoader(
         _StepBatches(cfg, stages), batch_size=None, sampler=range(step, cfg.steps),
@@ -669,6 +796,12 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             val.update({k.replace("val_", f"val_{extra}_"): v
                         for k, v in validate(model, extra_batches).items()})
             val[cfg.select] = (3 * val["val_mix"] + val[f"val_{extra}_track_j"]) / 4
+        if real_batches is not None:
+            from .real import validate_real
+
+            val.update(validate_real(model, real_batches, validate))
+            if "val_mix" in val:
+                val["val_real_mix"] = 0.5 * (val["val_mix"] + val["val_real_track_j"])
         return val
     log = open(run_dir / "log.jsonl", "a")
     t_start = time.time()
@@ -696,8 +829,10 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(step, cfg)
-            outs = model(batch)
-            losses = loss_fn(outs, batch.masks)
+            valid = getattr(batch, "valid", None)  # real clips: (frame, object) pairs with ground truth
+            with prompt_frames_within(model, allowed_prompt_frames(valid)):
+                outs = model(batch)
+            losses = masked_loss(loss_fn, outs, batch.masks, valid)
             total = losses["core_loss"]
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -756,9 +891,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="stage schedule ('change': fast motion and large size change last; "
                         "'parts': multi-part objects on cluttered backgrounds, from trained weights; "
                         "'em': the parts mix with serial-section EM neuropil and more CT; "
-                        "'photo': the parts mix with objects cut out of photographs)")
+                        "'photo': the parts mix with objects cut out of photographs; "
+                        "'real': the parts mix with 60 %% of the clips cut from real data, --train-data)")
     p.add_argument("--select", choices=SELECT_CHOICES, default=RecipeConfig.select,
-                   help="what best.pt maximises")
+                   help="what best.pt maximises ('val_real_mix': generated and held-back real clips)")
+    p.add_argument("--train-data", default=None, metavar="PATH",
+                   help="folder of real training sequences for the 'real' schedule and val_real_mix "
+                        "(default ../shared/train)")
+    p.add_argument("--data", choices=DATA_CHOICES, default=RecipeConfig.data,
+                   help="real data used: 'all', or 'commercial-ok' (only sequences whose meta.json "
+                        "licence allows commercial use: drops DAVIS, CTC and SegTrack v2)")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
@@ -774,7 +916,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        val_every=args.val_every, skip_image_stage=args.skip_image_stage,
                        reinit_memory=args.reinit_memory, schedule=args.schedule,
                        select=args.select, warmup=args.warmup, data_workers=args.data_workers,
-                       clips_scale=args.clips_scale)
+                       clips_scale=args.clips_scale, train_data=args.train_data, data=args.data)
     for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
                      max_minutes=args.max_minutes):
         logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
