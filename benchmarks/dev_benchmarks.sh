@@ -3,7 +3,7 @@
 # Results go to benchmarks/results/; then benchmarks/benchmarks_doc.py writes the Markdown.
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
-#   bash benchmarks/dev_benchmarks.sh tracking   # propagate vs static only
+#   bash benchmarks/dev_benchmarks.sh tracking   # propagate (zoom on and off) vs static and flow
 #   (also: corrections, auto, ablation, same-machine, uncertainty, speed, batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +14,14 @@ mkdir -p "$OUT"
 what=${1:-all}
 
 if [ "$what" = all ] || [ "$what" = tracking ]; then
+  # the model (object-centred zoom on, the default) beside its peers: repeat the first mask
+  # (static) and warp it by DIS optical flow (flow); with --init click the peers start from
+  # the model's answer to the click. --zoom off: the whole frame, as before issue 23.
   for init in mask click; do
     $BENCH "$DATA" --method static --init $init --json $OUT/static-$init.json --quiet
+    $BENCH "$DATA" --method flow --init $init --json $OUT/flow-$init.json --quiet
     $BENCH "$DATA" --method propagate --init $init --json $OUT/propagate-$init.json --quiet
+    $BENCH "$DATA" --method propagate --init $init --zoom off --json $OUT/propagate-$init-zoomoff.json --quiet
   done
   # all objects of a sequence tracked together, as in the widget (masked entropy with a class per object)
   $BENCH "$DATA" --method propagate --init mask --joint --json $OUT/propagate-mask-joint.json --quiet
@@ -89,6 +94,13 @@ if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/adaptation_speed.py --out $OUT/adaptation_speed.json
   # issue 6: 2000 frames of 1024 x 1024 uint16, and sam2's stock init_state on the same frames
   .venv/bin/python benchmarks/propagation_speed.py --frames 2000 --size 1024 --stock --out $OUT/long_stack_2000x1024.json
+  # issue 23: what the object-centred zoom costs (1, 8, 32 objects on 1024 x 1024), and the 2000 frames with it
+  mkdir -p $OUT/zoom_speed
+  for n in 1 8 32; do for zoom in off auto; do
+    .venv/bin/python benchmarks/propagation_speed.py --frames 100 --size 1024 --tiles 2 --objects $n --zoom $zoom \
+      --out $OUT/zoom_speed/$zoom-$n.json
+  done; done
+  .venv/bin/python benchmarks/propagation_speed.py --frames 2000 --size 1024 --zoom auto --out $OUT/long_stack_2000x1024_zoom.json
 fi
 if [ "$what" = all ] || [ "$what" = batch ]; then
   # issue 8: 16 stacks on a dask LocalCluster with 1 and 2 workers
