@@ -510,3 +510,24 @@ def test_multiscale_layer_reads_model_inputs_from_the_nearest_level(make_napari_
     big_gt = np.kron(gt[:n], np.ones((1, 2, 2), gt.dtype))
     ious = [_iou(s.store.read_frame(t) == obj, big_gt[t] == obj) for t in range(n)]
     assert np.mean(ious) > 0.5, ious
+
+
+def test_prompt_points_are_sized_to_the_image(make_napari_viewer, qtbot, tmp_path):
+    """Issue 25, item 6: on an 1100 px wide image a click is drawn 1.2 % of the longer side
+    (13 px), not 7 px (a dot at the default zoom); small images keep 7 px."""
+    from napari_lit._widgets._sessions import marker_size
+
+    assert marker_size((3, 256, 256)) == 7.0 and marker_size((3, 700, 1100)) == 13.0
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:700, :1100]
+    image = np.stack([((yy - 350) ** 2 + (xx - 500 - 10 * t) ** 2 < 30 ** 2) * 3000 + 500 for t in range(3)])
+    viewer.add_image(image.astype(np.uint16), name="large")
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    viewer.window.add_dock_widget(widget, name="LIT segmentation")
+    widget.image_combo.setCurrentText("large")
+    widget.start()
+    _wait(qtbot, widget)
+    widget.points_layer.add([0, 350, 500])
+    _wait(qtbot, widget)
+    assert widget.points_layer.size[-1] >= 13
+    widget.close_session()

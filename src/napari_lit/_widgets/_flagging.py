@@ -43,7 +43,8 @@ class FlagMixin:
             self._hint = (frame, obj_id, hint)
             if self.hint_layer is None or self.hint_layer not in self.viewer.layers:
                 self.hint_layer = self.viewer.add_points(
-                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star", size=18,
+                    coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star",
+                    size=2.5 * self.points_layer.current_size,
                     face_color="yellow", border_color="black", scale=self._session_scale,
                     translate=self._session_translate)
             else:

@@ -20,6 +20,13 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 
 
+def marker_size(frame_shape, share: float = 0.012, least: float = 7.0) -> float:
+    """Size of prompt points, in image pixels: ``share`` of the frame's longer side, at least
+    ``least`` px, so that a click can be seen at napari's default zoom on a large image (7 px
+    on an 1100 px frame is a dot a few screen pixels wide)."""
+    return float(max(least, round(share * max(int(v) for v in frame_shape[-2:]))))
+
+
 def default_session_dir() -> Path:
     """Where the widget keeps session folders unless told otherwise: ``$NAPARI_LIT_SESSIONS``
     or ``~/napari-lit/sessions`` (created on first use)."""
@@ -253,7 +260,8 @@ class SessionMixin:
         self.labels_layer.selected_label = 1
         self.labels_layer.events.paint.connect(self._on_paint)
         self.points_layer = self.viewer.add_points(
-            np.empty((0, view.ndim)), name=f"{name} LIT prompts", ndim=view.ndim, size=7,
+            np.empty((0, view.ndim)), name=f"{name} LIT prompts", ndim=view.ndim,
+            size=marker_size(session.store.array.shape),
             features={"positive": np.array([], bool), "obj_id": np.array([], int)},
             face_color=POSITIVE_COLOR, border_color="white", scale=self._session_scale,
             translate=self._session_translate,
