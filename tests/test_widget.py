@@ -473,6 +473,9 @@ def test_one_propagation_at_a_time_and_a_clean_stop_mid_run(loop, qtbot, how):
         assert widget.session is None and not s._closed  # the frame in progress finishes first
         qtbot.waitUntil(lambda: s._closed, timeout=60_000)
         assert "error" not in widget.status_label.text().lower()
+        if how == "remove the image layer":  # why it closed outlives the worker's end
+            qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+            assert "session closed" in widget.status_label.text() and "Open session" in widget.status_label.text()
     assert worker.abort_requested and len(written) < len(gt)
     logged = sorted(SessionFolder.open(s.folder.path).logged_frames())
     assert logged == list(s.store.frames_done)
@@ -531,3 +534,21 @@ def test_prompt_points_are_sized_to_the_image(make_napari_viewer, qtbot, tmp_pat
     _wait(qtbot, widget)
     assert widget.points_layer.size[-1] >= 13
     widget.close_session()
+
+
+def test_removing_the_image_layer_says_the_session_was_closed_and_saved(loop, qtbot):
+    """Issue 25, item 5: removing the session's image layer closes the session with a message
+    that says where it is saved and how to reopen it (not a stale status line)."""
+    viewer, widget, gt = loop
+    obj = _click_object(widget, qtbot, gt)
+    folder = widget.session.folder.path
+    image = widget._session_image
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: widget.session is None, timeout=30_000)
+    text = widget.status_label.text()
+    assert "session closed" in text and repr(image.name) in text and str(folder) in text, text
+    assert "Open session" in text
+    # what it says is saved is there: the clicked frame's labels in the folder's store
+    import zarr
+
+    assert (np.asarray(zarr.open_array(str(Path(folder) / "labels.zarr"), mode="r")[0]) == obj).any()

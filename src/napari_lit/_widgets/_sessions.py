@@ -308,5 +308,15 @@ class SessionMixin:
     def _on_layer_removed(self, event):
         layer = event.value
         if self.session is not None and (layer is self.labels_layer or layer is self._session_image):
+            folder = getattr(getattr(self.session, "folder", None), "path", None)
             self.close_session()
+            what = "image" if layer is self._session_image else "labels"
+            saved = (f"everything is saved in {folder}: reopen it with Open session... (or napari's File > Open "
+                     f"on that folder)" if folder is not None else "its labels stay in their store")
+            message = f"session closed: its {what} layer {layer.name!r} was removed; {saved}"
+            self._closed_reason = message  # the status line keeps it until a session starts
+            self._status(message)
+            from napari.utils.notifications import show_info
+
+            show_info(f"napari-lit: {message}")
         self._refresh_image_choices()

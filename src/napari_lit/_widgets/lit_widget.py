@@ -117,6 +117,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self._session_scale: Tuple[float, ...] = ()  # scale and translate of the one-slice session layers
         self._session_translate: Tuple[float, ...] = ()
         self._closing: List = []  # sessions closed while their worker finishes a frame
+        self._closed_reason: Optional[str] = None  # why the last session closed, shown until the next
         self._shut_down = False  # napari closed (shutdown() ran)
         self._main_window = lambda: None  # weak reference to napari's main window, once known
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
@@ -603,9 +604,10 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                   on_yield=lambda r: self._refresh_labels(r.frame_idx), on_done=done)
 
     def _update_status(self):
-        if self.session is None:
-            self._status("no session")
+        if self.session is None:  # why the last session closed, if it was not the user's doing
+            self._status(self._closed_reason or "no session")
             return
+        self._closed_reason = None
         s = self.session
         last = f"{s.last_train_ms / 1000:.2f} s" if s.last_train_ms is not None else "–"
         if s.last_train_fit is not None:  # how well the adapter now reproduces that correction
