@@ -74,7 +74,7 @@ class ZoomConfig:
         2x), and the most stable answer is kept (:func:`stability_score`).
     click_min_stability : float
         If the most stable of those answers is less stable than this, the whole frame
-        answers the click instead (0, the default: never).
+        answers the click instead (0, the default: only when no window found the object).
     frame_share : float
         A window at least this share of ``sqrt(Y * X)`` becomes the whole frame.
     margin : float
