@@ -23,7 +23,6 @@ from . import _sam2
 from ._sam2 import NO_OBJ_SCORE, init_inference_state
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
-from ._sam2 import frame_low_res_masks as sam2_low_res
 from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
                    stability_score, whole_frame)
 
@@ -123,6 +122,17 @@ class FrameResult:
 
 
 _AUTO = object()  # "choose the window" (the default of the prompt methods' ``window``)
+
+
+def _resized(masks, size) -> np.ndarray:
+    """The first of sam2's (O, 1, h, w) logits resized bilinearly, as sam2 resizes its
+    outputs, to ``size`` (H, W): an (H, W) float32 array."""
+    import torch.nn.functional as F
+
+    m = masks[:1].float()
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+    return m[0, 0].cpu().numpy()
 
 
 class _WindowFrames:
@@ -381,15 +391,11 @@ class Tracker:
             Resized bilinearly as sam2 resizes its outputs, into the window;
             ``NO_OBJ_SCORE`` (-1024) outside it.
         """
-        import torch.nn.functional as F
-
         if window is None:
-            logits = F.interpolate(low_res_logits.float(), size=self.frame_shape, mode="bilinear", align_corners=False)
-            return logits[0, 0].cpu().numpy()
+            return _resized(low_res_logits, self.frame_shape)
         y0, x0, y1, x1 = check_window(window, self.frame_shape)
         out = np.full(self.frame_shape, NO_OBJ_SCORE, np.float32)
-        region = F.interpolate(low_res_logits.float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-        out[y0:y1, x0:x1] = region[0, 0].cpu().numpy()
+        out[y0:y1, x0:x1] = _resized(low_res_logits, (y1 - y0, x1 - x0))
         return out
 
     # ------------------------------------------------------------------ properties
@@ -484,8 +490,6 @@ class Tracker:
         ``(view, obj_ids, masks)`` with sam2's masks at the view's video resolution (the
         frame for the whole-frame view, the decoder's for a window); views not listed give
         what sam2 holds for the frame."""
-        import torch.nn.functional as F
-
         frame_idx = int(frame_idx)
         ids = list(self._order)
         given = self._given(frame_idx)
@@ -502,19 +506,15 @@ class Tracker:
         for view, obj_ids, masks in outputs:
             for k, oid in enumerate(obj_ids):
                 row = ids.index(int(oid))
-                m = masks[k:k + 1].float()
                 if not view.windowed:
-                    if tuple(m.shape[-2:]) != self.frame_shape:
-                        m = F.interpolate(m, size=self.frame_shape, mode="bilinear", align_corners=False)
-                    logits[row] = m[0, 0].cpu().numpy()
+                    logits[row] = _resized(masks[k:k + 1], self.frame_shape)
                     windows[int(oid)] = None
                     continue
                 win = view.windows.get(frame_idx)
                 if win is None:  # nothing of this object on this frame
                     continue
                 y0, x0, y1, x1 = win
-                region = F.interpolate(m, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
-                region = region.cpu().numpy()
+                region = _resized(masks[k:k + 1], (y1 - y0, x1 - x0))
                 logits[row, y0:y1, x0:x1] = region
                 box = mask_box(region > 0)
                 view.boxes[frame_idx] = None if box is None else (box[0] + y0, box[1] + x0, box[2] + y0, box[3] + x0)
@@ -606,13 +606,11 @@ class Tracker:
         out = apply(view, win)
         return self._merge(frame_idx, [(view, out[1], out[2])])
 
-    def _region(self, masks, window: Window) -> np.ndarray:
+    @staticmethod
+    def _region(masks, window: Window) -> np.ndarray:
         """sam2's (1, 1, h, w) logits of a windowed view as (wy, wx) logits over the window."""
-        import torch.nn.functional as F
-
         y0, x0, y1, x1 = window
-        return F.interpolate(masks[:1].float(), size=(y1 - y0, x1 - x0), mode="bilinear",
-                             align_corners=False)[0, 0].cpu().numpy()
+        return _resized(masks, (y1 - y0, x1 - x0))
 
     def _click_new(self, frame_idx: int, obj_id: int, apply, positive: np.ndarray) -> FrameResult:
         """A new object's first clicks, with zoom: the scale is unknown, so the model answers
@@ -658,7 +656,7 @@ class Tracker:
             out = apply(view, None)
         else:
             self._views.append(view)
-            out = (frame_idx, view.obj_ids, sam2_low_res(self.predictor, view.state, frame_idx))
+            out = (frame_idx, view.obj_ids, _sam2.frame_low_res_masks(self.predictor, view.state, frame_idx))
         self._view_of[obj_id] = view
         return self._merge(frame_idx, [(view, out[1], out[2])])
 
@@ -722,10 +720,11 @@ class Tracker:
                 kwargs["normalize_coords"] = False
             return self.predictor.add_new_points_or_box(view.state, frame_idx, obj_id, **kwargs)
 
+        positive = pts[lab == 1] if (lab == 1).any() else pts
+
         def proposal(view, current):
             cfg, size = self.zoom_config, self.predictor.image_size
             if current is None:
-                positive = pts[lab == 1] if (lab == 1).any() else pts
                 return click_window(positive, self.frame_shape, size, cfg)
             pbox = (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()) + 1,
                     float(pts[:, 1].max()) + 1)
@@ -736,7 +735,6 @@ class Tracker:
                 pbox = (min(pbox[0], box[0]), min(pbox[1], box[1]), max(pbox[2], box[2]), max(pbox[3], box[3]))
             return fit_window(pbox, self.frame_shape, size, cfg)
 
-        positive = pts[lab == 1] if (lab == 1).any() else pts
         return self._prompt(frame_idx, obj_id, apply, proposal, window, refit=positive)
 
     def add_box(self, frame_idx: int, obj_id: int, box, points=None, labels=None, window=_AUTO) -> FrameResult:
