@@ -69,6 +69,98 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
 
 
+class _ModelLoad:
+    """Loading one model for the widget: the worker calls :meth:`load`; the rest runs on
+    the GUI thread.
+
+    A checkpoint not yet in the cache downloads in the worker through a
+    :class:`~napari_lit.models.DownloadProgress`, which a GUI timer copies into napari's
+    activity dock and the widget's bar (no Qt object is touched from the worker); Cancel
+    stops the download within one chunk. A load that fails says in the status line, a
+    notification and a dialog which file to place where (with its SHA-256), with a Retry
+    button."""
+
+    def __init__(self, widget, model: str, config, device: str, retry):
+        from ..models import DownloadProgress, needs_download
+
+        self.widget, self.model, self.config, self.device, self.retry = widget, model, config, device, retry
+        self.download = DownloadProgress() if needs_download(model) else None
+        self.bar = None
+        self.timer = None
+        if self.download is not None:  # a SAM2.1 checkpoint: show the download in napari's activity
+            from napari.utils import progress
+            from qtpy.QtCore import QTimer
+
+            self.bar = progress(total=0, desc=f"downloading {model}")
+            self.timer = QTimer(widget)
+            self.timer.setInterval(100)
+            self.timer.timeout.connect(self._show_progress)
+            self.timer.start()
+
+    def load(self):
+        """Generator for the worker: yields once the model is loaded; returns the predictor."""
+        from ..models import load_predictor
+
+        if self.download is not None:
+            yield f"downloading {self.model}"
+        predictor = load_predictor(self.model, config=self.config, device=self.device,
+                                   progress=self.download if self.download is not None else False)
+        if self.download is not None:
+            self.download.close()
+        yield "model loaded"
+        return predictor
+
+    def _show_progress(self):
+        download, bar = self.download, self.bar
+        if bar is not None:
+            if download.total and bar.total != download.total:
+                bar.total = download.total
+            if download.n > bar.n:
+                bar.update(download.n - bar.n)
+        fraction = download.fraction()
+        progress_bar = self.widget.progress_bar
+        if fraction is not None:
+            progress_bar.setRange(0, 1000)
+            progress_bar.setValue(int(1000 * fraction))
+            self.widget._status(f"downloading {self.model}: {download.n / 1e6:.0f} of {download.total / 1e6:.0f} MB")
+        if download.closed or download.cancelled:
+            self._stop()
+
+    def finish(self):
+        """The worker is done (loaded, failed or cancelled): the last progress is shown and the
+        activity bar closed."""
+        if self.timer is not None:
+            self._show_progress()
+        self._stop()
+
+    def _stop(self):
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if self.bar is not None:
+            bar, self.bar = self.bar, None
+            bar.close()
+
+    def cancel(self):
+        """Called when the user cancels: the download stops at its next chunk."""
+        if self.download is not None:
+            self.download.cancel()
+
+    def failed(self, exc: BaseException):
+        """The load failed: say so in the status line and a notification, and for a missing
+        or wrong checkpoint open a dialog with the file, where to place it and its SHA-256."""
+        from ..models import DownloadCancelled, ModelUnavailableError
+
+        self.finish()
+        widget = self.widget
+        if isinstance(exc, DownloadCancelled):
+            widget._status(str(exc))
+            return
+        widget._show_error(exc)
+        if isinstance(exc, ModelUnavailableError) and exc.spec is not None and exc.target is not None:
+            widget._show_model_dialog(exc, self.retry)
+
+
 class SessionMixin:
     """Session start, open, install and close for the LIT widget."""
 
@@ -117,23 +209,12 @@ class SessionMixin:
         zoom = "auto" if self.zoom_check.isChecked() else "off"
         result = {}
 
+        loading = self._model_loader(model, config, device)
+
         def load():
             from ..core.session import LitSession
-            from ..models import load_predictor, needs_download
 
-            bar = None
-            if needs_download(model):  # a SAM2.1 checkpoint: show the download in napari's activity
-                from napari.utils import progress
-
-                bar = progress(total=0, desc=f"downloading {model}")
-                yield f"downloading {model}"
-            try:
-                predictor = load_predictor(model, config=config, device=device,
-                                           progress=bar if bar is not None else False)
-            finally:
-                if bar is not None:
-                    bar.close()
-            yield "model loaded"
+            predictor = yield from loading.load()
             frames = _model_frames(layer, view, stack, predictor.image_size)
             full = dict(label_shape=_label_shape(layer), frame_axis=view.axis, fixed=view.fixed) if view.fixed else {}
             session = LitSession.create_in(folder, predictor, frames, learn=learn, adapter_config=adapter_config, **full,
@@ -145,12 +226,14 @@ class SessionMixin:
             yield "session ready"
 
         def done():
+            loading.finish()
             if "session" in result:
                 self._install_session(result["session"], layer, view)
 
         if self.session is not None:
             self.close_session()
-        self._run(f"loading {model}", load, total=2, on_done=done)
+        self._run(f"loading {model}", load, total=2, on_done=done, on_error=loading.failed,
+                  on_cancel=loading.cancel)
 
     def open_session(self, folder=None):
         """Resume the session folder ``folder`` (a folder dialog when None) on the selected
@@ -195,18 +278,18 @@ class SessionMixin:
         config = self.config_edit.text() or None
         device = self.device_combo.currentText()
         result = {}
+        loading = self._model_loader(model, config, device, retry=lambda: self.open_session(folder))
 
         def load():
             from ..core.session import LitSession
-            from ..models import load_predictor
 
-            predictor = load_predictor(model, config=config, device=device, progress=False)
-            yield "model loaded"
+            predictor = yield from loading.load()
             result["session"] = LitSession.resume(folder, predictor,
                                                   _model_frames(layer, view, stack, predictor.image_size))
             yield "session resumed"
 
         def done():
+            loading.finish()
             if "session" in result:  # the open session is closed only now: a failed resume keeps it
                 if self.session is not None:
                     self.close_session()
@@ -217,7 +300,39 @@ class SessionMixin:
                 self._show_prompts(session)
                 self._refresh_labels(self.current_frame, force=True)
 
-        self._run(f"resuming {folder.name}", load, total=2, on_done=done)
+        self._run(f"resuming {folder.name}", load, total=2, on_done=done, on_error=loading.failed,
+                  on_cancel=loading.cancel)
+
+    def _model_loader(self, model: str, config, device: str, retry=None) -> "_ModelLoad":
+        """A model load for a worker, with its download shown and cancellable here."""
+        return _ModelLoad(self, model, config, device, retry=retry or self.start)
+
+    def _show_model_dialog(self, exc, retry):
+        """A non-blocking dialog for a checkpoint that cannot be loaded: what to download
+        from where, where to place it, its SHA-256; Retry starts the load again."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QMessageBox
+
+        spec, target = exc.spec, exc.target
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Warning)
+        box.setWindowTitle(f"napari-lit: {spec.name} is not available")
+        box.setText(f"{spec.name} could not be loaded.\n\nDownload {spec.filename} from\n{spec.url}\n"
+                    f"and place it at\n{target}\nthen press Retry.")
+        box.setInformativeText(f"SHA-256 (checked on load): {spec.sha256}")
+        box.setDetailedText(str(exc))
+        box.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the path can be selected and copied
+        box.setStandardButtons(QMessageBox.Retry | QMessageBox.Close)
+        box.setDefaultButton(QMessageBox.Close)
+
+        def chosen(button):
+            if box.standardButton(button) == QMessageBox.Retry:
+                retry()
+
+        box.buttonClicked.connect(chosen)
+        box.setModal(False)
+        self.model_dialog = box
+        box.show()
 
     def _show_prompts(self, session):
         """Put a resumed session's clicks in the prompts layer (without prompting again)."""

@@ -82,6 +82,26 @@ SHORTCUTS = {
     "Escape": "cancel",
 }
 
+class _WorkerFailed(Exception):
+    """Carries an error out of a thread worker. superqt treats a ``RuntimeError`` raised
+    by a generator as "the worker was deleted": it only warns and never emits ``errored``
+    or ``finished``, so the widget would stay busy for good (torch and our model errors
+    are RuntimeErrors)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _guarded(gen_func: Callable):
+    """Run generator function ``gen_func`` (values sent in pass through), re-raising any
+    exception as :class:`_WorkerFailed`."""
+    try:
+        return (yield from gen_func())
+    except Exception as exc:
+        raise _WorkerFailed(exc) from exc
+
+
 class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
     """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
 
@@ -123,6 +143,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self._suggestion: Optional[Tuple[int, int, np.ndarray]] = None
         self.worker = None
         self._running_name: Optional[str] = None  # what the worker does ("propagating forward")
+        self._running_opts: Optional[dict] = None  # its callbacks (see _run)
+        self.model_dialog = None  # the last "model not available" dialog
         self._queue: Deque[Tuple[str, Callable, dict]] = deque()
         self._pending: Dict[Tuple[int, int], bool] = {}  # corrected (frame, obj) -> learned
         self._last_auto: List[Tuple[int, int]] = []  # (frame, obj) the adapter fixed in the last propagation
@@ -331,9 +353,15 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         return self.worker is not None
 
     def _run(self, name: str, gen_func: Callable, total: int = 0, on_yield: Optional[Callable] = None,
-             on_done: Optional[Callable] = None):
-        """Run ``gen_func()`` (a generator function) in a thread worker, or queue it."""
+             on_done: Optional[Callable] = None, on_error: Optional[Callable] = None,
+             on_cancel: Optional[Callable] = None):
+        """Run ``gen_func()`` (a generator function) in a thread worker, or queue it.
+
+        ``on_error(exc)`` replaces the default error message; ``on_cancel()`` is called
+        (on the GUI thread) when the user cancels while this call runs, for work that does
+        not yield often (a download)."""
         self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done,
+                                                 on_error=on_error, on_cancel=on_cancel,
                                                  session=self.session)))
         if self.worker is None:
             self._next()
@@ -347,9 +375,11 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             self.update_review()  # now: the plot rescales (no model call competes for the cores)
             return
         name, gen_func, opts = self._queue.popleft()
-        worker = create_worker(gen_func, _start_thread=False)
+        # errors are ours to show (errored below); napari would also re-raise them on the GUI thread
+        worker = create_worker(_guarded, gen_func, _start_thread=False, _ignore_errors=True)
         self.worker = worker
         self._running_name = name
+        self._running_opts = opts
         self.progress_bar.setRange(0, opts["total"] or 0)
         self.progress_bar.setValue(0)
         count = {"n": 0, "failed": False}
@@ -358,7 +388,11 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             if self._shut_down:
                 return
             count["failed"] = True
-            self._show_error(exc)
+            exc = exc.error if isinstance(exc, _WorkerFailed) else exc
+            if opts["on_error"] is not None:
+                opts["on_error"](exc)
+            else:
+                self._show_error(exc)
 
         def current():  # the session it was started for is still the widget's
             return self.session is opts["session"]
@@ -382,6 +416,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             if not count["failed"]:  # an error stays in the status line
                 self._update_status()
             self.worker = None
+            self._running_opts = None
             self._next()
 
         worker.yielded.connect(yielded)
@@ -395,6 +430,9 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         are dropped. What was written stays."""
         self._queue.clear()
         if self.worker is not None:
+            on_cancel = (self._running_opts or {}).get("on_cancel")
+            if on_cancel is not None:
+                on_cancel()
             self.worker.quit()
 
     # ------------------------------------------------------------ prompts

@@ -3,6 +3,8 @@
 from .catalogue import (
     DEFAULT_MODEL,
     MODELS,
+    DownloadCancelled,
+    DownloadProgress,
     ModelSpec,
     ModelUnavailableError,
     load_predictor,
@@ -14,6 +16,8 @@ from .catalogue import (
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
+    "DownloadCancelled",
+    "DownloadProgress",
     "ModelSpec",
     "ModelUnavailableError",
     "load_predictor",

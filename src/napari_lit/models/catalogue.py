@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -23,6 +24,8 @@ __all__ = [
     "LIT_TINY_CONFIG",
     "LIT_TINY_WEIGHTS",
     "ModelUnavailableError",
+    "DownloadCancelled",
+    "DownloadProgress",
     "cache_dir",
     "resolve_model",
     "resolve_device",
@@ -113,7 +116,78 @@ MODELS: Dict[str, ModelSpec] = {
 
 
 class ModelUnavailableError(RuntimeError):
-    """A model's weights cannot be found, downloaded or verified."""
+    """A model's weights cannot be found, downloaded or verified.
+
+    Attributes
+    ----------
+    spec : ModelSpec or None
+        The catalogue entry that could not be loaded (None for a custom checkpoint).
+    target : Path or None
+        Where its checkpoint must be placed by hand (the cache file), when that helps.
+    """
+
+    def __init__(self, message: str, spec: Optional["ModelSpec"] = None, target: Optional[Path] = None):
+        super().__init__(message)
+        self.spec = spec
+        self.target = target
+
+
+class DownloadCancelled(ModelUnavailableError):
+    """The user cancelled a checkpoint download; no partial file was kept."""
+
+
+class DownloadProgress:
+    """Progress of one download, safe to read and cancel from another thread.
+
+    Pass it as ``progress`` to :func:`resolve_model` or :func:`load_predictor`: the
+    download (in a worker thread) sets :attr:`total` and adds to :attr:`n`; the GUI
+    thread reads them on a timer (no Qt object is touched from the worker) and calls
+    :meth:`cancel`, after which the next chunk raises :class:`DownloadCancelled`.
+
+    Attributes
+    ----------
+    total : int
+        Size of the file in bytes (0 until the server says).
+    n : int
+        Bytes received so far.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self.total = 0
+        self.n = 0
+        self.closed = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled.is_set()
+
+    def cancel(self):
+        """Stop the download at its next chunk (pooch streams 64 KiB at a time)."""
+        self._cancelled.set()
+
+    def __bool__(self):  # pooch tests the bar's truth value
+        return True
+
+    def update(self, n_bytes: int):
+        if self._cancelled.is_set():
+            raise DownloadCancelled("download cancelled")
+        with self._lock:
+            self.n += int(n_bytes)
+
+    def reset(self):
+        with self._lock:
+            self.n = 0
+
+    def close(self):
+        self.closed = True
+
+    def fraction(self) -> Optional[float]:
+        """Share of the file received, in [0, 1]; None while the size is unknown."""
+        with self._lock:
+            return min(self.n / self.total, 1.0) if self.total else None
 
 
 def cache_dir() -> Path:
@@ -173,25 +247,30 @@ def _download(spec: ModelSpec, directory: Path, progress) -> Path:
             raise ModelUnavailableError(
                 f"{target} has SHA-256 {digest}, but {spec.name} must have {spec.sha256}. "
                 f"Delete it and let napari-lit download it again, or place the correct file "
-                f"from {spec.url} at {target}."
+                f"from {spec.url} at {target}.", spec, target
             )
         return target
     directory.mkdir(parents=True, exist_ok=True)
+    bar = progress if isinstance(progress, bool) else _BarForPooch(progress)
+    # 64 KiB chunks: a cancel (DownloadProgress) takes effect within one chunk; pooch
+    # writes to a temporary file and moves it into place only once the hash matches
+    downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=1 << 16, timeout=30)
     try:
-        path = pooch.retrieve(
-            spec.url, known_hash=f"sha256:{spec.sha256}", fname=spec.filename,
-            path=directory, progressbar=progress if isinstance(progress, bool) else _BarForPooch(progress),
-        )
+        path = pooch.retrieve(spec.url, known_hash=f"sha256:{spec.sha256}", fname=spec.filename,
+                              path=directory, downloader=downloader)
+    except DownloadCancelled as exc:
+        raise DownloadCancelled(f"download of {spec.name} cancelled; nothing was kept in {directory}",
+                                spec, target) from exc
     except ValueError as exc:  # pooch's hash mismatch
         raise ModelUnavailableError(
             f"the file downloaded from {spec.url} does not have the expected SHA-256 "
-            f"{spec.sha256} ({exc}). Place the correct {spec.filename} at {target}."
+            f"{spec.sha256} ({exc}). Place the correct {spec.filename} at {target}.", spec, target
         ) from exc
     except Exception as exc:  # no network, proxy, HTTP error ...
         raise ModelUnavailableError(
             f"cannot download {spec.name} from {spec.url} ({exc.__class__.__name__}: {exc}). "
             f"Without network access, download {spec.filename} on another machine and place "
-            f"it at {target}."
+            f"it at {target} (SHA-256 {spec.sha256}).", spec, target
         ) from exc
     return Path(path)
 
@@ -212,7 +291,8 @@ def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] 
     progress : bool or tqdm-like object
         Show a download progress bar on stderr (True), none (False), or drive this bar
         (anything with ``total``, ``update(n_bytes)``, ``reset()`` and ``close()``, such as
-        ``napari.utils.progress``; pooch sets ``total`` to the file size in bytes).
+        ``napari.utils.progress``; pooch sets ``total`` to the file size in bytes). A
+        :class:`DownloadProgress` also lets another thread cancel the download.
     directory : str or Path, optional
         Cache directory; :func:`cache_dir` by default.
 
@@ -224,7 +304,9 @@ def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] 
     ------
     ModelUnavailableError
         Unknown name, missing custom file or config, failed download or hash mismatch;
-        the message says which file to place where.
+        the message says which file to place where (and ``exc.spec``, ``exc.target`` too).
+    DownloadCancelled
+        ``progress`` is a :class:`DownloadProgress` that was cancelled mid-download.
     """
     spec = MODELS.get(name)
     if spec is None:
@@ -258,8 +340,8 @@ def resolve_model(name: str = DEFAULT_MODEL, config: Optional[Union[str, Path]] 
     target = directory / spec.filename
     if not download and not target.exists():
         raise ModelUnavailableError(
-            f"{spec.name} is not downloaded yet: place {spec.filename} (from {spec.url}) at {target}"
-        )
+            f"{spec.name} is not downloaded yet: place {spec.filename} (from {spec.url}) at {target}",
+            spec, target)
     return spec.config, _download(spec, directory, progress)
 
 
