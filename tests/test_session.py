@@ -54,12 +54,64 @@ def test_correction_learn_accept_undo(session):
     assert adapted is not None and adapted.shape == labels.shape[1:]
     s.accept(5, obj, labels[5] == obj)
     assert len(s.corrections) == 2
-    s.undo_last_correction()  # the accept
-    undone = s.undo_last_correction()  # the correction on frame 4
+    s.undo()  # the accept
+    undone = s.undo()  # the correction on frame 4
     assert undone.frame_idx == 4
     assert np.array_equal(s.store.read_frame(4), before)
     assert not s.adapter.has_adapter(obj) and s.n_learned == 0
-    assert s.undo_last_correction() is None
+    # the first prompt is an edit too: undoing it removes the object and its labels everywhere
+    first = s.undo()
+    assert first.kind == "prompt" and first.frame_idx == 0
+    assert obj not in s.tracker.obj_ids and not s.prompts
+    assert all(not (s.store.read_frame(f) == obj).any() for f in range(len(labels)))
+    assert np.isnan(s.uncertainty(obj)).all()
+    assert s.undo() is None
+
+
+def test_undo_redo_of_first_prompts_and_removed_prompts(session):
+    """Issue 25 item 2: a wrong first click can be taken back; a deleted prompt predicts its
+    frame again from the object's memory, or removes an object left with no prompt."""
+    s, labels = session
+    ids = np.bincount(labels[0].ravel())[1:].argsort()[::-1] + 1
+    a, b = int(ids[0]), int(ids[1])
+    ys, xs = np.nonzero(labels[0] == a)
+    s.add_points(0, a, [[ys.mean(), xs.mean()]], [1])
+    s.add_mask(0, b, labels[0] == b)
+    clicked = s.store.read_frame(0).copy()
+    list(s.propagate(direction="forward"))
+    tracked = [s.store.read_frame(f).copy() for f in range(len(labels))]
+    assert all((t == a).any() and (t == b).any() for t in tracked)
+    # undo b's mask (its only prompt): b is gone from every frame, a is untouched
+    c = s.undo()
+    assert (c.kind, c.obj_id) == ("prompt", b) and s.tracker.obj_ids == (a,)
+    for f in range(len(labels)):
+        now = s.store.read_frame(f)
+        assert not (now == b).any()
+        assert np.array_equal(now == a, tracked[f] == a) or f == 0
+    # redo brings b back with its labels; undo/redo is exact for the prompt frame
+    s.redo()
+    assert s.tracker.obj_ids == (a, b)
+    assert np.array_equal(s.store.read_frame(0), clicked)
+    assert all(np.array_equal(s.store.read_frame(f), tracked[f]) for f in range(1, len(labels)))
+    # a second prompt of a on frame 4, then deleted: frame 4 is predicted again from memory
+    ys, xs = np.nonzero(labels[4] == a)
+    s.add_points(4, a, [[ys.mean(), xs.mean()]], [1])
+    assert s.tracker.prompt_frames(a) == [0, 4]
+    s.remove_prompt(4, a)
+    assert s.tracker.prompt_frames(a) == [0] and (4, a) not in s.prompts
+    again = s.store.read_frame(4) == a
+    iou = (again & (tracked[4] == a)).sum() / (again | (tracked[4] == a)).sum()
+    assert iou > 0.9, iou  # what propagation made of frame 4 (the memory is that of the run)
+    assert s.history[-1].kind == "removal"
+    # deleting a's only prompt removes a; undo gives it (and its labels) back
+    s.remove_prompt(0, a)
+    assert s.tracker.obj_ids == (b,) and all(not (s.store.read_frame(f) == a).any() for f in range(len(labels)))
+    s.undo()
+    assert s.tracker.obj_ids == (b, a) and s.tracker.prompt_frames(a) == [0]
+    assert np.array_equal(s.store.read_frame(0), clicked)
+    assert all(((s.store.read_frame(f) == a) == (tracked[f] == a)).all() for f in range(1, len(labels)) if f != 4)
+    with pytest.raises(ValueError, match="object .* has no prompt on frame 3"):
+        s.remove_prompt(3, a)
 
 
 def test_uncertainty_per_frame_and_next_uncertain_frame(session):
@@ -86,7 +138,7 @@ def test_uncertainty_per_frame_and_next_uncertain_frame(session):
     # a painted correction changes the frame's entropy; undo brings back the old value
     s.add_mask(4, obj, labels[4] == obj)
     assert s.uncertainty(obj)[4] != u[4]
-    s.undo_last_correction()
+    s.undo()
     assert s.uncertainty(obj)[4] == u[4]
 
 

@@ -37,9 +37,9 @@ def worked(predictor, clip, tmp_path):
     list(s.learn_from(3, obj))
     s.add_points(5, obj, [[ys.mean(), xs.mean()]], [1])
     list(s.learn_from(5, obj))
-    assert s.undo_last_correction().frame_idx == 5
+    assert s.undo().frame_idx == 5
     assert s.redo().frame_idx == 5
-    assert s.undo_last_correction().frame_idx == 5
+    assert s.undo().frame_idx == 5
     yield s, folder, frames, labels, obj
     s.close()
 
@@ -95,14 +95,51 @@ def test_resume_gives_back_labels_prompts_adapters_and_undo_redo(worked, predict
         assert c.frame_idx == 5 and 5 in r.tracker.prompt_frames(obj)
         assert np.array_equal(r.store.read_frame(5), c.labels_after)
         # and undo after the resume takes back the correction on frame 3 with its adapter
-        r.undo_last_correction()
-        r.undo_last_correction()
+        r.undo()
+        r.undo()
         assert r.tracker.prompt_frames(obj) == [0] and not r.adapter.has_adapter(obj)
         # a new correction can still learn (its inputs come from the folder if needed)
         r.add_mask(4, obj, labels[4] == obj)
         assert r.pending_learning() == [(4, obj)]
         list(r.learn_from(4, obj))
         assert r.adapter.has_adapter(obj) and r.pending_learning() == []
+    finally:
+        r.close()
+
+
+def test_undone_first_prompts_and_removed_prompts_survive_a_resume(predictor, clip, tmp_path):
+    """Issue 25 item 2: every prompt edit is logged, so a resume agrees with the session."""
+    frames, labels = clip
+    ids = np.bincount(labels[0].ravel())[1:].argsort()[::-1] + 1
+    a, b, wrong = int(ids[0]), int(ids[1]), int(ids[2])
+    folder = tmp_path / "edits.litsession"
+    s = LitSession.create_in(folder, predictor, frames, adapter_config=AdapterConfig(max_steps=3))
+    s.add_mask(0, a, labels[0] == a)
+    s.add_mask(0, wrong, labels[0] == wrong)  # a wrong first click ...
+    s.undo()  # ... taken back: the object is gone
+    s.add_mask(0, b, labels[0] == b)
+    list(s.propagate(direction="forward"))
+    s.add_mask(5, b, labels[5] == b)  # a correction, then its prompt deleted
+    s.remove_prompt(5, b)
+    s.remove_prompt(0, b)  # b's last prompt: b goes, its labels cleared everywhere
+    s.undo()  # b back
+    store = np.asarray(s.store.array[:]).copy()
+    state = (s.tracker.obj_ids, {k: s.tracker.prompt_frames(k) for k in s.tracker.obj_ids},
+             [c.kind for c in s.history], [c.kind for c in s.undone])
+    assert state[0] == (a, b) and state[1] == {a: [0], b: [0]}
+    assert state[2] == ["prompt", "prompt", "correction", "removal"] and state[3] == ["removal"]
+    assert (store == b).any(axis=(1, 2)).all() and not (store == wrong).any()
+    s.close()
+    r = LitSession.resume(folder, predictor, frames)
+    try:
+        assert np.array_equal(np.asarray(r.store.array[:]), store)
+        assert (r.tracker.obj_ids, {k: r.tracker.prompt_frames(k) for k in r.tracker.obj_ids},
+                [c.kind for c in r.history], [c.kind for c in r.undone]) == state
+        # the redo stack after the resume: b's removal again, its labels cleared
+        r.redo()
+        assert r.tracker.obj_ids == (a,) and not (np.asarray(r.store.array[:]) == b).any()
+        r.undo()  # and back (its masks came from the folder's record)
+        assert np.array_equal(np.asarray(r.store.array[:]), store)
     finally:
         r.close()
 

@@ -552,3 +552,64 @@ def test_removing_the_image_layer_says_the_session_was_closed_and_saved(loop, qt
     import zarr
 
     assert (np.asarray(zarr.open_array(str(Path(folder) / "labels.zarr"), mode="r")[0]) == obj).any()
+
+
+def test_wrong_first_click_box_and_deleted_prompts_can_be_taken_back(loop, qtbot):
+    """Issue 25 item 2: U takes back an object's first click (the object goes, with its
+    labels); deleting a click or a box from its layer removes that prompt (the frame is
+    predicted again, an object left with no prompt goes); Shift-U redoes; the session folder
+    logs it all, so a resume agrees."""
+    viewer, widget, gt = loop
+    s = widget.session
+    ids = np.bincount(gt[0].ravel())[1:].argsort()[::-1] + 1
+    a, b = int(ids[0]), int(ids[1])
+    _click_object(widget, qtbot, gt, obj=a)
+    assert (s.store.read_frame(0) == a).any() and len(widget.points_layer.data) == 1
+    widget.undo()  # the object's first click
+    assert a not in s.tracker.obj_ids and not (s.store.read_frame(0) == a).any()
+    assert len(widget.points_layer.data) == 0 and "undone: the prompt of object" in widget.status_label.text()
+    widget.redo()
+    assert a in s.tracker.obj_ids and (s.store.read_frame(0) == a).any() and len(widget.points_layer.data) == 1
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    assert all((s.store.read_frame(f) == a).any() for f in range(len(gt)))
+
+    # a second, wrong click on frame 3 deleted from the layer: frame 3 from memory again
+    tracked3 = s.store.read_frame(3) == a
+    ys, xs = np.nonzero(gt[3] == b)  # on the wrong nucleus
+    widget.labels_layer.selected_label = a
+    widget.points_layer.add([3, ys.mean(), xs.mean()])
+    _wait(qtbot, widget)
+    assert s.tracker.prompt_frames(a) == [0, 3]
+    widget.points_layer.selected_data = {1}
+    widget.points_layer.remove_selected()
+    _wait(qtbot, widget)
+    assert s.tracker.prompt_frames(a) == [0]
+    again = s.store.read_frame(3) == a
+    assert (again & tracked3).sum() / max((again | tracked3).sum(), 1) > 0.9
+
+    # a box for a new object b, deleted: b goes with its labels
+    widget.labels_layer.selected_label = b
+    ys, xs = np.nonzero(gt[0] == b)
+    y0, x0, y1, x1 = ys.min() - 2, xs.min() - 2, ys.max() + 2, xs.max() + 2
+    widget.shapes_layer.add_rectangles(np.array([[0, y0, x0], [0, y0, x1], [0, y1, x1], [0, y1, x0]], float))
+    _wait(qtbot, widget)
+    assert s.prompts[(0, b)]["kind"] == "box" and (s.store.read_frame(0) == b).any()
+    widget.shapes_layer.selected_data = {0}
+    widget.shapes_layer.remove_selected()
+    _wait(qtbot, widget)
+    assert b not in s.tracker.obj_ids and not (s.store.read_frame(0) == b).any()
+    assert "has no prompt left: removed" in widget.status_label.text()
+    widget.undo()  # the box comes back, in its layer too
+    assert s.prompts[(0, b)]["kind"] == "box" and len(widget.shapes_layer.data) == 1
+    labels = np.asarray(s.store.array[:]).copy()
+    kinds = [c.kind for c in s.history]
+    assert kinds == ["prompt", "correction", "removal", "prompt"], kinds  # the box removal was undone
+    folder = s.folder.path
+    widget.close_session()
+    widget.open_session(folder)
+    _wait(qtbot, widget)
+    r = widget.session
+    assert np.array_equal(np.asarray(r.store.array[:]), labels)
+    assert [c.kind for c in r.history] == kinds and r.tracker.obj_ids == (a, b)
+    assert len(widget.points_layer.data) == 1 and len(widget.shapes_layer.data) == 1

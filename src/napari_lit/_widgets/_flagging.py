@@ -14,6 +14,9 @@ import numpy as np
 __all__ = ["FlagMixin"]
 
 
+_EDIT_NAMES = {"correction": "correction", "prompt": "prompt", "removal": "prompt removal"}
+
+
 class FlagMixin:
     """Flag / accept / hint / undo / redo / reset."""
 
@@ -117,25 +120,30 @@ class FlagMixin:
                   on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
 
     def undo(self):
-        """Undo the last correction (labels of that frame and adapter state)."""
+        """Undo the last edit -- a correction, a first click, box or mask, or a deleted
+        prompt: the frame's labels, its prompts (shown in the prompts and boxes layers) and
+        the adapter state come back as they were."""
         if self.session is None or self.busy:
             return
-        c = self.session.undo_last_correction()
+        c = self.session.undo()
         if c is not None:
             self._pending.pop((c.frame_idx, c.obj_id), None)
+            self._show_prompts(self.session)
             self._refresh_labels(c.frame_idx, force=True)
-        self._update_status()
+        self._notify(None if c is None else
+                     f"undone: the {_EDIT_NAMES[c.kind]} of object {c.obj_id} on frame {c.frame_idx} (Shift-U redoes)")
 
     def redo(self):
-        """Redo the last undone correction (its prompt, labels and adapter state)."""
+        """Redo the last undone edit (its prompt, labels and adapter state)."""
         if self.session is None or self.busy:
             return
         c = self.session.redo()
         if c is not None:
-            if not c.learned and self.session.learn:
+            if c.kind == "correction" and not c.learned and self.session.learn:
                 self._pending[(c.frame_idx, c.obj_id)] = False
+            self._show_prompts(self.session)
             self._refresh_labels(c.frame_idx, force=True)
-        self._update_status()
+        self._notify(None if c is None else f"redone: the {_EDIT_NAMES[c.kind]} of object {c.obj_id} on frame {c.frame_idx}")
 
     def reset_adapter(self):
         """Forget what was learned for all objects."""

@@ -335,27 +335,41 @@ class SessionMixin:
         box.show()
 
     def _show_prompts(self, session):
-        """Put a resumed session's clicks in the prompts layer (without prompting again)."""
-        coords, positive, ids = [], [], []
-        for (frame, obj), prompt in sorted(session._prompts.items()):
-            if prompt["kind"] != "points":
-                continue
-            for yx, label in zip(prompt["points"], prompt["labels"]):
-                coords.append(self.view.coords(frame, yx))
-                positive.append(bool(label))
-                ids.append(int(obj))
-        if coords:
-            import pandas as pd
+        """Show the session's clicks and boxes in the prompts and boxes layers (after a resume,
+        an undo or a redo), without prompting sam2 again."""
+        import pandas as pd
 
-            # not a user's click: the layer's data event must not prompt sam2 again
-            self.points_layer.events.data.disconnect(self._on_points)
-            try:
-                self.points_layer.data = np.asarray(coords)
-            finally:
-                self.points_layer.events.data.connect(self._on_points)
-            self.points_layer.features = pd.DataFrame({"positive": positive, "obj_id": ids})
-            self.points_layer.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in positive]
-            self._set_click_defaults(positive=not self.negative_mode)
+        coords, positive, ids, boxes, box_ids = [], [], [], [], []
+        for (frame, obj), prompt in sorted(session.prompts.items()):
+            if prompt["kind"] == "points":
+                for yx, label in zip(prompt["points"], prompt["labels"]):
+                    coords.append(self.view.coords(frame, yx))
+                    positive.append(bool(label))
+                    ids.append(int(obj))
+            elif prompt["kind"] == "box":
+                y0, x0, y1, x1 = prompt["box"]
+                boxes.append(np.asarray([self.view.coords(frame, yx) for yx in
+                                         ((y0, x0), (y0, x1), (y1, x1), (y1, x0))], float))
+                box_ids.append(int(obj))
+        # not a user's click: the layers' data events must not prompt sam2 again
+        self.points_layer.events.data.disconnect(self._on_points)
+        try:
+            self.points_layer.data = np.asarray(coords).reshape(-1, self.view.ndim)
+            self.points_layer.features = pd.DataFrame({"positive": np.asarray(positive, bool),
+                                                       "obj_id": np.asarray(ids, int)})
+            if coords:
+                self.points_layer.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in positive]
+        finally:
+            self.points_layer.events.data.connect(self._on_points)
+        self.shapes_layer.events.data.disconnect(self._on_shapes)
+        try:
+            self.shapes_layer.data = []
+            if boxes:
+                self.shapes_layer.add_rectangles(boxes)
+            self.shapes_layer.features = pd.DataFrame({"obj_id": np.asarray(box_ids, int)})
+        finally:
+            self.shapes_layer.events.data.connect(self._on_shapes)
+        self._set_click_defaults(positive=not self.negative_mode)
 
     def _install_session(self, session, image_layer, view):
         self.session = session
@@ -387,7 +401,9 @@ class SessionMixin:
         self.labels_layer.events.selected_label.connect(self._sync_obj)
         self.shapes_layer = self.viewer.add_shapes(ndim=view.ndim, name=f"{name} LIT boxes", edge_color="yellow",
                                                    face_color="transparent", scale=self._session_scale,
-                                                   translate=self._session_translate)
+                                                   translate=self._session_translate,
+                                                   features={"obj_id": np.array([], int)})
+        self.shapes_layer.feature_defaults["obj_id"] = self.obj_id
         self.shapes_layer.events.data.connect(self._on_shapes)
         self.viewer.layers.selection.active = self.points_layer
         self.points_layer.mode = "add"

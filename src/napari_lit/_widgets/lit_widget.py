@@ -145,6 +145,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self._running_name: Optional[str] = None  # what the worker does ("propagating forward")
         self._running_opts: Optional[dict] = None  # its callbacks (see _run)
         self.model_dialog = None  # the last "model not available" dialog
+        self._notice: Optional[str] = None  # what the status line says first until the next action
         self._queue: Deque[Tuple[str, Callable, dict]] = deque()
         self._pending: Dict[Tuple[int, int], bool] = {}  # corrected (frame, obj) -> learned
         self._last_auto: List[Tuple[int, int]] = []  # (frame, obj) the adapter fixed in the last propagation
@@ -359,7 +360,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
 
         ``on_error(exc)`` replaces the default error message; ``on_cancel()`` is called
         (on the GUI thread) when the user cancels while this call runs, for work that does
-        not yield often (a download)."""
+        not yield often (a download). A new call is a new action: the last notice goes."""
+        self._notice = None
         self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done,
                                                  on_error=on_error, on_cancel=on_cancel,
                                                  session=self.session)))
@@ -474,6 +476,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         layer.feature_defaults["positive"] = bool(positive)
         layer.feature_defaults["obj_id"] = self.obj_id
         layer.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+        if self.shapes_layer is not None:
+            self.shapes_layer.feature_defaults["obj_id"] = self.obj_id
 
     def _set_negative(self, negative: bool):
         self.negative_mode = bool(negative)
@@ -492,7 +496,20 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
     def _on_points(self, event):
         from napari.layers.base._base_constants import ActionType
 
-        if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
+        action = getattr(event, "action", None)
+        if self.session is None:
+            return
+        if action == ActionType.REMOVING:  # which (frame, object) prompts lose a click
+            data, feats = np.asarray(self.points_layer.data), self.points_layer.features
+            indices = [int(i) % len(data) for i in event.data_indices]
+            self._losing_clicks = {(int(self.view.frame(data[i])), int(feats["obj_id"].iloc[i])) for i in indices}
+            return
+        if action == ActionType.REMOVED:
+            for frame, obj_id in sorted(getattr(self, "_losing_clicks", set())):
+                self._prompt_frame(frame, obj_id, removed=True)
+            self._losing_clicks = set()
+            return
+        if action != ActionType.ADDED:
             return
         data = np.asarray(self.points_layer.data)
         indices = [int(i) % len(data) for i in event.data_indices]  # napari may say -1: the last
@@ -523,11 +540,16 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         yx = np.clip(self.view.yx(data[sel]), 0, [h - 1, w - 1])
         return yx, feats["positive"].to_numpy()[sel].astype(int)
 
-    def _prompt_frame(self, frame: int, obj_id: int):
+    def _prompt_frame(self, frame: int, obj_id: int, removed: bool = False):
+        """Give the object's clicks on ``frame`` to the session; after a click was deleted
+        (``removed``) the remaining ones, or, with none left, the frame's prompt is removed
+        (an object left with no prompt goes, with its labels)."""
         points, labels = self._clicks(frame, obj_id)
-        if not len(points):
-            return
         session = self.session
+        if not len(points):
+            if removed and session.prompts.get((frame, obj_id), {}).get("kind") == "points":
+                self._remove_prompt(frame, obj_id, "click")
+            return
         if session.is_tracked(frame, obj_id) and session.tracker.prompt_frames(obj_id) != [frame]:
             self._pending[(frame, obj_id)] = False
 
@@ -537,10 +559,35 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self._run(f"segmenting object {obj_id} on frame {frame}", prompt, total=1,
                   on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
 
+    def _remove_prompt(self, frame: int, obj_id: int, what: str):
+        session = self.session
+
+        def remove():
+            yield session.remove_prompt(frame, obj_id)
+
+        def done():
+            self._refresh_labels(frame, force=True)
+            if obj_id not in session.tracker.obj_ids:
+                self._notify(f"object {obj_id} has no prompt left: removed, with its labels on every frame "
+                             f"(U undoes)")
+
+        self._run(f"removing the {what} of object {obj_id} on frame {frame}", remove, total=1, on_done=done)
+
     def _on_shapes(self, event):
         from napari.layers.base._base_constants import ActionType
 
-        if self.session is None or getattr(event, "action", None) != ActionType.ADDED:
+        action = getattr(event, "action", None)
+        if self.session is None:
+            return
+        if action == ActionType.REMOVING:  # a deleted box: its prompt goes
+            feats = self.shapes_layer.features
+            for i in event.data_indices:
+                verts = np.asarray(self.shapes_layer.data[int(i)])
+                frame, obj_id = int(self.view.frame(verts[0])), int(feats["obj_id"].iloc[int(i)])
+                if self.session.prompts.get((frame, obj_id), {}).get("kind") == "box":
+                    self._remove_prompt(frame, obj_id, "box")
+            return
+        if action != ActionType.ADDED:
             return
         for i in event.data_indices:
             verts = np.asarray(self.shapes_layer.data[i])
@@ -654,8 +701,15 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         if self._last_auto:
             frames = sorted({f for f, _ in self._last_auto})
             auto = (f" · adapter fixed frames {', '.join(map(str, frames[:8]))}" + (" ..." if len(frames) > 8 else ""))
-        self._status(f"objects {len(s.tracker.obj_ids)} · corrections learned {s.n_learned} · "
+        notice = f"{self._notice} · " if self._notice else ""
+        self._status(f"{notice}objects {len(s.tracker.obj_ids)} · corrections learned {s.n_learned} · "
                      f"last training {last}{auto} · labels: {s.store.path}")
+
+    def _notify(self, text: Optional[str]):
+        """Show ``text`` at the front of the status line until the user's next action (a new
+        model call, accept, reject, another frame) replaces it; None clears it."""
+        self._notice = text
+        self._update_status()
 
     # ------------------------------------------------------------- keys
     def _bind_keys(self):

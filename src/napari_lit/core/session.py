@@ -97,12 +97,17 @@ RESUME_WARMUP = 8
 
 @dataclass
 class Correction:
-    """What undo and redo need to take a correction back and apply it again.
+    """What undo and redo need to take an edit back and apply it again: a correction, an
+    object's first prompt on a frame, or a removed prompt.
 
     Attributes
     ----------
     frame_idx, obj_id : int
         The corrected frame and object.
+    kind : {"correction", "prompt", "removal"}
+        A prompt on a frame that already had a result (a correction, which the adapter learns
+        from); a prompt on a frame without one (e.g. the object's first click); or the removal
+        of the frame's prompt (a deleted point or box).
     labels_before, labels_after : (Y, X) uint32 ndarray
         The frame's labels before the correction, and (once undone) with it.
     adapter_before, adapter_after : dict, str or None
@@ -114,16 +119,21 @@ class Correction:
     learned : bool
         Whether the adapter learned from it.
     prompt, prompt_before : dict or None
-        The prompt it set, and the frame's prompt for the object before it (None when the
-        frame was only tracked).
+        The prompt it set (None for a removal), and the frame's prompt for the object before
+        it (None when the frame was only tracked, or not even that).
     inputs : str or None
         The session folder's file of the frame's decoder inputs, if saved.
+    cleared : dict or None
+        The object's masks on its other frames, kept while it is gone: an edit that leaves an
+        object without any prompt removes it and clears its labels everywhere (frame ->
+        (y0, x0, bool crop, masked entropy)).
     """
 
     frame_idx: int
     obj_id: int
     labels_before: np.ndarray
     adapter_before: object
+    kind: str = "correction"
     learned: bool = False
     entropy_before: Optional[Dict[int, float]] = None
     prompt: Optional[dict] = None
@@ -132,6 +142,7 @@ class Correction:
     adapter_after: object = None
     entropy_after: Optional[Dict[int, float]] = None
     inputs: Optional[str] = None
+    cleared: Optional[Dict[int, tuple]] = None
 
 
 class LitSession:
@@ -180,7 +191,8 @@ class LitSession:
         self.adapter = DecoderAdapter(predictor, adapter_config)
         self.tracker.context.listeners.append(self.adapter.on_decoder_call)
         self.learn = bool(learn)
-        self.corrections: List[Correction] = []
+        #: the edits undo can take back (corrections, first prompts, removed prompts), oldest first
+        self.history: List[Correction] = []
         self.last_train_ms: Optional[float] = None
         #: How well the last finished training reproduced its correction: the best IoU of the
         #: adapted prediction with the corrected mask on that frame (decoder resolution).
@@ -189,13 +201,18 @@ class LitSession:
         self._own_logits_cache = None  # (the recorded decoder inputs, their (Y, X) logits)
         #: (frame, object) pairs where self-applied learning kept the adapted prediction
         self.auto_applied: List[Tuple[int, int]] = []
-        #: corrections taken back by undo, the last one first to redo
+        #: edits taken back by undo, the last one first to redo
         self.undone: List[Correction] = []
         self.folder = folder
         self._prompts: Dict[Tuple[int, int], dict] = {}  # (frame, obj) -> the prompt sam2 has there
         self._example_files: Dict[int, List[List[str]]] = {}  # obj -> [inputs file, target record] learned
         self._replaying = False
         self._closed = False
+
+    @property
+    def corrections(self) -> List[Correction]:
+        """The corrections among the edits (prompts on frames that had a result), oldest first."""
+        return [c for c in self.history if c.kind == "correction"]
 
     # ------------------------------------------------------------ session folder
     @classmethod
@@ -357,33 +374,45 @@ class LitSession:
                 if kind == "prompt":
                     prompt = self._prompt_from_event(e)
                     f, k = int(e["frame"]), int(e["obj"])
-                    if e.get("correction"):
+                    if "before" in e:  # a correction, or (since issue 25) a first prompt
                         before = sf.load_record(e["before"])
-                        self.corrections.append(Correction(
-                            f, k, before["labels"], adapters, prompt=prompt, prompt_before=self._prompts.get((f, k)),
+                        self.history.append(Correction(
+                            f, k, before["labels"], adapters, kind="correction" if e.get("correction") else "prompt",
+                            prompt=prompt, prompt_before=self._prompts.get((f, k)),
                             entropy_before={int(a): float(b) for a, b in e.get("entropy_before", {}).items()},
                             inputs=e.get("inputs")))
                         self.undone.clear()
                     self._apply_prompt(f, k, prompt)
                     if e.get("auto"):
                         self.auto_applied.append((f, k))
+                elif kind == "remove_prompt":
+                    f, k = int(e["frame"]), int(e["obj"])
+                    c = Correction(f, k, sf.load_record(e["before"])["labels"], adapters, kind="removal",
+                                   prompt=None, prompt_before=self._prompts.get((f, k)),
+                                   entropy_before={int(a): float(b) for a, b in e.get("entropy_before", {}).items()},
+                                   cleared=self._load_cleared(e.get("cleared")))
+                    self.history.append(c)
+                    self.undone.clear()
+                    self._set_prompt(f, k, None)
                 elif kind == "learned":
                     adapters = e["adapters"]
-                    for c in reversed(self.corrections):
+                    for c in reversed(self.history):
                         if (c.frame_idx, c.obj_id) == (int(e["frame"]), int(e["obj"])):
                             c.learned = True
                             break
                 elif kind == "undo":
-                    c = self.corrections.pop()
+                    c = self.history.pop()
                     c.adapter_after, adapters = adapters, e.get("adapters")
                     c.labels_after = sf.load_record(e["after"])["labels"]
-                    self._undo_prompt(c)
+                    if e.get("cleared"):
+                        c.cleared = self._load_cleared(e["cleared"])
+                    self._set_prompt(c.frame_idx, c.obj_id, c.prompt_before)
                     self.undone.append(c)
                 elif kind == "redo":
                     c = self.undone.pop()
-                    self._apply_prompt(c.frame_idx, c.obj_id, c.prompt)
+                    self._set_prompt(c.frame_idx, c.obj_id, c.prompt)
                     adapters = e.get("adapters")
-                    self.corrections.append(c)
+                    self.history.append(c)
                 elif kind == "reset_adapter":
                     adapters = e.get("adapters")
         finally:
@@ -427,11 +456,12 @@ class LitSession:
         else:
             event["record"] = sf.save_record(f"{seq:06d}-mask", mask=np.asarray(prompt["mask"], bool))
         if correction is not None:
-            event["correction"] = True
+            if correction.kind == "correction":
+                event["correction"] = True
             event["before"] = sf.save_record(f"{seq:06d}-before", labels=correction.labels_before)
             event["entropy_before"] = {str(k): v for k, v in (correction.entropy_before or {}).items()
                                        if np.isfinite(v)}
-            inputs = self.tracker.decoder_inputs(frame_idx, obj_id)
+            inputs = self.tracker.decoder_inputs(frame_idx, obj_id) if correction.kind == "correction" else None
             if inputs is not None:
                 correction.inputs = event["inputs"] = sf.save_inputs(f"{seq:06d}", inputs)
         if auto:
@@ -540,26 +570,88 @@ class LitSession:
         self._prompts[(int(frame_idx), int(obj_id))] = prompt
         return result
 
-    def _undo_prompt(self, c: Correction) -> None:
-        """sam2 gets back the frame's prompt from before correction ``c`` (or none)."""
-        self.tracker.remove_prompts(c.frame_idx, c.obj_id)
-        self._prompts.pop((c.frame_idx, c.obj_id), None)
-        if c.prompt_before is not None:
-            self._apply_prompt(c.frame_idx, c.obj_id, c.prompt_before)
+    def _set_prompt(self, frame_idx: int, obj_id: int, prompt: Optional[dict]) -> bool:
+        """sam2 gets ``prompt`` for (frame, object), or none (None). An object left without any
+        prompt is removed from the tracker; returns whether that happened."""
+        if obj_id in self.tracker.obj_ids:
+            self.tracker.remove_prompts(frame_idx, obj_id)
+        self._prompts.pop((frame_idx, obj_id), None)
+        if prompt is not None:
+            self._apply_prompt(frame_idx, obj_id, prompt)
+            return False
+        if obj_id in self.tracker.obj_ids and not self.tracker.prompt_frames(obj_id):
+            self.tracker.remove_object(obj_id)
+            return True
+        return False
+
+    def _clear_object(self, obj_id: int, keep_frame: Optional[int] = None) -> Dict[int, tuple]:
+        """Clear ``obj_id`` from every written frame (the frames its masked entropy was
+        recorded for) but ``keep_frame``; returns what was cleared, per frame (y0, x0, bool
+        crop, entropy), for :meth:`_restore_object`."""
+        cleared = {}
+        values = self._entropy.get(int(obj_id))
+        if values is None:
+            return cleared
+        for f in np.flatnonzero(np.isfinite(values)):
+            f = int(f)
+            if f == keep_frame:
+                continue
+            labels = self.store.read_frame(f)
+            mask = labels == obj_id
+            if mask.any():
+                ys, xs = np.nonzero(mask)
+                y0, x0 = int(ys.min()), int(xs.min())
+                cleared[f] = (y0, x0, mask[y0:ys.max() + 1, x0:xs.max() + 1].copy(), float(values[f]))
+                labels[mask] = 0
+                self.store.write_frame(f, labels)
+            values[f] = np.nan
+            self._log("frame", frame=f, entropy={str(k): round(float(v[f]), 6) for k, v in self._entropy.items()
+                                                 if np.isfinite(v[f])})
+        return cleared
+
+    def _restore_object(self, obj_id: int, cleared: Optional[Dict[int, tuple]]) -> None:
+        """Write back what :meth:`_clear_object` cleared (where no other object is now)."""
+        for f, (y0, x0, crop, value) in (cleared or {}).items():
+            labels = self.store.read_frame(f)
+            region = labels[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
+            region[crop & (region == 0)] = obj_id
+            self.store.write_frame(f, labels)
+            self._entropy.setdefault(int(obj_id), np.full(self.n_frames, np.nan, np.float32))[f] = value
+            self._log("frame", frame=int(f), entropy={str(k): round(float(v[f]), 6) for k, v in self._entropy.items()
+                                                      if np.isfinite(v[f])})
+
+    def _save_cleared(self, cleared: Optional[Dict[int, tuple]]) -> Optional[str]:
+        if not cleared or self.folder is None:
+            return None
+        frames = sorted(cleared)
+        arrays = {"frames": np.asarray(frames, np.int64),
+                  "origins": np.asarray([cleared[f][:2] for f in frames], np.int64).reshape(-1, 2),
+                  "entropy": np.asarray([cleared[f][3] for f in frames], np.float64)}
+        for f in frames:
+            arrays[f"crop_{f}"] = cleared[f][2]
+        return self.folder.save_record(f"{self.folder.next_seq():06d}-cleared", **arrays)
+
+    def _load_cleared(self, rel: Optional[str]) -> Optional[Dict[int, tuple]]:
+        if not rel:
+            return None
+        data = self.folder.load_record(rel)
+        return {int(f): (int(o[0]), int(o[1]), data[f"crop_{int(f)}"].astype(bool), float(h))
+                for f, o, h in zip(data["frames"], data["origins"], data["entropy"])}
 
     def _prompt(self, frame_idx: int, obj_id: int, prompt: dict, auto: bool = False) -> FrameResult:
         """Apply a user's (or, ``auto``, self-applied learning's) prompt: a correction when
         the frame was already tracked; written to the store and the session folder."""
         frame_idx, obj_id = int(frame_idx), int(obj_id)
         correction = None
-        if self.is_tracked(frame_idx, obj_id) and not auto:
+        if not auto:  # a user's prompt: undo can take it back
             entropy = {k: float(v[frame_idx]) for k, v in self._entropy.items()}
+            kind = "correction" if self.is_tracked(frame_idx, obj_id) else "prompt"
             correction = Correction(frame_idx, obj_id, self.store.read_frame(frame_idx), self.adapter.snapshot(),
-                                    entropy_before=entropy, prompt=prompt,
+                                    kind=kind, entropy_before=entropy, prompt=prompt,
                                     prompt_before=self._prompts.get((frame_idx, obj_id)))
         result = self._apply_prompt(frame_idx, obj_id, prompt)  # raises on bad input: nothing recorded
         if correction is not None:
-            self.corrections.append(correction)
+            self.history.append(correction)
             self.undone.clear()
         self._log_prompt(frame_idx, obj_id, prompt, correction, auto=auto)
         return self._write(result)
@@ -582,6 +674,43 @@ class LitSession:
     def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
         """Give ``obj_id`` the (Y, X) bool ``mask`` on ``frame_idx`` (a painted correction)."""
         return self._prompt(frame_idx, obj_id, {"kind": "mask", "mask": np.asarray(mask).astype(bool)})
+
+    def remove_prompt(self, frame_idx: int, obj_id: int) -> Optional[FrameResult]:
+        """Take the prompt of ``obj_id`` on ``frame_idx`` away (a deleted click or box), as an
+        edit undo can take back.
+
+        The frame is predicted again from sam2's memory of the object's other prompts and
+        frames, and written; an object left with no prompt at all is removed from the tracker
+        and its labels cleared on every frame (returns None then).
+
+        Raises
+        ------
+        ValueError
+            If the object has no prompt on that frame.
+        """
+        frame_idx, obj_id = int(frame_idx), int(obj_id)
+        if (frame_idx, obj_id) not in self._prompts:
+            raise ValueError(f"object {obj_id} has no prompt on frame {frame_idx} "
+                             f"(its prompts: frames {self.tracker.prompt_frames(obj_id)})")
+        c = Correction(frame_idx, obj_id, self.store.read_frame(frame_idx), self.adapter.snapshot(), kind="removal",
+                       entropy_before={k: float(v[frame_idx]) for k, v in self._entropy.items()},
+                       prompt=None, prompt_before=self._prompts[(frame_idx, obj_id)])
+        removed = self._set_prompt(frame_idx, obj_id, None)
+        result = None
+        if removed:
+            c.cleared = self._clear_object(obj_id)
+        self.history.append(c)
+        self.undone.clear()
+        if self.folder is not None:
+            seq = self.folder.next_seq()
+            before = self.folder.save_record(f"{seq:06d}-before", labels=c.labels_before)
+            self._log("remove_prompt", frame=frame_idx, obj=obj_id, before=before,
+                      entropy_before={str(k): v for k, v in c.entropy_before.items() if np.isfinite(v)},
+                      **({"cleared": self._save_cleared(c.cleared)} if c.cleared else {}))
+        if not removed:  # the frame from the object's memory, as propagation would make it
+            for result in self.tracker.propagate(start_frame=frame_idx, direction="forward", max_frames=1):
+                self._write(result)
+        return result
 
     # -------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "forward",
@@ -748,40 +877,60 @@ class LitSession:
         self._log("frame", frame=int(frame_idx),
                   entropy={str(k): round(float(v), 6) for k, v in (entropy or {}).items() if np.isfinite(v)})
 
-    def undo_last_correction(self) -> Optional[Correction]:
-        """Take back the last correction: its prompt (the frame's earlier prompt comes
-        back), the frame's labels and the adapter state from before it, together. Frames
-        propagated after it keep their labels (propagate again to redo them). Returns the
-        undone correction (see :meth:`redo`), or None if there is none."""
-        if not self.corrections:
+    def undo(self) -> Optional[Correction]:
+        """Take back the last edit -- a correction, a first prompt or a removed prompt: the
+        frame's prompt from before it comes back, with the frame's labels and the adapter
+        state from before it. Frames propagated after it keep their labels (propagate again
+        to redo them), except that an object the undo leaves without any prompt (its first
+        click undone) is removed and its labels cleared on every frame, and an object whose
+        removal is undone gets its labels back. Returns the undone edit (see :meth:`redo`),
+        or None if there is none."""
+        if not self.history:
             return None
-        c = self.corrections.pop()
-        f = c.frame_idx
+        c = self.history.pop()
+        f, k = c.frame_idx, c.obj_id
         c.labels_after = self.store.read_frame(f)
         c.adapter_after = self.adapter.snapshot()
-        c.entropy_after = {k: float(v[f]) for k, v in self._entropy.items()}
-        self._undo_prompt(c)
+        c.entropy_after = {o: float(v[f]) for o, v in self._entropy.items()}
+        removed = self._set_prompt(f, k, c.prompt_before)
+        cleared = None
+        if removed:  # a first prompt undone: the object goes, everywhere
+            c.cleared = self._clear_object(k, keep_frame=f)
+            cleared = self._save_cleared(c.cleared)
+        elif c.kind == "removal":
+            self._restore_object(k, c.cleared)
         self._restore_adapter(c.adapter_before)
         self._set_frame(f, c.labels_before, c.entropy_before)
+        if removed:
+            self._entropy[k][f] = np.nan
         self.undone.append(c)
         if self.folder is not None:
             after = self.folder.save_record(f"{self.folder.next_seq():06d}-after", labels=c.labels_after)
-            self._log("undo", frame=f, obj=c.obj_id, after=after, adapters=self._save_adapters())
+            self._log("undo", frame=f, obj=k, after=after, adapters=self._save_adapters(),
+                      **({"cleared": cleared} if cleared else {}))
         return c
 
+    #: the name before undo covered every prompt
+    undo_last_correction = undo
+
     def redo(self) -> Optional[Correction]:
-        """Apply the last undone correction again: its prompt, the frame's labels and the
-        adapter state it had. Returns it, or None if nothing is undone (a new correction
+        """Apply the last undone edit again: its prompt (or the removal), the frame's labels
+        and the adapter state it had. Returns it, or None if nothing is undone (a new edit
         clears what can be redone)."""
         if not self.undone:
             return None
         c = self.undone.pop()
-        f = c.frame_idx
-        self._apply_prompt(f, c.obj_id, c.prompt)
+        f, k = c.frame_idx, c.obj_id
+        removed = self._set_prompt(f, k, c.prompt)
+        if c.kind == "removal":
+            if removed:
+                self._clear_object(k, keep_frame=f)
+        else:
+            self._restore_object(k, c.cleared)
         self._restore_adapter(c.adapter_after)
         self._set_frame(f, c.labels_after, c.entropy_after)
-        self.corrections.append(c)
-        self._log("redo", frame=f, obj=c.obj_id, adapters=self._save_adapters())
+        self.history.append(c)
+        self._log("redo", frame=f, obj=k, adapters=self._save_adapters())
         return c
 
     def reset_adapter(self, obj_id: Optional[int] = None) -> None:

@@ -860,6 +860,29 @@ class Tracker:
         if view is not None and obj_id in view.state["obj_id_to_idx"]:
             self.predictor.clear_all_prompts_in_frame(view.state, frame_idx, obj_id, need_output=False)
 
+    def remove_object(self, obj_id: int) -> None:
+        """Forget object ``obj_id``: its prompts, its tracking results and sam2's memory of it
+        (a windowed object's own inference state is dropped; in the whole-frame state sam2's
+        ``remove_object`` re-indexes the other objects). The other objects are not changed.
+
+        Raises
+        ------
+        ValueError
+            If ``obj_id`` was never prompted.
+        """
+        obj_id = self._check_obj(obj_id)
+        view = self._view_of.get(obj_id)
+        if view is None:
+            raise ValueError(f"object {obj_id} is not tracked (objects: {list(self._order)})")
+        if view.windowed:
+            self._discard(view)
+        else:
+            self.predictor.remove_object(view.state, obj_id, need_output=False)
+            self._view_of.pop(obj_id, None)
+        self._order.remove(obj_id)
+        for key in [k for k in self._clicks if k[1] == obj_id]:
+            del self._clicks[key]
+
     def reset(self) -> None:
         """Forget all objects, prompts and tracking results (keeps cached frames)."""
         for view in list(self._views):
