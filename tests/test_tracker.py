@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from napari_lit.core import FrameSource, Tracker, _sam2
 
@@ -222,3 +223,32 @@ def test_two_recording_trackers_on_one_predictor_close_in_any_order(predictor, c
     assert b.decoder_inputs(4, obj) is not None
     b.close()
     assert "_run_single_frame_inference" not in vars(predictor)
+
+
+def test_confidence_is_the_decoders_predicted_iou_and_object_score(predictor, clip):
+    """Tracker.confidence reports what SAM's heads said about the kept mask: the largest
+    predicted IoU of the candidates of a click (sam2 keeps that one) and sigmoid(object
+    score logit); a forward hook of our own on the decoder checks the numbers."""
+    frames, labels = clip
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    ys, xs = np.nonzero(labels[0] == obj)
+    seen = []
+    hook = predictor.sam_mask_decoder.register_forward_hook(lambda m, a, out: seen.append(out))
+    t = Tracker(predictor, frames, record_decoder_inputs=True, zoom="off")
+    try:
+        t.add_points(0, obj, [[ys.mean(), xs.mean()]], [1])
+        iou, score = t.confidence(0, obj)
+        ious, logits = seen[-1][1], seen[-1][3]
+        assert iou == pytest.approx(float(ious.max()), abs=1e-6) and ious.shape[-1] == 3  # multimask click
+        assert score == pytest.approx(float(torch.sigmoid(logits.reshape(-1)[0])), abs=1e-6)
+        assert 0 <= iou <= 1.5 and 0 <= score <= 1
+        assert t.confidence(3, obj) is None  # not decoded there yet
+        list(t.propagate(max_frames=4, direction="forward"))
+        assert t.confidence(3, obj) is not None
+    finally:
+        hook.remove()
+        t.close()
+    plain = Tracker(predictor, frames, zoom="off")  # records nothing
+    plain.add_points(0, obj, [[ys.mean(), xs.mean()]], [1])
+    assert plain.confidence(0, obj) is None
+    plain.close()

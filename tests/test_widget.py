@@ -613,3 +613,41 @@ def test_wrong_first_click_box_and_deleted_prompts_can_be_taken_back(loop, qtbot
     assert np.array_equal(np.asarray(r.store.array[:]), labels)
     assert [c.kind for c in r.history] == kinds and r.tracker.obj_ids == (a, b)
     assert len(widget.points_layer.data) == 1 and len(widget.shapes_layer.data) == 1
+
+
+def test_click_shows_the_models_confidence_and_warns_when_it_is_low(loop, qtbot):
+    """Issue 25 item 3: after a click the status line gives the mask decoder's predicted IoU
+    and object score; a click on background that the model itself rates low says so."""
+    from napari_lit.core.tracker import Tracker
+    from napari_lit._widgets.lit_widget import LOW_PREDICTED_IOU
+
+    viewer, widget, gt = loop
+    s = widget.session
+    obj = _click_object(widget, qtbot, gt)
+    text = widget.status_label.text()
+    iou, score = s.tracker.confidence(0, obj)
+    assert text.startswith(f"object {obj} on frame 0: predicted IoU {iou:.2f}, object score {score:.2f}"), text
+    assert "low confidence" not in text and iou >= LOW_PREDICTED_IOU
+    # a background point the model rates low, found with a tracker of its own on the same frames
+    image = np.asarray(viewer.layers[0].data)
+    probe = Tracker(s.tracker.predictor, image, record_decoder_inputs=True, zoom=s.tracker.zoom)
+    rng = np.random.default_rng(1)
+    background = np.argwhere(gt[0] == 0)
+    low = None
+    for k, (y, x) in enumerate(background[rng.choice(len(background), 12, replace=False)]):
+        probe.add_points(0, 50 + k, [[y, x]], [1])
+        got = probe.confidence(0, 50 + k)
+        if got[0] < LOW_PREDICTED_IOU:
+            low = (y, x, got)
+            break
+    probe.close()
+    assert low is not None and image.shape == gt.shape
+    y, x, (probe_iou, _) = low
+    widget.labels_layer.selected_label = 40
+    widget.points_layer.add([0, y, x])
+    _wait(qtbot, widget)
+    text = widget.status_label.text()
+    assert text.startswith("low confidence (predicted IoU below"), text
+    assert s.tracker.confidence(0, 40)[0] == pytest.approx(probe_iou, abs=1e-4)
+    widget.undo()  # and U takes it back
+    assert 40 not in s.tracker.obj_ids

@@ -82,6 +82,11 @@ SHORTCUTS = {
     "Escape": "cancel",
 }
 
+#: below these the status line warns that the model itself doubts a click's mask
+LOW_PREDICTED_IOU = 0.5
+LOW_OBJECT_SCORE = 0.5
+
+
 class _WorkerFailed(Exception):
     """Carries an error out of a thread worker. superqt treats a ``RuntimeError`` raised
     by a generator as "the worker was deleted": it only warns and never emits ``errored``
@@ -557,7 +562,35 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             yield session.add_points(frame, obj_id, points, labels)
 
         self._run(f"segmenting object {obj_id} on frame {frame}", prompt, total=1,
-                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True),
+                  on_done=lambda: self._say_confidence(session, frame, obj_id))
+
+    def _say_confidence(self, session, frame: int, obj_id: int):
+        """After a click or box: the model's own confidence in its mask in the status line,
+        and a warning when it is low (a click on background often makes a large mask the
+        model itself rates poorly)."""
+        if session is not self.session or obj_id not in session.tracker.obj_ids:
+            return
+        got = session.tracker.confidence(frame, obj_id)
+        if got is None:
+            return
+        iou, score = got
+        area = int((session.store.read_frame(frame) == obj_id).sum())
+        text = f"object {obj_id} on frame {frame}: predicted IoU {iou:.2f}, object score {score:.2f}, {area} px"
+        low = []
+        if iou < LOW_PREDICTED_IOU:
+            low.append(f"predicted IoU below {LOW_PREDICTED_IOU}")
+        if score < LOW_OBJECT_SCORE:
+            low.append("the model sees no object there")
+        if area == 0:
+            low.append("the mask is empty")
+        if low:
+            from napari.utils.notifications import show_warning
+
+            text = (f"low confidence ({'; '.join(low)}) -- {text}: check the mask; a negative click (T), "
+                    f"a box or U (undo) fixes a click on background")
+            show_warning(f"napari-lit: {text}")
+        self._notify(text)
 
     def _remove_prompt(self, frame: int, obj_id: int, what: str):
         session = self.session
@@ -599,7 +632,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                 yield session.add_box(frame, obj_id, box)
 
             self._run(f"box for object {obj_id} on frame {frame}", prompt, total=1,
-                      on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
+                      on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True),
+                      on_done=lambda frame=frame, obj_id=obj_id: self._say_confidence(session, frame, obj_id))
 
     def _on_paint(self, event):
         """Painting a frame of the labels layer is a mask correction of the selected object."""

@@ -12,7 +12,7 @@ Tested against sam2 1.1.0 (``tests/test_sam2_contract.py``).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Tuple
 from unittest import mock
 
 __all__ = ["SUPPORTED_SAM2", "NO_OBJ_SCORE", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
@@ -313,6 +313,10 @@ class ObjectContext:
         self._mem_hook = memory_attention.register_forward_pre_hook(self._memory_pre_hook, with_kwargs=True)
         _contexts_of(predictor).append(self)
         self._hook = self._decoder.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        self._out_hook = self._decoder.register_forward_hook(self._post_hook)
+        self._current_state = None
+        #: (id(state), frame, obj) -> (predicted IoU, object score logit) of the latest decoder call
+        self._confidence: "OrderedDict[tuple, Tuple[float, float]]" = OrderedDict()
 
     def add_state(self, state: dict, windows: Optional[dict] = None) -> None:
         """Also watch ``state``; ``windows`` (frame -> window, read when a frame is recorded)
@@ -325,6 +329,8 @@ class ObjectContext:
         for k, s in enumerate(self.states):
             if s is state:
                 del self.states[k], self._windows[k]
+                for key in [key for key in self._confidence if key[0] == id(state)]:
+                    del self._confidence[key]
                 return
 
     @property
@@ -349,6 +355,7 @@ class ObjectContext:
         tracking = point_inputs is None and mask_inputs is None and not is_init
         self.current = (int(frame_idx), obj_id, tracking)
         self._current_windows = self._windows[which]
+        self._current_state = inference_state
 
     def _memory_pre_hook(self, module, args, kwargs):
         """Keep the memory attention's inputs of the frame in progress; they join the
@@ -386,6 +393,24 @@ class ObjectContext:
                 self._bytes -= dropped.nbytes()
         return None
 
+    def _post_hook(self, module, args, output):
+        """Note the decoder's own confidence in the mask sam2 keeps: the highest predicted IoU
+        of its candidates (sam2 keeps that one) and the object score logit."""
+        if self.current is None or self.current[1] is None or not isinstance(output, tuple) or len(output) < 4:
+            return None
+        iou_pred, object_score_logits = output[1], output[3]
+        key = (id(self._current_state), self.current[0], self.current[1])
+        self._confidence.pop(key, None)
+        self._confidence[key] = (float(iou_pred.detach().max()), float(object_score_logits.detach().reshape(-1)[0]))
+        while len(self._confidence) > 100_000:  # bounded: a few MB
+            self._confidence.popitem(last=False)
+        return None
+
+    def confidence(self, state: dict, frame_idx: int, obj_id: int) -> Optional[Tuple[float, float]]:
+        """(predicted IoU, object score logit) of the latest decoder call for (frame, object)
+        in ``state``, or None if there was none."""
+        return self._confidence.get((id(state), int(frame_idx), int(obj_id)))
+
     def decoder_inputs(self, frame_idx: int, obj_id: int):
         """The recorded tracking inputs of (frame, object), or None if not (or no longer) held."""
         return self._records.get((int(frame_idx), int(obj_id)))
@@ -405,6 +430,7 @@ class ObjectContext:
         """Remove the hooks; the last context of a predictor (closed in any order) gives
         sam2's method back."""
         self._hook.remove()
+        self._out_hook.remove()
         self._mem_hook.remove()
         contexts = _contexts_of(self.predictor)
         if self in contexts:

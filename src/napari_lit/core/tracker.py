@@ -374,6 +374,27 @@ class Tracker:
             raise RuntimeError("this Tracker does not record decoder inputs (record_decoder_inputs=False)")
         return self.context.decoder_inputs(frame_idx, obj_id)
 
+    def confidence(self, frame_idx: int, obj_id: int) -> Optional[Tuple[float, float]]:
+        """The model's own confidence in its latest mask of ``obj_id`` on ``frame_idx``.
+
+        Returns
+        -------
+        (predicted_iou, object_score) : (float, float) or None
+            The mask decoder's predicted IoU of the mask sam2 kept (the highest of its
+            candidates; SAM's IoU head, Kirillov et al. 2023) and its object score as a
+            probability (sigmoid of SAM2's occlusion logit: below 0.5 sam2 reads "no object
+            here"). None when the tracker does not record decoder calls
+            (``record_decoder_inputs=False``) or the frame was not decoded for the object.
+        """
+        view = self._view_of.get(int(obj_id))
+        if self.context is None or view is None:
+            return None
+        got = self.context.confidence(view.state, frame_idx, obj_id)
+        if got is None:
+            return None
+        iou, logit = got
+        return float(iou), float(1.0 / (1.0 + np.exp(-logit)))
+
     def to_input_resolution(self, low_res_logits, window: Optional[Window] = None) -> np.ndarray:
         """Decoder logits as (Y, X) float32 logits of the whole input frame.
 
