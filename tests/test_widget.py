@@ -306,12 +306,45 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
     hint = widget.hint_layer.data[0]
     assert int(round(hint[0])) == 10
     assert (store.read_frame(10) == obj)[int(round(hint[1])), int(round(hint[2]))]  # on the tracked object
+    # the instruction stays in the status line until acted on (issue 25 item 4) ...
+    assert widget.status_label.text().startswith("frame 10: adapted prediction outlined in cyan; press A")
+    qtbot.wait(400)  # the review plot redraws, the status line is refreshed
+    widget._update_status()
+    assert widget.status_label.text().startswith("frame 10: adapted prediction outlined")
+    # ... and the three overlays have distinct colours (the README's legend)
+    from napari_lit._widgets._flagging import HINT_COLOR, SUGGESTION_COLOR, UNCERTAINTY_COLORMAP
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    colours = {"suggestion": tuple(np.ravel(widget.suggestion_layer.colormap.map(1))[:3].round(3)),
+               "uncertainty": tuple(np.ravel(widget.entropy_layer.colormap.map(np.array([1.0])))[:3].round(3)),
+               "hint": tuple(np.ravel(widget.hint_layer.face_color[0])[:3].round(3))}
+    assert colours["suggestion"] == tuple(transform_color(SUGGESTION_COLOR)[0][:3].round(3))
+    assert colours["hint"] == tuple(transform_color(HINT_COLOR)[0][:3].round(3))
+    assert widget.entropy_layer.colormap.name == UNCERTAINTY_COLORMAP
+    assert len(set(colours.values())) == 3, colours
     n_before = len(widget.session.corrections)
     widget.accept_suggestion()
     _wait(qtbot, widget)
     # SAM2 stores the accepted mask through its mask-as-output path (resampled): nearly equal
     assert _iou(store.read_frame(10) == obj, mask) > 0.9 and widget.suggestion_layer is None
     assert len(widget.session.corrections) == n_before + 1
+    # accept clears every overlay of the flag
+    assert widget.hint_layer is None and widget.entropy_layer is None
+    assert not any(layer.name.startswith(("LIT suggestion", "LIT hint", "LIT uncertainty")) for layer in viewer.layers)
+    # reject (Shift-F) clears them too, and says what to do instead
+    widget.flag_frame()
+    _wait(qtbot, widget)
+    assert widget.suggestion_layer is not None and widget.entropy_layer is not None
+    widget.reject_suggestion()
+    assert widget.suggestion_layer is None and widget.hint_layer is None and widget.entropy_layer is None
+    assert widget.status_label.text().startswith("suggestion on frame 10 rejected")
+    # another frame clears them as well
+    widget.flag_frame()
+    _wait(qtbot, widget)
+    assert widget.entropy_layer is not None
+    viewer.dims.set_current_step(0, 11)
+    assert widget.suggestion_layer is None and widget.hint_layer is None and widget.entropy_layer is None
+    assert widget._suggestion is None and not widget.status_label.text().startswith("frame 10")
     viewer.dims.set_current_step(0, 12)
     widget.flag_frame()
     _wait(qtbot, widget)
@@ -320,8 +353,10 @@ def test_flag_shows_adapted_prediction_and_hint_accept_and_click(loop, qtbot):
         from PIL import Image
 
         viewer.layers[1].visible = False  # the sample's ground truth
-        viewer.camera.zoom *= 1.4
-        viewer.camera.center = (0, 90, 170)
+        viewer.reset_view()
+        viewer.camera.zoom *= 1.6
+        hint = widget.hint_layer.data[0]  # the star (on the flagged object) in the middle
+        viewer.camera.center = (0, max(float(hint[1]), 70.0), float(hint[2]))
         widget.update_review()
         qtbot.wait(300)
         Path(shots).mkdir(parents=True, exist_ok=True)

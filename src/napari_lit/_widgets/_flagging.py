@@ -16,6 +16,12 @@ __all__ = ["FlagMixin"]
 
 _EDIT_NAMES = {"correction": "correction", "prompt": "prompt", "removal": "prompt removal"}
 
+#: the flag's overlays, in colours that differ from each other (and from the red of negative
+#: clicks): the README's legend names them
+SUGGESTION_COLOR = "cyan"  # the adapted prediction, as an outline
+UNCERTAINTY_COLORMAP = "magenta"  # pixel entropy of the flagged frame, brighter = less sure
+HINT_COLOR = "yellow"  # the star: where a click helps most
+
 
 class FlagMixin:
     """Flag / accept / hint / undo / redo / reset."""
@@ -48,30 +54,37 @@ class FlagMixin:
                 self.hint_layer = self.viewer.add_points(
                     coords[None], name="LIT hint (H: click here)", ndim=self.view.ndim, symbol="star",
                     size=2.5 * self.points_layer.current_size,
-                    face_color="yellow", border_color="black", scale=self._session_scale,
+                    face_color=HINT_COLOR, border_color="black", blending="translucent_no_depth",  # over the overlays
+                    scale=self._session_scale,
                     translate=self._session_translate)
             else:
                 self.hint_layer.data = coords[None]
             self.viewer.layers.selection.active = self.points_layer
+        self._flagged = (frame, obj_id)
         if mask is None:
-            self._status(f"frame {frame}: no adapted prediction yet (correct a frame and propagate to teach the "
-                         f"adapter); {'the star marks where to click (H)' if hint else 'no hint'}")
+            self._notify(f"frame {frame}: no adapted prediction yet (correct a frame and propagate to teach the "
+                         f"adapter); {'the yellow star marks where to click (H)' if hint else 'no hint'}")
             return
         self._suggestion = (frame, obj_id, mask)
         data = np.zeros((self.session.n_frames,) + mask.shape, np.uint8)
         data[frame][mask] = 1
         data = self.view.expand(data)
         if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
-            self.suggestion_layer = self.viewer.add_labels(data, name="LIT suggestion (A: accept)", opacity=0.5,
-                                                           scale=self._session_scale,
-                                                           translate=self._session_translate)
+            from napari.utils.colormaps import DirectLabelColormap
+
+            self.suggestion_layer = self.viewer.add_labels(
+                data, name="LIT suggestion (A: accept, Shift-F: reject)", opacity=1.0,
+                blending="translucent_no_depth",  # drawn over the labels and the uncertainty
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: SUGGESTION_COLOR}),
+                scale=self._session_scale, translate=self._session_translate)
+            self.suggestion_layer.contour = 2  # an outline: the frame's own mask stays visible under it
         else:
             self.suggestion_layer.data = data
         if self.hint_layer is not None and self.hint_layer in self.viewer.layers:  # the star on top
             self.viewer.layers.move(self.viewer.layers.index(self.hint_layer), len(self.viewer.layers))
         self.viewer.layers.selection.active = self.points_layer  # clicks still go to the prompts
-        self._status(f"frame {frame}: adapted prediction shown; press A to accept it, H to click at the star, "
-                     f"or correct it")
+        self._notify(f"frame {frame}: adapted prediction outlined in {SUGGESTION_COLOR}; press A to accept it, "
+                     f"H to click at the {HINT_COLOR} star, Shift-F to reject it, or correct the frame")
 
     def _show_entropy(self, frame: int, entropy: np.ndarray):
         """The pixel entropy of ``frame`` as an overlay shown on that frame only (a layer one
@@ -81,22 +94,47 @@ class FlagMixin:
         translate[self.view.axis] += frame * float(self._session_scale[self.view.axis])
         if self.entropy_layer is None or self.entropy_layer not in self.viewer.layers:
             self.entropy_layer = self.viewer.add_image(
-                data, name="LIT uncertainty (flagged frame)", colormap="inferno", blending="additive",
+                data, name="LIT uncertainty (flagged frame)", colormap=UNCERTAINTY_COLORMAP, blending="additive",
                 opacity=0.6, contrast_limits=(0, 1), scale=self._session_scale, translate=translate)
         else:
             self.entropy_layer.data = data
             self.entropy_layer.translate = translate
         self.viewer.layers.selection.active = self.points_layer
 
+    def clear_flag(self):
+        """Take the flag's overlays away (suggestion, hint star, uncertainty) and forget them:
+        on accept, reject, a click at the hint, or another frame."""
+        self._flagged = None
+        self._suggestion = None
+        self._hint = None
+        for name in ("suggestion_layer", "hint_layer", "entropy_layer"):
+            layer = getattr(self, name)
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            setattr(self, name, None)
+        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.points_layer
+
+    def reject_suggestion(self):
+        """The shown adapted prediction is wrong: clear the overlays; correct the frame instead."""
+        if self.session is None or self._flagged is None:
+            return
+        frame = self._flagged[0]
+        self.clear_flag()
+        self._notify(f"suggestion on frame {frame} rejected: correct the frame (click, box or paint)")
+
+    def _frame_changed(self, *_):
+        """Another frame is shown: the flag's overlays belong to the flagged frame only."""
+        if self._flagged is not None and self.session is not None and self.current_frame != self._flagged[0]:
+            self.clear_flag()
+            self._notify(None)
+
     def click_hint(self):
         """Add the shown hint as a click (positive, or negative in negative mode) on its frame."""
         if self.session is None or self._hint is None:
             return
         frame, obj_id, (y, x) = self._hint
-        self._hint = None
-        if self.hint_layer is not None and self.hint_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.hint_layer)
-        self.hint_layer = None
+        self.clear_flag()
         coords = self.view.coords(frame, (y, x))
         self.labels_layer.selected_label = obj_id
         self._set_click_defaults(positive=not self.negative_mode)
@@ -107,10 +145,7 @@ class FlagMixin:
         if self.session is None or self._suggestion is None:
             return
         frame, obj_id, mask = self._suggestion
-        self._suggestion = None
-        if self.suggestion_layer is not None and self.suggestion_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.suggestion_layer)
-        self.suggestion_layer = None
+        self.clear_flag()
         session = self.session
 
         def accept():

@@ -69,6 +69,7 @@ class ReviewMixin:
         self._review_timer.setInterval(250)
         self._review_timer.timeout.connect(self.update_review)
         self.viewer.dims.events.current_step.connect(self._schedule_review)
+        self.viewer.dims.events.current_step.connect(self._frame_changed)
         return box
 
     def _schedule_review(self, *_):

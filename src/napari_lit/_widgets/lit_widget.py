@@ -17,8 +17,9 @@ Keyboard shortcuts (viewer-wide while the widget is open)::
     Shift-P      propagate backward
     F            flag the current frame as wrong: show the adapted prediction
     A            accept the adapted prediction
+    Shift-F      reject it (the flag's overlays go)
     H            add the hint of a flagged frame (a star) as a click
-    U / Shift-U  undo / redo the last correction (labels and adapter together)
+    U / Shift-U  undo / redo the last edit: a correction or any prompt (labels and adapter together)
     ]  /  [      next / previous uncertain frame
     Escape       cancel the running propagation or training
 
@@ -74,9 +75,10 @@ SHORTCUTS = {
     "Shift-P": "propagate backward",
     "F": "flag frame: show the adapted prediction",
     "A": "accept the adapted prediction",
+    "Shift-F": "reject the adapted prediction (clears the flag's overlays)",
     "H": "click where the hint (star) shows",
-    "U": "undo the last correction",
-    "Shift-U": "redo the last undone correction",
+    "U": "undo the last edit (a correction, or any click, box or mask)",
+    "Shift-U": "redo the last undone edit",
     "]": "next uncertain frame (masked entropy >= the review threshold)",
     "[": "previous uncertain frame",
     "Escape": "cancel",
@@ -137,6 +139,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.hint_layer = None
         self.entropy_layer = None
         self._hint: Optional[Tuple[int, int, Tuple[int, int]]] = None
+        self._flagged: Optional[Tuple[int, int]] = None  # (frame, object) whose flag overlays show
         self.view = None  # StackView of the running session
         self._session_image = None  # the image layer the session runs on
         self._session_scale: Tuple[float, ...] = ()  # scale and translate of the one-slice session layers
@@ -280,13 +283,18 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         grid.addWidget(self.cancel_button, 2, 1)
         self.flag_button = QPushButton("Flag frame (adapted prediction)")
         self.flag_button.clicked.connect(self.flag_frame)
-        self.accept_button = QPushButton("Accept suggestion")
+        self.accept_button = QPushButton("Accept")
         self.accept_button.clicked.connect(self.accept_suggestion)
+        self.reject_button = QPushButton("Reject")
+        self.reject_button.clicked.connect(self.reject_suggestion)
         grid.addWidget(self.flag_button, 3, 0)
-        grid.addWidget(self.accept_button, 3, 1)
-        self.undo_button = QPushButton("Undo correction")
+        row = QHBoxLayout()
+        row.addWidget(self.accept_button)
+        row.addWidget(self.reject_button)
+        grid.addLayout(row, 3, 1)
+        self.undo_button = QPushButton("Undo")
         self.undo_button.clicked.connect(self.undo)
-        self.redo_button = QPushButton("Redo correction")
+        self.redo_button = QPushButton("Redo")
         self.redo_button.clicked.connect(self.redo)
         self.reset_button = QPushButton("Reset adapter")
         self.reset_button.clicked.connect(self.reset_adapter)
@@ -304,7 +312,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
 
     def _set_session_controls(self, enabled: bool):
         for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
-                  self.both_button, self.flag_button, self.accept_button, self.undo_button, self.redo_button,
+                  self.both_button, self.flag_button, self.accept_button, self.reject_button, self.undo_button, self.redo_button,
                   self.reset_button,
                   self.prev_uncertain_button, self.next_uncertain_button):
             w.setEnabled(enabled)
@@ -759,6 +767,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             ".": step(1), ",": step(-1), "T": lambda _v: self.toggle_polarity(),
             "P": lambda _v: self.propagate("forward"), "Shift-P": lambda _v: self.propagate("backward"),
             "F": lambda _v: self.flag_frame(), "A": lambda _v: self.accept_suggestion(),
+            "Shift-F": lambda _v: self.reject_suggestion(),
             "H": lambda _v: self.click_hint(),
             "U": lambda _v: self.undo(), "Shift-U": lambda _v: self.redo(), "Escape": lambda _v: self.cancel(),
             "]": lambda _v: self.goto_uncertain(1), "[": lambda _v: self.goto_uncertain(-1),
@@ -811,6 +820,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.close_session()
         self._review_timer.stop()
         self.viewer.dims.events.current_step.disconnect(self._schedule_review)
+        self.viewer.dims.events.current_step.disconnect(self._frame_changed)
         for key in getattr(self, "_bound", []):
             self.viewer.bind_key(key, None, overwrite=True)
         super().closeEvent(event)
