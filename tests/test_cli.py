@@ -135,12 +135,11 @@ def test_segment_into_a_session_killed_then_resumed(tmp_path, clip):
     reference = LabelStore.open(ref, mode="r")
     for f in before:  # what the killed run wrote is what an uninterrupted run writes
         assert np.array_equal(reference.read_frame(f), kept[f])
-    # after the kill, the resumed run (memory rebuilt from the frames before) tracks like it
-    j = []
-    for f in sorted(set(range(60)) - before):
-        a, b = store.read_frame(f) == 1, reference.read_frame(f) == 1
-        j.append((a & b).sum() / max((a | b).sum(), 1))
-    assert np.mean(j) > 0.9, j
+    # after the kill, the resumed run (sam2's memory given back from the session folder)
+    # writes what the uninterrupted run writes (issue 25 item 7: it drifted by up to 9,300 px)
+    differ = [f for f in sorted(set(range(60)) - before)
+              if not np.array_equal(store.read_frame(f), reference.read_frame(f))]
+    assert not differ, differ
     assert main(["resume", str(tmp_path / "nothing"), "--quiet"]) == 2
 
 

@@ -1,6 +1,7 @@
 """Session folders: everything saved when it happens, resume, undo/redo across a resume."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -319,3 +320,119 @@ def test_killed_during_training_keeps_the_correction_and_learns_it_on_resume(tmp
         assert r.store.frames_done == tuple(range(len(frames)))
     finally:
         r.close()
+
+
+_SCRIPT = r'''
+import sys, time
+import numpy as np
+import torch
+
+torch.set_num_threads(1)
+from napari_lit.core.adaptation import AdapterConfig
+from napari_lit.core.session import LitSession
+from napari_lit.models import load_predictor
+
+folder, data, phase = sys.argv[1], sys.argv[2], sys.argv[3]
+d = np.load(data)
+frames, labels, ids, corrected = d["frames"], d["labels"], [int(i) for i in d["ids"]], int(d["corrected"])
+predictor = load_predictor("lit-tiny", device="cpu")
+slow = phase != "reference"  # slow enough to be killed where the test wants
+
+
+def rest(s, started):
+    """What the script does after the first propagation: correct, learn, propagate again."""
+    if not s.corrections:
+        s.add_mask(10, corrected, labels[10] == corrected)
+    for f, k in s.pending_learning():
+        for step in s.learn_from(f, k):
+            pass
+    for r in s.propagate(start_frame=10, direction="forward"):
+        if slow:
+            time.sleep(0.05)
+
+
+if phase == "resume":
+    s = LitSession.resume(folder, predictor, frames)
+    if not s.corrections:  # killed in the first propagation: it goes on where it stopped
+        list(s.continue_propagation())
+        np.save(folder + "/after-first.npy", np.asarray(s.store.array[:]))
+    rest(s, True)
+else:
+    config = AdapterConfig(max_steps=120, patience=10_000, target_iou=2.0)  # long enough to be killed
+    s = LitSession.create_in(folder, predictor, frames, adapter_config=config)
+    for k in ids:
+        ys, xs = np.nonzero(labels[0] == k)
+        s.add_points(0, k, [[ys.mean(), xs.mean()]], [1])
+    for r in s.propagate(direction="forward"):
+        if slow:
+            time.sleep(0.05)
+    np.save(folder + "/after-first.npy", np.asarray(s.store.array[:]))
+    rest(s, False)
+np.save(folder + "/final.npy", np.asarray(s.store.array[:]))
+print("finished", flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def zoomed_run(tmp_path_factory):
+    """A 480 px time-lapse of small nuclei (each seen through its own zoom window) and the
+    result of the whole script run without interruption, in a subprocess."""
+    import subprocess
+    import sys
+
+    from napari_lit.training.synthetic import generate_clip
+
+    tmp = tmp_path_factory.mktemp("zoomed")
+    c = generate_clip(np.random.default_rng(5), 24, 480, kind="nuclei")
+    frames, labels = c.frames[..., 0].copy(), c.labels
+    ids = [int(i) for i in np.unique(labels[0]) if i and all((labels[t] == i).any() for t in range(len(labels)))][:3]
+    data = tmp / "data.npz"
+    np.savez(data, frames=frames, labels=labels, ids=ids, corrected=ids[0])
+    script = tmp / "script.py"
+    script.write_text(_SCRIPT)
+    ref = tmp / "reference.litsession"
+    out = subprocess.run([sys.executable, str(script), str(ref), str(data), "reference"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return script, data, frames, ref
+
+
+@pytest.mark.parametrize("point", ["first propagation", "training", "second propagation"])
+def test_killed_anywhere_the_resumed_session_writes_what_an_uninterrupted_one_does(zoomed_run, tmp_path, point):
+    """Issue 25 item 7: sam2's memory is mirrored in the session folder, so a session killed
+    with SIGKILL mid-propagation or mid-training and resumed in a new process gives every
+    frame exactly as the uninterrupted run (zoom windows included); without the mirror
+    (the old warm-up) frames after the kill differed."""
+    import subprocess
+    import sys
+
+    script, data, frames, ref = zoomed_run
+    folder = tmp_path / "killed.litsession"
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), str(data), "killed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = {}
+
+    def ready(events):
+        frames_written = [e for e in events if e["kind"] == "frame"]
+        if point == "first propagation":
+            return len({e["frame"] for e in frames_written}) >= 9
+        if point == "training":
+            if any(e.get("correction") for e in events):
+                seen.setdefault("at", time.time())
+                return time.time() - seen["at"] > 0.5 and not any(e["kind"] == "learned" for e in events)
+            return False
+        learned = [i for i, e in enumerate(events) if e["kind"] == "learned"]
+        return bool(learned) and sum(e["kind"] == "frame" for e in events[learned[0]:]) >= 4
+
+    kill_when(proc, folder / "log.jsonl", ready, timeout=400)
+    events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.endswith("}")]
+    assert not (point == "training" and any(e["kind"] == "learned" for e in events)), "killed too late"
+    assert any(p.name.endswith(".pt") for p in (folder / "memory").iterdir())
+    out = subprocess.run([sys.executable, str(script), str(folder), str(data), "resume"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    names = ["after-first.npy", "final.npy"] if point == "first propagation" else ["final.npy"]
+    for name in names:
+        mine, theirs = np.load(folder / name), np.load(ref / name)
+        differ = [(f, int((mine[f] != theirs[f]).sum())) for f in range(len(frames)) if (mine[f] != theirs[f]).any()]
+        assert not differ, (name, differ)

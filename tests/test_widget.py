@@ -435,12 +435,16 @@ def test_session_folder_undo_redo_and_open_session(loop, qtbot):
     assert np.array_equal(s.store.read_frame(6), corrected) and len(s.corrections) == 1
     assert (6, obj) in widget._pending
     labels = np.asarray(s.store.array[:]).copy()
+    memory = set(s.tracker.memory_frames(obj))  # what sam2 holds for later frames
     widget.close_session()
 
     widget.open_session(folder)
     _wait(qtbot, widget)
     r = widget.session
     assert r is not None and r is not s, widget.status_label.text()
+    # sam2's memory came back from the folder (issue 25 item 7), except the corrected frame's
+    # (a user's edit there: rebuilt from its replayed prompt at the next propagation)
+    assert memory - {6} == set(r.tracker.memory_frames(obj)) - {6} and len(memory) > 10
     assert r.folder.path == folder
     differ = [f for f in range(len(gt)) if not np.array_equal(r.store.read_frame(f), labels[f])]
     assert not differ, (differ, r.store.frames_done, sorted(r.folder.logged_frames()))

@@ -300,13 +300,18 @@ def entropy_iou_correlation(entropy, j, exclude: Optional[int] = None) -> Option
     return float(spearmanr(-e[keep], j[keep]).statistic)
 
 
-def _seed(name: str, obj: int) -> None:
-    """Seed torch for one object's run from its sequence name and id (the adapter's LoRA
-    initialisation and dropout draw from it), so a result repeats, also when other sequences
-    run before it or not."""
+def _seed(name: str, obj: int, adapter=None) -> None:
+    """Seed one object's run from its sequence name and id -- torch's global generator and
+    the adapter's own (its LoRA initialisation and dropout draw from ``AdapterConfig.seed``)
+    -- so a result repeats, also when other sequences run before it or not."""
+    import dataclasses
+
     import torch
 
-    torch.manual_seed(zlib.crc32(f"{name}/{int(obj)}".encode()))
+    seed = zlib.crc32(f"{name}/{int(obj)}".encode())
+    torch.manual_seed(seed)
+    if adapter is not None:
+        adapter.config = dataclasses.replace(adapter.config, seed=seed)
 
 
 def machine_info() -> Dict[str, object]:
@@ -505,7 +510,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                 if obj in present:
                     gt = labels == obj
                     if needs_model:
-                        _seed(seq.name, obj)
+                        _seed(seq.name, obj, adapter)
                     if joint_scores is not None:
                         scores = joint_scores[obj]
                     elif interactive:

@@ -174,6 +174,18 @@ def drop_frame_outputs(state: dict, obj_id: int, frame_idx: int, conditioning: b
         state["frames_tracked_per_obj"][obj_idx].pop(f, None)
 
 
+def to_device(out: dict, device) -> dict:
+    """A copy of one of sam2's per-frame outputs with its tensors (and lists of tensors,
+    as ``maskmem_pos_enc``) on ``device``."""
+    moved = {}
+    for k, v in out.items():
+        if isinstance(v, (list, tuple)):
+            moved[k] = [t.to(device) if hasattr(t, "to") else t for t in v]
+        else:
+            moved[k] = v.to(device) if hasattr(v, "to") else v
+    return moved
+
+
 def forget_cached_features(state: dict, frame_idx: int) -> None:
     """Drop sam2's cached image features of ``frame_idx`` (its frame input changed)."""
     state["cached_features"].pop(int(frame_idx), None)

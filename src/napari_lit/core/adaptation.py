@@ -89,6 +89,10 @@ class AdapterConfig:
         to it bilinearly as sam2 resizes them to the frame -- as SAM2 is trained, with the
         loss on upsampled masks, so the adapter learns where the boundary falls between the
         decoder's output pixels, which is what the masks the user sees are judged on.
+    seed : int
+        Seed of each training's random generator (LoRA initialisation, dropout), combined
+        with the object id and its number of corrections: the same correction gives the
+        same adapter, in any process.
     """
 
     rank: int = 4
@@ -104,6 +108,7 @@ class AdapterConfig:
     target_iou: float = 0.9
     memory_attention: bool = False
     loss_side: int = 0
+    seed: int = 0
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -378,6 +383,11 @@ class DecoderAdapter:
     def train(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Iterator[TrainStep]:
         """Learn from one correction (a generator: one :class:`TrainStep` per step).
 
+        Reproducible: the LoRA initialisation and dropout draw from a random generator seeded
+        with ``config.seed``, the object and its number of corrections (the global torch
+        generator is left as it was), so a training cut short and run again after a resume
+        gives the same adapter.
+
         Parameters
         ----------
         obj_id : int
@@ -402,6 +412,15 @@ class DecoderAdapter:
         ``patience`` steps without improvement; the adapter keeps its best step, also when
         the generator is closed early (cancel).
         """
+        import torch
+
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self.config.seed) * 1_000_003 + int(obj_id) * 10_007
+                              + self.n_corrections.get(int(obj_id), 0))
+            yield from self._train(obj_id, inputs, target_mask)
+
+    def _train(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Iterator[TrainStep]:
         import torch
         import torch.nn.functional as F
 

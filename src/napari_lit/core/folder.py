@@ -13,6 +13,9 @@ A session folder holds one image's annotation task::
                         correction replaced (for undo)
     inputs/NNNNNN.pt    a corrected frame's recorded decoder inputs (to learn after a resume)
     adapters/NNNNNN/    every object's adapter after each change (a folder renamed into place)
+    memory/objK-frameF.pt  a mirror of sam2's per-frame outputs (memory features, object
+                        pointers) as its state holds them (bounded like the state), so a
+                        resumed session tracks on exactly as the uninterrupted one would
 
 Rules that make a crash cost at most the frame in progress: a file an event refers to is
 complete (written to a temporary name, fsynced, renamed) before the event's line is
@@ -340,6 +343,72 @@ class SessionFolder:
             out.memory_attention = payload["memory_attention"]
         if payload.get("window") is not None:
             out.window = tuple(int(v) for v in payload["window"])
+        return out
+
+    # ------------------------------------------------------------------ sam2's memory
+    def _memory_path(self, obj_id: int, frame_idx: int) -> Path:
+        return self.path / "memory" / f"obj{int(obj_id)}-frame{int(frame_idx):06d}.pt"
+
+    def save_memory(self, obj_id: int, frame_idx: int, payload: dict) -> None:
+        """Keep what sam2 holds of (object, frame) for the frames after it (its memory
+        features, object pointer, mask logits; :meth:`Tracker.frame_memory`) as
+        ``memory/obj<K>-frame<F>.pt``, replacing an earlier one. Written atomically but not
+        fsynced: it mirrors sam2's state so that a resumed session tracks on exactly as it
+        would have; a file lost in a power cut only makes the resume rebuild that memory.
+
+        Parameters
+        ----------
+        obj_id, frame_idx : int
+            The object and the frame.
+        payload : dict
+            :meth:`~napari_lit.core.tracker.Tracker.frame_memory` of them.
+        """
+        import torch
+
+        target = self._memory_path(obj_id, frame_idx)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        with saving(self.path):
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+            try:
+                tmp.write_bytes(buffer.getvalue())
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    def drop_memory(self, obj_id: int, frame_idx: Optional[int] = None) -> None:
+        """Forget the saved memory of (object, frame), or of every frame of the object.
+
+        Parameters
+        ----------
+        obj_id : int
+        frame_idx : int, optional
+            None: all of the object's frames.
+        """
+        folder = self.path / "memory"
+        paths = ([self._memory_path(obj_id, frame_idx)] if frame_idx is not None
+                 else folder.glob(f"obj{int(obj_id)}-frame*.pt"))
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    def load_memory(self) -> Dict[Tuple[int, int], dict]:
+        """Every saved memory: (object, frame) -> payload (CPU tensors); unreadable files
+        (cut short) are left out."""
+        import re
+
+        import torch
+
+        out = {}
+        for path in sorted((self.path / "memory").glob("obj*-frame*.pt")):
+            m = re.fullmatch(r"obj(\d+)-frame(\d+)\.pt", path.name)
+            if m is None:
+                continue
+            try:
+                out[(int(m.group(1)), int(m.group(2)))] = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - a torn or foreign file: that frame's memory is rebuilt
+                continue
         return out
 
     def save_adapters(self, name: str, adapter, examples: Dict[int, List[str]]) -> str:

@@ -90,8 +90,9 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
     return None
 
 
-#: Frames re-run before the first missing frame when propagation resumes in a new process,
-#: so SAM2's memory (its last 6 frames and the object pointers) is rebuilt first.
+#: Frames re-run before the first missing frame when propagation resumes in a new process
+#: without the session folder's memory mirror, so SAM2's memory (its last 6 frames and the
+#: object pointers) is rebuilt first (approximately).
 RESUME_WARMUP = 8
 
 
@@ -208,6 +209,8 @@ class LitSession:
         self._example_files: Dict[int, List[List[str]]] = {}  # obj -> [inputs file, target record] learned
         self._replaying = False
         self._closed = False
+        #: obj -> {frame: token} of sam2's outputs mirrored in the session folder's memory/
+        self._memory_saved: Dict[int, Dict[int, int]] = {}
 
     @property
     def corrections(self) -> List[Correction]:
@@ -311,6 +314,7 @@ class LitSession:
         session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf,
                       zoom=sf.meta.get("zoom", "off"))
         session._replay(sf.events)
+        session._restore_memory()
         # the uncertainty's settings then and now (no temperature recorded: raw logits)
         settings = (("logit temperature", sf.meta.get("model", {}).get("temperature", 1.0), session.tracker.temperature),
                     ("dilation ratio", sf.meta.get("uncertainty", {}).get("dilation"), DEFAULT_DILATION))
@@ -430,6 +434,49 @@ class LitSession:
             if (f, k) not in prompted and k in self.tracker.obj_ids and self.tracker.window(f, k) is not None:
                 self.tracker.set_window(f, k, w)
 
+    # ------------------------------------------------------------ sam2's memory
+    def _save_memory(self) -> None:
+        """Mirror sam2's per-frame outputs (what later frames read: memory features, object
+        pointers) in the session folder, so that a resumed session tracks on exactly as this
+        one would (issue 25): new or replaced outputs are saved, dropped ones (the state's
+        budget, the memory gate) deleted. Bounded like the state itself
+        (:attr:`Tracker.state_budget_bytes` per object)."""
+        if self.folder is None:
+            return
+        for obj_id in self.tracker.obj_ids:
+            current = self.tracker.memory_frames(obj_id)
+            saved = self._memory_saved.setdefault(obj_id, {})
+            for f, token in current.items():
+                if saved.get(f) != token:
+                    memory = self.tracker.frame_memory(f, obj_id)
+                    if memory is not None:
+                        self.folder.save_memory(obj_id, f, memory)
+                        saved[f] = token
+            for f in [f for f in saved if f not in current]:
+                self.folder.drop_memory(obj_id, f)
+                del saved[f]
+
+    def _forget_memory(self, frame_idx: Optional[int], obj_id: int) -> None:
+        """A user's edit changes what sam2 holds for (frame, object) (every frame of it when
+        ``frame_idx`` is None): its saved memory no longer holds."""
+        if self.folder is None or self._replaying:
+            return
+        self.folder.drop_memory(obj_id, frame_idx)
+        if frame_idx is None:
+            self._memory_saved.pop(obj_id, None)
+        else:
+            self._memory_saved.get(obj_id, {}).pop(int(frame_idx), None)
+
+    def _restore_memory(self) -> None:
+        """After the replay: give sam2 back the outputs the session folder mirrors."""
+        for (obj_id, f), memory in sorted(self.folder.load_memory().items()):
+            if obj_id not in self.tracker.obj_ids or not 0 <= f < self.n_frames:
+                self.folder.drop_memory(obj_id, f)
+                continue
+            self.tracker.restore_memory(f, obj_id, memory)
+        for obj_id in self.tracker.obj_ids:
+            self._memory_saved[obj_id] = self.tracker.memory_frames(obj_id)
+
     def _prompt_from_event(self, e: dict) -> dict:
         if e["prompt"] == "points":
             prompt = {"kind": "points", "points": e["points"], "labels": e["labels"]}
@@ -477,10 +524,13 @@ class LitSession:
 
     def continue_propagation(self) -> Iterator[FrameResult]:
         """Fill the frames that have no labels yet (e.g. after a resume), without touching
-        the frames already written: forward from the frame before the first missing one
-        after the earliest prompt, and backward for missing frames before it. Up to
-        :data:`RESUME_WARMUP` written frames before a missing one are propagated again
-        (not written) to rebuild SAM2's memory."""
+        the frames already written: forward from the first missing frame after the earliest
+        prompt, and backward for missing frames before it. sam2's memory of the frames
+        before it comes from the session folder's mirror (:meth:`_save_memory`), so the
+        frames are exactly what an uninterrupted run writes; where that memory is missing
+        (a session from before it was kept, a file lost), up to :data:`RESUME_WARMUP`
+        written frames before the missing one are propagated again (not written) to
+        rebuild it approximately."""
         prompted = self.tracker.prompt_frames()
         if not prompted:
             raise ValueError("no object has a prompt yet: add points, a box or a mask first")
@@ -489,16 +539,27 @@ class LitSession:
         ahead = [f for f in range(first, self.n_frames) if f not in done]
         if ahead:
             m = ahead[0]
-            start = max([p for p in prompted if p <= m] + [m - RESUME_WARMUP, first])
-            yield from self._propagate_missing(start, "forward", done)
+            if m > first and self._remembers(m - 1):
+                yield from self._propagate_missing(m, "forward", done, continuing=True)
+            else:
+                start = max([p for p in prompted if p <= m] + [m - RESUME_WARMUP, first])
+                yield from self._propagate_missing(start, "forward", done)
         behind = [f for f in range(first - 1, -1, -1) if f not in done]
         if behind:
             m = behind[0]
-            start = min([p for p in prompted if p >= m] + [m + RESUME_WARMUP, first])
-            yield from self._propagate_missing(start, "backward", done)
+            if self._remembers(m + 1):
+                yield from self._propagate_missing(m, "backward", done, continuing=True)
+            else:
+                start = min([p for p in prompted if p >= m] + [m + RESUME_WARMUP, first])
+                yield from self._propagate_missing(start, "backward", done)
 
-    def _propagate_missing(self, start: int, direction: str, done) -> Iterator[FrameResult]:
-        for result in self.tracker.propagate(start_frame=start, direction=direction):
+    def _remembers(self, frame_idx: int) -> bool:
+        """Whether sam2 holds every object's output on ``frame_idx`` (e.g. given back from the
+        session folder): propagation can then go on from the next frame exactly."""
+        return all(frame_idx in self.tracker.memory_frames(k) for k in self.tracker.obj_ids)
+
+    def _propagate_missing(self, start: int, direction: str, done, continuing: bool = False) -> Iterator[FrameResult]:
+        for result in self.tracker.propagate(start_frame=start, direction=direction, continuing=continuing):
             if result.frame_idx not in done:
                 yield self._write(result)
 
@@ -528,6 +589,7 @@ class LitSession:
                 entropy[str(int(obj_id))] = round(float(value), 6)
         windows = {str(k): [int(v) for v in w] for k, w in result.windows.items() if w is not None}
         self._log("frame", frame=int(result.frame_idx), entropy=entropy, **({"windows": windows} if windows else {}))
+        self._save_memory()
         return result
 
     @property
@@ -581,6 +643,7 @@ class LitSession:
             return False
         if obj_id in self.tracker.obj_ids and not self.tracker.prompt_frames(obj_id):
             self.tracker.remove_object(obj_id)
+            self._forget_memory(None, obj_id)
             return True
         return False
 
@@ -641,7 +704,7 @@ class LitSession:
     def _prompt(self, frame_idx: int, obj_id: int, prompt: dict, auto: bool = False) -> FrameResult:
         """Apply a user's (or, ``auto``, self-applied learning's) prompt: a correction when
         the frame was already tracked; written to the store and the session folder."""
-        frame_idx, obj_id = int(frame_idx), int(obj_id)
+        frame_idx, obj_id = self.tracker._check_frame(frame_idx), self.tracker._check_obj(obj_id)
         correction = None
         if not auto:  # a user's prompt: undo can take it back
             entropy = {k: float(v[frame_idx]) for k, v in self._entropy.items()}
@@ -650,6 +713,7 @@ class LitSession:
                                     kind=kind, entropy_before=entropy, prompt=prompt,
                                     prompt_before=self._prompts.get((frame_idx, obj_id)))
         result = self._apply_prompt(frame_idx, obj_id, prompt)  # raises on bad input: nothing recorded
+        self._forget_memory(frame_idx, obj_id)
         if correction is not None:
             self.history.append(correction)
             self.undone.clear()
@@ -688,7 +752,7 @@ class LitSession:
         ValueError
             If the object has no prompt on that frame.
         """
-        frame_idx, obj_id = int(frame_idx), int(obj_id)
+        frame_idx, obj_id = self.tracker._check_frame(frame_idx), self.tracker._check_obj(obj_id)
         if (frame_idx, obj_id) not in self._prompts:
             raise ValueError(f"object {obj_id} has no prompt on frame {frame_idx} "
                              f"(its prompts: frames {self.tracker.prompt_frames(obj_id)})")
@@ -696,6 +760,7 @@ class LitSession:
                        entropy_before={k: float(v[frame_idx]) for k, v in self._entropy.items()},
                        prompt=None, prompt_before=self._prompts[(frame_idx, obj_id)])
         removed = self._set_prompt(frame_idx, obj_id, None)
+        self._forget_memory(frame_idx, obj_id)
         result = None
         if removed:
             c.cleared = self._clear_object(obj_id)
@@ -893,6 +958,7 @@ class LitSession:
         c.adapter_after = self.adapter.snapshot()
         c.entropy_after = {o: float(v[f]) for o, v in self._entropy.items()}
         removed = self._set_prompt(f, k, c.prompt_before)
+        self._forget_memory(f, k)
         cleared = None
         if removed:  # a first prompt undone: the object goes, everywhere
             c.cleared = self._clear_object(k, keep_frame=f)
@@ -922,6 +988,7 @@ class LitSession:
         c = self.undone.pop()
         f, k = c.frame_idx, c.obj_id
         removed = self._set_prompt(f, k, c.prompt)
+        self._forget_memory(f, k)
         if c.kind == "removal":
             if removed:
                 self._clear_object(k, keep_frame=f)

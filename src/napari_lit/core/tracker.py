@@ -881,6 +881,84 @@ class Tracker:
         if view is not None and obj_id in view.state["obj_id_to_idx"]:
             self.predictor.clear_all_prompts_in_frame(view.state, frame_idx, obj_id, need_output=False)
 
+    # --------------------------------------------------------- sam2's memory, saved
+    def memory_frames(self, obj_id: int) -> Dict[int, int]:
+        """Frames sam2 holds an output of ``obj_id`` for (what later frames read from), each
+        with a token that changes when that output is replaced: frame -> token."""
+        view = self._view_of.get(int(obj_id))
+        if view is None:
+            return {}
+        d = view.state["output_dict_per_obj"][view.state["obj_id_to_idx"][int(obj_id)]]
+        return {int(f): id(out) for key in ("cond_frame_outputs", "non_cond_frame_outputs")
+                for f, out in d[key].items() if out.get("maskmem_features") is not None}
+
+    def frame_memory(self, frame_idx: int, obj_id: int) -> Optional[dict]:
+        """What sam2 keeps of ``obj_id`` on ``frame_idx`` for the frames after it, to be saved
+        and given back with :meth:`restore_memory` in another process.
+
+        Returns
+        -------
+        dict or None
+            ``cond`` (a prompted frame's output), ``out`` (sam2's compact per-frame output:
+            ``maskmem_features``, ``maskmem_pos_enc``, ``pred_masks``, ``obj_ptr``,
+            ``object_score_logits``; CPU tensors), and with zoom the frame's ``window`` and
+            the object's ``box`` there (the next window follows from them). None when sam2
+            holds nothing (yet) for the frame.
+        """
+        view = self._view_of.get(int(obj_id))
+        if view is None:
+            return None
+        d = view.state["output_dict_per_obj"][view.state["obj_id_to_idx"][int(obj_id)]]
+        for key, cond in (("cond_frame_outputs", True), ("non_cond_frame_outputs", False)):
+            out = d[key].get(int(frame_idx))
+            if out is not None and out.get("maskmem_features") is not None:
+                window = view.windows.get(int(frame_idx)) if view.windowed else None
+                box = view.boxes.get(int(frame_idx))
+                return {"cond": cond, "out": _sam2.to_device(out, "cpu"),
+                        "window": None if window is None else [int(v) for v in window],
+                        "box": None if box is None else [int(v) for v in box]}
+        return None
+
+    def restore_memory(self, frame_idx: int, obj_id: int, memory: dict) -> None:
+        """Give sam2 back what :meth:`frame_memory` returned (after a resume, once the
+        object's prompts are in place): later frames then read the same memory as in the
+        session that saved it. A prompted frame's output replaces the one its replayed
+        prompt made (sam2 had decoded it with the frame's earlier mask as a prior).
+
+        Parameters
+        ----------
+        frame_idx, obj_id : int
+        memory : dict
+            What :meth:`frame_memory` returned for them.
+
+        Raises
+        ------
+        KeyError
+            If ``obj_id`` has no prompt.
+        """
+        view = self._view_of[int(obj_id)]
+        state, f = view.state, int(frame_idx)
+        idx = state["obj_id_to_idx"][int(obj_id)]
+        if view.windowed and memory.get("window") is not None:
+            window = tuple(int(v) for v in memory["window"])
+            if view.windows.get(f) != window:
+                view.windows[f] = window
+                _sam2.forget_cached_features(state, f)
+        if memory.get("box") is not None:
+            view.boxes[f] = tuple(int(v) for v in memory["box"])
+        out = _sam2.to_device(memory["out"], state["storage_device"])
+        for key in ("obj_ptr", "object_score_logits"):  # sam2 keeps these on the compute device
+            if out.get(key) is not None:
+                out[key] = out[key].to(state["device"])
+        d = state["output_dict_per_obj"][idx]
+        if memory["cond"]:
+            d["cond_frame_outputs"][f] = out
+            d["non_cond_frame_outputs"].pop(f, None)
+            state["temp_output_dict_per_obj"][idx]["cond_frame_outputs"].pop(f, None)
+        else:
+            d["non_cond_frame_outputs"][f] = out
+            state["frames_tracked_per_obj"][idx][f] = {"reverse": False}
+
     def remove_object(self, obj_id: int) -> None:
         """Forget object ``obj_id``: its prompts, its tracking results and sam2's memory of it
         (a windowed object's own inference state is dropped; in the whole-frame state sam2's
@@ -919,7 +997,8 @@ class Tracker:
 
     # ----------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "both",
-                  max_frames: Optional[int] = None, memory_gate: Optional[float] = None) -> Iterator[FrameResult]:
+                  max_frames: Optional[int] = None, memory_gate: Optional[float] = None,
+                  continuing: bool = False) -> Iterator[FrameResult]:
         """Propagate all prompted objects frame by frame (a generator).
 
         Parameters
@@ -936,6 +1015,10 @@ class Tracker:
             entropy on a tracked frame exceeds this is kept out of SAM2's memory for that
             frame, so later frames do not build on an unsure mask. None: every frame is
             remembered, as in SAM2.
+        continuing : bool
+            The frame before ``start_frame`` (in the first pass's direction) was tracked in an
+            earlier pass that this one goes on from (e.g. a resumed session): the zoom windows
+            follow the objects from it, as one uninterrupted pass would.
 
         Yields
         ------
@@ -958,10 +1041,11 @@ class Tracker:
         passes = {"forward": [False], "backward": [True], "both": [False, True]}[direction]
         views = [v for v in self._views if v.prompt_frames()]
         seen = set()
-        for reverse in passes:
+        for n_pass, reverse in enumerate(passes):
             gens = [_sam2.propagate_in_video(self.predictor, v.state, start_frame, max_frames, reverse) for v in views]
             for v in views:
-                v.step, v.prev = (-1 if reverse else 1), None
+                v.step = -1 if reverse else 1
+                v.prev = start_frame - v.step if continuing and n_pass == 0 else None
             try:
                 while True:
                     outputs = []

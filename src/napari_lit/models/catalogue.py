@@ -172,16 +172,25 @@ class DownloadProgress:
         return True
 
     def update(self, n_bytes: int):
+        """Add ``n_bytes`` received (pooch calls it per chunk).
+
+        Raises
+        ------
+        DownloadCancelled
+            Once :meth:`cancel` was called.
+        """
         if self._cancelled.is_set():
             raise DownloadCancelled("download cancelled")
         with self._lock:
             self.n += int(n_bytes)
 
     def reset(self):
+        """Start counting from 0 again (pooch does before its final update)."""
         with self._lock:
             self.n = 0
 
     def close(self):
+        """The download is over (completed or not)."""
         self.closed = True
 
     def fraction(self) -> Optional[float]:
