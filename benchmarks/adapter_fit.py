@@ -27,30 +27,29 @@ from _output import write_json
 def record_corrections(predictor, seq, tau: float, per_object: int):
     """The corrections the ``lit`` simulated user makes on ``seq`` (at most ``per_object``
     per object): a list of ``(object, frame inputs, corrected mask)``."""
-    from napari_lit.bench.interactive import simulate_object
-    from napari_lit.bench.runner import _make_tracker, first_frame
-    from napari_lit.core.adaptation import DecoderAdapter
+    from napari_lit.bench.interactive import object_session, simulate_object
+    from napari_lit.bench.runner import _make_source, first_frame
 
     recorded = []
-
-    class Recording(DecoderAdapter):
-        def train(self, obj_id, inputs, target_mask):
-            recorded.append((int(obj_id), inputs, np.asarray(target_mask, bool).copy()))
-            return super().train(obj_id, inputs, target_mask)
-
     labels = np.asarray(seq.labels[:])
-    adapter = Recording(predictor)
-    tracker = _make_tracker(predictor, seq, record=True)
+    source = _make_source(predictor, seq)
     try:
         for obj in seq.objects:
             gt = labels == obj
             if first_frame(gt) is None:
                 continue
-            simulate_object(gt, tracker, adapter, "lit", "mask", tau=tau, max_corrections=per_object,
-                            obj_id=int(obj), backward=seq.is_volume)
+            with object_session(predictor, source, "lit") as session:
+                train = session.adapter.train
+
+                def recording(obj_id, inputs, target_mask, train=train):
+                    recorded.append((int(obj_id), inputs, np.asarray(target_mask, bool).copy()))
+                    return train(obj_id, inputs, target_mask)
+
+                session.adapter.train = recording
+                simulate_object(gt, session, "lit", "mask", tau=tau, max_corrections=per_object,
+                                obj_id=int(obj), backward=seq.is_volume)
     finally:
-        adapter.reset()
-        tracker.close()
+        source.close()
     return recorded
 
 

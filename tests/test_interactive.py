@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_lit.bench.interactive import error_click, robustness, simulate_object, workload
+from napari_lit.bench.interactive import error_click, object_session, robustness, simulate_object, workload
 from napari_lit.bench.runner import run_benchmark
-from napari_lit.core import Tracker
-from napari_lit.core.adaptation import AdapterConfig, DecoderAdapter
+from napari_lit.core import FrameSource
+from napari_lit.core.adaptation import AdapterConfig
 
 
 def test_error_click_positive_on_miss_negative_on_false():
@@ -33,15 +33,30 @@ def test_robustness_eq7():
     assert r["R@0.5"] == pytest.approx((1 / 3 + 1) / 2)
 
 
+class _Run:
+    """Runs the simulated user on the largest object of the clip, each time in a fresh
+    session (as the benchmark does per object); ``last`` is the session of the last run."""
+
+    def __init__(self, predictor, frames, gt):
+        self.predictor, self.frames, self.gt = predictor, frames, gt
+        self.config = AdapterConfig(max_steps=5)
+        self.last = None
+        self.temperature = None
+
+    def __call__(self, method, init="mask", **kw):
+        with object_session(self.predictor, self.frames, method, self.config, zoom="auto") as session:
+            if self.temperature is not None:
+                session.tracker.temperature = self.temperature
+            out = simulate_object(self.gt, session, method, init, **kw)
+            self.last = {"prompt_frames": session.tracker.prompt_frames(1)}
+        return out
+
+
 @pytest.fixture()
 def setup(predictor, clip):
     frames, labels = clip
-    tracker = Tracker(predictor, frames, record_decoder_inputs=True)
-    adapter = DecoderAdapter(predictor, AdapterConfig(max_steps=5))
     obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
-    yield tracker, adapter, labels == obj
-    adapter.reset()
-    tracker.close()
+    return _Run(predictor, FrameSource(frames, image_size=predictor.image_size), labels == obj)
 
 
 def test_workload_metrics_lazy_xmem_sec_4_2():
@@ -61,8 +76,8 @@ def test_workload_metrics_lazy_xmem_sec_4_2():
 
 
 def test_no_corrections_when_tau_is_zero(setup):
-    tracker, adapter, gt = setup
-    res = simulate_object(gt, tracker, adapter, "lit", "mask", tau=0.0)
+    run = setup
+    res = run("lit", "mask", tau=0.0)
     assert res["corrections"] == 0 and res["clicks"] == 0 and res["adapt_ms"] == []
     assert res["model_j"] == pytest.approx(res["j"])  # nothing corrected: final = the model's own
     assert res["j"][0] == pytest.approx(1.0, abs=0.2)
@@ -72,8 +87,8 @@ def test_no_corrections_when_tau_is_zero(setup):
 def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
     """With tau above 1 every frame fails: the budget caps the events, each event is up to
     3 clicks and then the ground-truth mask, and lit trains once per correction."""
-    tracker, adapter, gt = setup
-    res = simulate_object(gt, tracker, adapter, method, "mask", tau=1.01, max_corrections=3)
+    run = setup
+    res = run(method, "mask", tau=1.01, max_corrections=3)
     assert res["corrections"] == 3 and res["adapter_accepts"] == 0
     assert 3 <= res["clicks"] <= 9
     frames = [e["frame"] for e in res["events"]]
@@ -97,13 +112,13 @@ def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
 def test_adapter_prediction_is_offered_first(setup):
     """lit: once an adapter exists, a failing frame first gets the adapted prediction; with
     a tau it can meet (0 < tau) and a frame that fails, it is accepted, not corrected."""
-    tracker, adapter, gt = setup
-    res = simulate_object(gt, tracker, adapter, "lit", "mask", tau=1.01, max_corrections=1)
+    run = setup
+    res = run("lit", "mask", tau=1.01, max_corrections=1)
     assert res["corrections"] == 1
     # after the first correction (frame 1) the adapter exists; any frame whose adapted
     # prediction scores >= tau would be accepted; with tau > 1 none is
     assert res["adapter_accepts"] == 0
-    res2 = simulate_object(gt, tracker, adapter, "frozen", "click", tau=0.0)
+    res2 = run("frozen", "click", tau=0.0)
     assert res2["clicks"] == 1 and res2["corrections"] == 0
 
 
@@ -113,31 +128,30 @@ def test_lit_auto_keeps_the_surer_adapted_prediction_where_entropy_jumps(setup):
     self-applied events that are neither corrections nor user prompts."""
     import torch
 
-    tracker, adapter, gt = setup
+    run = setup
     torch.manual_seed(0)
-    lit = simulate_object(gt, tracker, adapter, "lit", "mask", tau=1.01, max_corrections=1)
+    lit = run("lit", "mask", tau=1.01, max_corrections=1)
     torch.manual_seed(0)
-    same = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=np.inf)
+    same = run("lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=np.inf)
     assert same["auto_applied"] == 0 and lit["auto_applied"] == 0
     assert same["events"] == lit["events"] and same["j"] == pytest.approx(lit["j"])
     # every jump qualifies: adapted predictions with the lower masked entropy are kept (at
     # lit-tiny's calibrated temperature; should its adapted decoder never be the surer one
     # on this clip, on raw logits, where fine-tuning's softer logits weigh differently)
     torch.manual_seed(0)
-    auto = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
+    auto = run("lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
     if auto["auto_applied"] == 0:
         assert auto["events"] == lit["events"]
-        tracker.temperature = 1.0
+        run.temperature = 1.0
         torch.manual_seed(0)
-        auto = simulate_object(gt, tracker, adapter, "lit-auto", "mask", tau=1.01, max_corrections=1,
-                               tau_u=-1.0)
+        auto = run("lit-auto", "mask", tau=1.01, max_corrections=1, tau_u=-1.0)
     kept = [e for e in auto["events"] if e["kind"] == "auto"]
     assert auto["auto_applied"] == len(kept) >= 1 and auto["corrections"] == 1
     for e in kept:  # the kept prediction is what the final mask and model IoU show there
         assert auto["model_j"][e["frame"]] == pytest.approx(e["iou_after"])
         assert auto["j"][e["frame"]] == pytest.approx(e["iou_after"])
     # the kept prediction is in SAM2's memory as a mask prompt of that frame
-    assert kept[-1]["frame"] in tracker.prompt_frames(1)
+    assert kept[-1]["frame"] in run.last["prompt_frames"]
 
 
 def test_lit_auto_oracle_keeps_only_adapted_predictions_that_are_better(predictor):
@@ -155,14 +169,8 @@ def test_lit_auto_oracle_keeps_only_adapted_predictions_that_are_better(predicto
                           motion=MotionLevel(speed=6.0, deform=0.04, events=1.0))
         ids, counts = np.unique(c.labels[0][c.labels[0] > 0], return_counts=True)
         gt = c.labels == int(ids[np.argmax(counts)])
-        tracker = Tracker(predictor, c.frames, record_decoder_inputs=True)
-        adapter = DecoderAdapter(predictor, AdapterConfig(max_steps=5))
-        try:
-            torch.manual_seed(0)
-            res = simulate_object(gt, tracker, adapter, "lit-auto-oracle", "mask", tau=0.5)
-        finally:
-            adapter.reset()
-            tracker.close()
+        torch.manual_seed(0)
+        res = _Run(predictor, c.frames, gt)("lit-auto-oracle", "mask", tau=0.5)
         if res["auto_applied"]:
             break
     kept = [e for e in res["events"] if e["kind"] == "auto"]
@@ -180,23 +188,28 @@ def test_lit_auto_oracle_keeps_only_adapted_predictions_that_are_better(predicto
 def test_auto_methods_keep_unsure_frames_out_of_memory(setup):
     """frozen-auto = frozen with SAM2's memory update gated by masked entropy: a gate no frame
     reaches changes nothing; a gate every frame passes keeps every tracked frame out."""
-    tracker, _, gt = setup
-    frozen = simulate_object(gt, tracker, None, "frozen", "mask", tau=0.0)
-    never = simulate_object(gt, tracker, None, "frozen-auto", "mask", tau=0.0, tau_m=2.0)
+    run = setup
+    gt = run.gt
+    frozen = run("frozen", "mask", tau=0.0)
+    never = run("frozen-auto", "mask", tau=0.0, tau_m=2.0)
     assert never["out_of_memory"] == 0 and never["j"] == pytest.approx(frozen["j"], abs=1e-6)
-    always = simulate_object(gt, tracker, None, "frozen-auto", "mask", tau=0.0, tau_m=-1.0)
+    always = run("frozen-auto", "mask", tau=0.0, tau_m=-1.0)
     assert always["out_of_memory"] == len(gt) - 1 - always["prompt_frame"]
     assert always["corrections"] == 0 and always["j"] != pytest.approx(frozen["j"], abs=1e-6)
 
 
 def test_bad_arguments(setup):
-    tracker, adapter, gt = setup
+    run = setup
     with pytest.raises(ValueError, match="method"):
-        simulate_object(gt, tracker, adapter, "magic")
-    with pytest.raises(ValueError, match="needs an adapter"):
-        simulate_object(gt, tracker, None, "lit")
-    with pytest.raises(ValueError, match="absent"):
-        simulate_object(np.zeros_like(gt), tracker, adapter, "frozen")
+        run("magic")
+    with object_session(run.predictor, run.frames, "frozen") as session:
+        with pytest.raises(ValueError, match="needs a session that learns"):
+            simulate_object(run.gt, session, "lit")
+        with pytest.raises(ValueError, match="absent"):
+            simulate_object(np.zeros_like(run.gt), session, "frozen")
+        simulate_object(run.gt, session, "frozen", tau=0.0)
+        with pytest.raises(ValueError, match="give a fresh one"):
+            simulate_object(run.gt, session, "frozen")
 
 
 def _write_sequence(folder, clip, axes, objects=None):

@@ -216,3 +216,21 @@ def test_store_must_fit_the_stack(predictor, clip, tmp_path):
         LitSession(predictor, frames, store)
     # nothing of the failed session stays attached to the shared predictor
     assert "_run_single_frame_inference" not in vars(predictor)
+
+
+def test_a_mask_prompt_stands_as_given_in_the_labels(session):
+    """sam2 hands a mask prompt back resampled from its low-resolution mask input; the store
+    keeps the user's mask pixel for pixel, at the prompt and when propagation passes the
+    frame again (the adapter learns from that mask too)."""
+    s, labels = session
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    painted = labels[0] == obj
+    painted[10:13, :] = False  # a thin cut sam2's 4x coarser mask input cannot hold
+    res = s.add_mask(0, obj, painted)
+    assert np.array_equal(s.store.read_frame(0) == obj, painted) and np.array_equal(res.mask(obj), painted)
+    gen = s.tracker.propagate(start_frame=0, direction="forward", max_frames=1)
+    sam2_own = next(gen).mask(obj)
+    gen.close()
+    assert not np.array_equal(sam2_own, painted)  # what sam2 itself returns
+    list(s.propagate(direction="forward"))
+    assert np.array_equal(s.store.read_frame(0) == obj, painted)

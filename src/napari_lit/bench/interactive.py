@@ -36,16 +36,17 @@ could gain with the model and adapter at hand. Robustness R@tau is eq. 7 of Lazy
 
 from __future__ import annotations
 
-import time
+import contextlib
+import tempfile
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..core.session import adapted_logits, self_applied_prediction
 from ..core.uncertainty import DEFAULT_TAU_M, DEFAULT_TAU_U
 from .metrics import frame_scores, jaccard
 
-__all__ = ["INTERACTIVE_METHODS", "LEARNING_METHODS", "simulate_object", "error_click", "robustness", "workload", "MAX_CLICKS"]
+__all__ = ["INTERACTIVE_METHODS", "LEARNING_METHODS", "simulate_object", "object_session", "error_click", "robustness", "workload", "MAX_CLICKS"]
 
 INTERACTIVE_METHODS = ("frozen", "lit", "lit-always", "lit-auto", "frozen-auto", "lit-auto-oracle")
 LEARNING_METHODS = ("lit", "lit-always", "lit-auto", "lit-auto-oracle")
@@ -151,40 +152,73 @@ def workload(prompt_frames: Sequence[Sequence[int]], n_frames: Sequence[int]) ->
     return {"noc": int(noc), "idi": float(np.mean(idis)) if idis else None, "aci": float(aci)}
 
 
-def _prompt(tracker, frame, obj_id, gt_frame, init):
+@contextlib.contextmanager
+def object_session(predictor, frames, method: str = "lit", adapter_config=None, zoom: str = "auto"):
+    """A fresh :class:`~napari_lit.core.session.LitSession` for one simulated object: the
+    session a user drives from the widget or the CLI (learning on for the learning methods),
+    with its label store in a temporary folder that goes when the block ends.
+
+    Parameters
+    ----------
+    predictor : SAM2VideoPredictor
+    frames : FrameSource or array-like
+        The sequence, (N, Y, X[, C]); a FrameSource can be shared by the objects of a sequence.
+    method : str
+        One of :data:`INTERACTIVE_METHODS`.
+    adapter_config : AdapterConfig, optional
+    zoom : {"auto", "off"}
+
+    Yields
+    ------
+    LitSession
+    """
+    from ..core.session import LitSession
+
+    with tempfile.TemporaryDirectory(prefix="napari-lit-bench-") as tmp:
+        session = LitSession(predictor, frames, Path(tmp) / "labels.zarr", learn=method in LEARNING_METHODS,
+                             adapter_config=adapter_config, zoom=zoom)
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+def _prompt(session, frame, obj_id, gt_frame, init):
     """Initial prompt; returns (clicks used, the prompt frame's resulting mask)."""
     if init == "mask":
-        tracker.add_mask(frame, obj_id, gt_frame)
+        session.add_mask(frame, obj_id, gt_frame)
         return 0, gt_frame.copy()
     from .metrics import click_point
 
-    res = tracker.add_points(frame, obj_id, [list(click_point(gt_frame))], [1])
+    res = session.add_points(frame, obj_id, [list(click_point(gt_frame))], [1])
     return 1, res.mask(obj_id)
 
 
-def _oracle_choice(tracker, adapter, frame_idx: int, obj_id: int, own, truth):
+def _oracle_choice(session, frame_idx: int, obj_id: int, own, truth):
     """``lit-auto-oracle``: the adapted prediction of the frame if its IoU with ``truth`` beats
     that of ``own`` (the tracker's), else None."""
-    logits = adapted_logits(tracker, adapter, frame_idx, obj_id)
-    if logits is None:
+    adapted = session.adapted_prediction(frame_idx, obj_id)
+    if adapted is None:
         return None
-    adapted = logits > 0
     return adapted if adapted.any() and jaccard(adapted, truth) > jaccard(own, truth) else None
 
 
-def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask", tau: float = 0.5,
+def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
                     backward: bool = False, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
     """Run the simulated user on one object through one sequence.
+
+    The user drives a :class:`~napari_lit.core.session.LitSession` as the widget does:
+    prompt, propagate (stopped at the first frame below ``tau``), try the adapted prediction
+    and accept it, or correct with clicks then a mask, learn, propagate again.
 
     Parameters
     ----------
     gt : (N, Y, X) bool ndarray
         Ground truth of the object; non-empty on some frame.
-    tracker : napari_lit.core.Tracker
-        Made with ``record_decoder_inputs=True``; it is reset first.
-    adapter : napari_lit.core.adaptation.DecoderAdapter or None
-        Required for ``lit`` and ``lit-always``; reset first (one adapter per object).
+    session : LitSession
+        A fresh session on the sequence (no prompt yet; :func:`object_session`), learning on
+        for the learning methods.
     method : {"frozen", "lit", "lit-always", "lit-auto", "frozen-auto", "lit-auto-oracle"}
     init : {"mask", "click"}
     tau : float
@@ -220,104 +254,109 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
     Raises
     ------
     ValueError
-        On an unknown method/init, a missing adapter for ``lit``/``lit-always``, or an
-        object absent from every frame.
+        On an unknown method/init, a learning method on a session that does not learn, a
+        session that already has prompts, or an object absent from every frame.
     """
     if method not in INTERACTIVE_METHODS:
         raise ValueError(f"method must be one of {INTERACTIVE_METHODS}; got {method!r}")
     if init not in ("mask", "click"):
         raise ValueError(f"init must be 'mask' or 'click'; got {init!r}")
-    if method in LEARNING_METHODS and adapter is None:
-        raise ValueError(f"method {method!r} needs an adapter")
+    if method in LEARNING_METHODS and not session.learn:
+        raise ValueError(f"method {method!r} needs a session that learns (learn=True)")
+    if session.tracker.obj_ids:
+        raise ValueError(f"the session already has objects {list(session.tracker.obj_ids)}: give a fresh one")
     gt = np.asarray(gt, dtype=bool)
     present = gt.reshape(len(gt), -1).any(axis=1)
     if not present.any():
         raise ValueError(f"object {obj_id} is absent from every frame")
     n = len(gt)
     t0 = int(np.flatnonzero(present)[0])
-    tracker.reset()
-    if adapter is not None:
-        adapter.reset()
-        adapter.always = method == "lit-always"
-        if tracker.context is not None and adapter.on_decoder_call not in tracker.context.listeners:
-            tracker.context.listeners.append(adapter.on_decoder_call)
+    session.adapter.always = method == "lit-always"
     final = np.zeros(gt.shape, dtype=bool)  # frames never reached stay empty
     # IoU of the model's own last prediction of each frame, before any user action on it
     # (robustness is computed from these: the final masks are >= tau by construction)
     model_j = np.full(len(gt), np.nan)
-    clicks, final[t0] = _prompt(tracker, t0, obj_id, gt[t0], init)
+    clicks, final[t0] = _prompt(session, t0, obj_id, gt[t0], init)
     corrections, accepts, adapt_ms, events, auto = 0, 0, [], [], 0
     gate = tau_m if method in AUTO_METHODS else None
+    self_applied = tau_u if method == "lit-auto" else None  # the session's own rule
     out_of_memory = set()
     budget = np.inf if max_corrections is None else int(max_corrections)
 
     def correct(frame, pred):
         nonlocal clicks
         mask, before = pred, jaccard(pred, gt[frame])
+        points, labels = [], []
         for _ in range(MAX_CLICKS):
             (y, x), label = error_click(mask, gt[frame])
-            mask = tracker.add_points(frame, obj_id, [[y, x]], [label], clear=False).mask(obj_id)
+            points.append([y, x])
+            labels.append(label)
+            mask = session.add_points(frame, obj_id, points, labels).mask(obj_id)  # the frame's clicks so far
             clicks += 1
             if jaccard(mask, gt[frame]) >= tau:
                 return mask, "clicks", before
-        tracker.add_mask(frame, obj_id, gt[frame])
+        session.add_mask(frame, obj_id, gt[frame])
         return gt[frame].copy(), "mask", before
 
     directions = ["forward"] + (["backward"] if backward else [])
     for direction in directions:
         start = t0
         while True:
-            stopped_at, resume_at, prev_h = None, None, None
-            for result in tracker.propagate(start_frame=start, direction=direction, memory_gate=gate):
-                f = result.frame_idx
-                if f == start:  # the prompt or corrected frame: keep what the user gave
-                    continue
-                if obj_id in result.out_of_memory:
-                    out_of_memory.add(f)
-                pred = result.mask(obj_id)
-                if method in ("lit-auto", "lit-auto-oracle"):
-                    h = float(result.masked_entropy()[result.obj_ids.index(obj_id)])
-                    adapted = None
-                    if method == "lit-auto-oracle":
-                        adapted = _oracle_choice(tracker, adapter, f, obj_id, pred, gt[f])
-                    elif prev_h is not None and h - prev_h >= tau_u:
-                        adapted = self_applied_prediction(tracker, adapter, f, obj_id, h)
-                    if adapted is not None:
-                        pred = adapted
-                        tracker.add_mask(f, obj_id, pred)  # kept: into SAM2's memory
+            stopped_at, oracle = None, None
+            gen = session.propagate(start_frame=start, direction=direction, tau_u=self_applied, tau_m=gate)
+            try:
+                for result in gen:
+                    f = result.frame_idx
+                    if f == start:  # the prompt or corrected frame: keep what the user gave
+                        continue
+                    if obj_id in result.out_of_memory:
+                        out_of_memory.add(f)
+                    pred = result.mask(obj_id)
+                    if obj_id in result.replaced:  # lit-auto: the session kept the adapted prediction
                         auto += 1
-                        events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.mask(obj_id), gt[f]),
+                        events.append({"frame": f, "kind": "auto", "iou_before": jaccard(result.replaced[obj_id], gt[f]),
                                        "iou_after": jaccard(pred, gt[f])})
-                        resume_at = f
-                    prev_h = h
-                final[f] = pred
-                model_j[f] = jaccard(pred, gt[f])
+                    elif method == "lit-auto-oracle":
+                        adapted = _oracle_choice(session, f, obj_id, pred, gt[f])
+                        if adapted is not None:
+                            oracle = (f, result.mask(obj_id), adapted)
+                            pred = adapted
+                    final[f] = pred
+                    model_j[f] = jaccard(pred, gt[f])
+                    if oracle is not None:
+                        break
+                    if corrections < budget and model_j[f] < tau:
+                        stopped_at = (f, pred)
+                        break
+            finally:
+                gen.close()
+            if oracle is not None:  # kept: into SAM2's memory, propagate again from it
+                f, own, adapted = oracle
+                session.accept(f, obj_id, adapted)
+                auto += 1
+                events.append({"frame": f, "kind": "auto", "iou_before": jaccard(own, gt[f]),
+                               "iou_after": jaccard(adapted, gt[f])})
                 if corrections < budget and model_j[f] < tau:
-                    stopped_at = (f, pred)
-                    break
-                if resume_at is not None:  # propagate again from the kept prediction
-                    break
-            if stopped_at is None:
-                if resume_at is not None:
-                    start = resume_at
-                    continue
-                break
-            f, pred = stopped_at
-            inputs = tracker.decoder_inputs(f, obj_id) if tracker.context is not None else None
-            logits = (adapted_logits(tracker, adapter, f, obj_id)
-                      if method in ("lit", "lit-auto", "lit-auto-oracle") and inputs is not None else None)
-            iou_adapted = None
-            if logits is not None:
-                adapted = logits > 0
-                iou_adapted = jaccard(adapted, gt[f])
-                if iou_adapted >= tau and adapted.any():
-                    tracker.add_mask(f, obj_id, adapted)
-                    final[f] = adapted
-                    accepts += 1
-                    events.append({"frame": f, "kind": "adapter", "iou_before": jaccard(pred, gt[f]),
-                                   "iou_after": iou_adapted})
+                    stopped_at = (f, adapted)
+                else:
                     start = f
                     continue
+            if stopped_at is None:
+                break
+            f, pred = stopped_at
+            iou_adapted = None
+            if method in ("lit", "lit-auto", "lit-auto-oracle"):
+                adapted = session.adapted_prediction(f, obj_id)
+                if adapted is not None:
+                    iou_adapted = jaccard(adapted, gt[f])
+                    if iou_adapted >= tau and adapted.any():
+                        session.accept(f, obj_id, adapted)
+                        final[f] = adapted
+                        accepts += 1
+                        events.append({"frame": f, "kind": "adapter", "iou_before": jaccard(pred, gt[f]),
+                                       "iou_after": iou_adapted})
+                        start = f
+                        continue
             mask, kind, before = correct(f, pred)
             final[f] = mask
             corrections += 1
@@ -325,16 +364,18 @@ def simulate_object(gt, tracker, adapter, method: str = "lit", init: str = "mask
             if iou_adapted is not None:  # the adapted prediction tried first, not good enough
                 event["iou_adapted"] = iou_adapted
             events.append(event)
-            if method in LEARNING_METHODS and inputs is not None and mask.any():
-                t_start = time.perf_counter()
-                for _ in adapter.train(obj_id, inputs, mask):
+            if method in LEARNING_METHODS and mask.any():
+                try:
+                    for _ in session.learn_from(f, obj_id):
+                        pass
+                except ValueError:  # no recorded propagation of the frame to learn from
                     pass
-                adapt_ms.append(1000 * (time.perf_counter() - t_start))
-                # how well the adapter reproduces this correction (decoder resolution)
-                event["adapter_fit"] = adapter.fit.get(int(obj_id))
+                else:
+                    adapt_ms.append(session.last_train_ms)
+                    # how well the adapter reproduces this correction (decoder resolution)
+                    event["adapter_fit"] = session.last_train_fit
             start = f
-    if adapter is not None:
-        adapter.always = False
+    session.adapter.always = False
     j = np.empty(n)
     fm = np.empty(n)
     for i in range(n):

@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .interactive import (AUTO_METHODS, DEFAULT_TAU_M, DEFAULT_TAU_U, INTERACTIVE_METHODS, LEARNING_METHODS, robustness,
-                          simulate_object, workload)
+                          object_session, simulate_object, workload)
 from ..core.uncertainty import NORMALIZATIONS
 from .metrics import click_point, frame_scores
 
@@ -470,11 +470,10 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if needs_model and predictor is None:
         predictor = _load_predictor(model, config, device)
     interactive = method in INTERACTIVE_METHODS
-    adapter = None
-    if method in LEARNING_METHODS:
-        from ..core.adaptation import DecoderAdapter
+    if interactive:
+        from ..core.adaptation import AdapterConfig
 
-        adapter = DecoderAdapter(predictor, adapter_config)
+        adapter_config = adapter_config or AdapterConfig()
 
     total = sum(len(s.objects) for s in seqs)
     bar = None
@@ -496,8 +495,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
                 else:
                     present.append(int(obj))
-            if needs_model and present:
-                tracker = _make_tracker(predictor, seq, record=interactive, zoom=zoom)
+            source = None
+            if needs_model and present and interactive:  # one session per object, on one frame source
+                source = _make_source(predictor, seq)
+            elif needs_model and present:
+                tracker = _make_tracker(predictor, seq, zoom=zoom)
             joint_scores = None
             if method == "flow" and present:  # one flow per frame pair for all objects
                 joint_scores = score_flow({obj: labels == obj for obj in present}, init, seq.image, tracker)
@@ -509,14 +511,16 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
                 if obj in present:
                     gt = labels == obj
-                    if needs_model:
-                        _seed(seq.name, obj, adapter)
+                    if needs_model and not interactive:
+                        _seed(seq.name, obj)
                     if joint_scores is not None:
                         scores = joint_scores[obj]
                     elif interactive:
-                        scores = simulate_object(gt, tracker, adapter, method, init, tau=tau,
-                                                 max_corrections=max_corrections, obj_id=int(obj),
-                                                 backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
+                        with object_session(predictor, source, method, adapter_config, zoom) as session:
+                            _seed(seq.name, obj, session.adapter)
+                            scores = simulate_object(gt, session, method, init, tau=tau,
+                                                     max_corrections=max_corrections, obj_id=int(obj),
+                                                     backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
                     else:
                         scores = score_object(gt, method, init, tracker, obj_id=int(obj),
                                               entropy_norm=entropy_norm)
@@ -533,11 +537,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     progress(done, total)
             if tracker is not None:
                 tracker.close()
+            if source is not None:
+                source.close()
     finally:
         if bar is not None:
             bar.close()
-        if adapter is not None:
-            adapter.reset()
 
     def mean(key):  # None (JSON null) rather than NaN when no object could be scored
         return float(np.mean([e[key] for e in entries])) if entries else None
@@ -571,7 +575,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             "p95_adapt_ms": float(np.percentile(adapt_ms, 95)) if adapt_ms else None,
             # R@tau of the model's own predictions (the final masks are >= tau by construction)
             "robustness": robustness([e["model_j"] for e in entries], presence),
-            "adapter": dataclasses.asdict(adapter.config) if adapter is not None else None,
+            "adapter": dataclasses.asdict(adapter_config) if method in LEARNING_METHODS else None,
             # NoC, IDI (frames), ACI of Lazy-XMem sec. 4.2: user prompts only
             "workload": workload([[e["prompt_frame"]] + [ev["frame"] for ev in e["events"]
                                                          if ev["kind"] in ("clicks", "mask")]
@@ -594,14 +598,19 @@ def _load_predictor(model, config, device):
         raise _usage_error(str(exc)) from None
 
 
-def _make_tracker(predictor, seq, record: bool = False, zoom: str = "auto"):
-    from ..core import FrameSource, Tracker
+def _make_source(predictor, seq):
+    from ..core import FrameSource
 
     try:
-        source = FrameSource(seq.image, image_size=predictor.image_size)
+        return FrameSource(seq.image, image_size=predictor.image_size)
     except (TypeError, ValueError) as exc:
         raise _usage_error(f"{seq.name}: {exc}") from None
-    return Tracker(predictor, source, record_decoder_inputs=record, zoom=zoom)
+
+
+def _make_tracker(predictor, seq, record: bool = False, zoom: str = "auto"):
+    from ..core import Tracker
+
+    return Tracker(predictor, _make_source(predictor, seq), record_decoder_inputs=record, zoom=zoom)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -580,6 +580,13 @@ class LitSession:
 
     # ------------------------------------------------------------------ prompts
     def _write(self, result: FrameResult) -> FrameResult:
+        for k in result.given:  # a mask prompt stands as given, pixel for pixel (sam2 hands it
+            prompt = self._prompts.get((result.frame_idx, int(k)))  # back resampled from its
+            if prompt is not None and prompt["kind"] == "mask":  # low-resolution mask input)
+                row = list(result.obj_ids).index(int(k))
+                mask = np.asarray(prompt["mask"], bool)
+                result.logits[row] = np.where(mask, np.maximum(result.logits[row], 1.0),
+                                              np.minimum(result.logits[row], -1.0))
         self.store.write_frame(result.frame_idx, result.labels())
         entropy = {}
         if result.obj_ids:
@@ -832,8 +839,10 @@ class LitSession:
                         if k in previous and h - previous[k] >= tau_u:
                             adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
                             if adapted is not None:
+                                own = result.mask(k)
                                 prompt = {"kind": "mask", "mask": adapted}
                                 result = self._apply_prompt(f, k, prompt)
+                                result.replaced = {k: own}
                                 self._log_prompt(f, k, prompt, None, auto=True)
                                 self.auto_applied.append((f, k))
                                 resume = f

@@ -52,6 +52,9 @@ class FrameResult:
     out_of_memory : tuple of int
         Objects whose result on this frame was kept out of SAM2's memory (see
         :meth:`Tracker.propagate`'s ``memory_gate``).
+    replaced : dict of int to (Y, X) bool ndarray
+        Objects whose own prediction was replaced on this frame by self-applied learning
+        (:meth:`LitSession.propagate` with ``tau_u``): their own mask, before.
     temperature : float
         The model's logit temperature, used by :meth:`masked_entropy` (see
         :func:`napari_lit.core.uncertainty.model_temperature`).
@@ -67,6 +70,7 @@ class FrameResult:
     obj_ids: Tuple[int, ...]
     logits: np.ndarray
     out_of_memory: Tuple[int, ...] = ()
+    replaced: Dict[int, np.ndarray] = field(default_factory=dict)
     temperature: float = 1.0
     given: Tuple[int, ...] = ()
     windows: Dict[int, Optional[Tuple[int, int, int, int]]] = field(default_factory=dict)
