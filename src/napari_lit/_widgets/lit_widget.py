@@ -570,20 +570,31 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             yield session.add_points(frame, obj_id, points, labels)
 
         self._run(f"segmenting object {obj_id} on frame {frame}", prompt, total=1,
-                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True),
-                  on_done=lambda: self._say_confidence(session, frame, obj_id))
+                  **self._prompt_callbacks(session, obj_id))
 
-    def _say_confidence(self, session, frame: int, obj_id: int):
+    def _prompt_callbacks(self, session, obj_id: int) -> dict:
+        """``on_yield`` and ``on_done`` of a click or box prompt: the frame is redrawn, then the
+        model's confidence in the mask it made is said (:meth:`_say_confidence`)."""
+        made = {}
+
+        def shown(result):
+            made["result"] = result
+            self._refresh_labels(result.frame_idx, force=True)
+
+        return dict(on_yield=shown, on_done=lambda: self._say_confidence(session, made.get("result"), obj_id))
+
+    def _say_confidence(self, session, result, obj_id: int):
         """After a click or box: the model's own confidence in its mask in the status line,
         and a warning when it is low (a click on background often makes a large mask the
         model itself rates poorly)."""
-        if session is not self.session or obj_id not in session.tracker.obj_ids:
+        if result is None or session is not self.session or obj_id not in session.tracker.obj_ids:
             return
+        frame = result.frame_idx
         got = session.tracker.confidence(frame, obj_id)
         if got is None:
             return
         iou, score = got
-        area = int((session.store.read_frame(frame) == obj_id).sum())
+        area = int((result.labels() == obj_id).sum())  # what was written, without reading the frame back
         text = f"object {obj_id} on frame {frame}: predicted IoU {iou:.2f}, object score {score:.2f}, {area} px"
         low = []
         if iou < LOW_PREDICTED_IOU:
@@ -640,8 +651,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                 yield session.add_box(frame, obj_id, box)
 
             self._run(f"box for object {obj_id} on frame {frame}", prompt, total=1,
-                      on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True),
-                      on_done=lambda frame=frame, obj_id=obj_id: self._say_confidence(session, frame, obj_id))
+                      **self._prompt_callbacks(session, obj_id))
 
     def _on_paint(self, event):
         """Painting a frame of the labels layer is a mask correction of the selected object."""

@@ -673,10 +673,8 @@ class LitSession:
                 y0, x0 = int(ys.min()), int(xs.min())
                 cleared[f] = (y0, x0, mask[y0:ys.max() + 1, x0:xs.max() + 1].copy(), float(values[f]))
                 labels[mask] = 0
-                self.store.write_frame(f, labels)
             values[f] = np.nan
-            self._log("frame", frame=f, entropy={str(k): round(float(v[f]), 6) for k, v in self._entropy.items()
-                                                 if np.isfinite(v[f])})
+            self._set_frame(f, labels, {k: float(v[f]) for k, v in self._entropy.items()})
         return cleared
 
     def _restore_object(self, obj_id: int, cleared: Optional[Dict[int, tuple]]) -> None:
@@ -685,10 +683,8 @@ class LitSession:
             labels = self.store.read_frame(f)
             region = labels[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
             region[crop & (region == 0)] = obj_id
-            self.store.write_frame(f, labels)
             self._entropy.setdefault(int(obj_id), np.full(self.n_frames, np.nan, np.float32))[f] = value
-            self._log("frame", frame=int(f), entropy={str(k): round(float(v[f]), 6) for k, v in self._entropy.items()
-                                                      if np.isfinite(v[f])})
+            self._set_frame(f, labels, {k: float(v[f]) for k, v in self._entropy.items()})
 
     def _save_cleared(self, cleared: Optional[Dict[int, tuple]]) -> Optional[str]:
         if not cleared or self.folder is None:
