@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 pytest.importorskip("distributed")
 
@@ -167,3 +168,30 @@ def test_detect_recipe_clicks_every_object_of_each_stack(plate, predictor, tmp_p
             hits.append(((labels == k) & g).sum() / max(((labels == k) | g).sum(), 1))
     assert np.median(hits) > 0.4, hits
     assert ndi.label(labels > 0)[1] >= 2
+
+
+def test_recipe_of_a_sequence_scope_session_carries_the_shared_adapter(plate, predictor, tmp_path):
+    """Scope ``sequence``: the recipe holds the one adapter shared by all objects; the batch
+    worker loads it and it serves every detected object (ids the session never had)."""
+    from napari_lit.batch import _model_for
+
+    root, _, obj = plate
+    c = generate_clip(np.random.default_rng(20), 24, 96, kind="nuclei")  # pos0
+    s = LitSession.create_in(tmp_path / "s.litsession", predictor, c.frames[..., 0],
+                             adapter_config=AdapterConfig(max_steps=5, scope="sequence"))
+    s.add_mask(0, obj, c.labels[0] == obj)
+    list(s.propagate())
+    s.add_mask(6, obj, c.labels[6] == obj)
+    list(s.learn_from(6, obj))
+    assert s.adapter.has_shared and s.adapter.own_adapters() == []
+    recipe = export_recipe(s, tmp_path / "recipe", prompts="detect")
+    meta = json.loads((recipe / RECIPE_FILE).read_text())
+    assert meta["sequence_adapter"] and meta["adapted_objects"] == [] and meta["adapter"]["scope"] == "sequence"
+    assert (recipe / "adapters" / "sequence" / "adapter.pt").is_file()
+    _, worker = _model_for(recipe, "cpu")
+    assert worker.has_shared and worker.always and worker.has_adapter(7)
+    inputs = s.tracker.decoder_inputs(6, obj)
+    assert torch.equal(worker.predict(7, inputs)[0], s.adapter.predict(obj, inputs)[0])
+    s.close()
+    row = segment_stack(root / "pos1.tif", recipe, tmp_path / "out")
+    assert row["objects"] >= 2 and row["frames"] == 24

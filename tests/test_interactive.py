@@ -274,8 +274,11 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
                 "--lora-targets", "q_proj", "v_proj", "--lora-replay", "3", "--lora-patience", "12",
                 "--lora-loss-side", "128"]))
     assert (cfg.rank, cfg.alpha, cfg.lr, cfg.max_steps, cfg.dropout, cfg.replay) == (8, 8.0, 0.002, 12, 0.0, 3)
-    assert cfg.patience == 12 and cfg.loss_side == 128
+    assert cfg.patience == 12 and cfg.loss_side == 128 and cfg.scope == "object"
     assert cfg.target_modules == ("q_proj", "v_proj") and not cfg.memory_attention
+    cfg = adapter_config_from_args(build_parser().parse_args(
+        base + ["--lora-scope", "both", "--lora-shared-replay", "2"]))
+    assert (cfg.scope, cfg.shared_replay) == ("both", 2)
     assert adapter_config_from_args(build_parser().parse_args(base)) == AdapterConfig()
 
     _write_sequence(tmp_path / "data" / "synth-t", clip, "TYX")
@@ -301,6 +304,10 @@ def test_cli_adapter_options(tmp_path, clip, capsys):
                    "-1", "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "replay must be >= 0" in err[0]
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-shared-replay",
+                   "-1", "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "shared_replay" in err[0]
     rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--lora-patience",
                    "0", "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -328,3 +335,21 @@ def test_benchmark_repeats_per_object_whatever_else_runs(tmp_path, predictor, cl
     assert [e["adapter_fit"] for e in b["events"]]  # the learned part is compared, not only the user's
     # the same clip under another name draws other random numbers
     assert [e["adapter_fit"] for e in a["events"]] != [e["adapter_fit"] for e in b["events"]]
+
+
+def test_sequence_scope_carries_the_shared_adapter_to_the_next_object(tmp_path, predictor, clip):
+    """Scope ``sequence``: the first correction of a sequence's second object is met by the
+    shared adapter the first object taught (its prediction is tried first); with scope
+    ``object`` the second object starts with no adapter."""
+    _, labels = clip
+    objs = [int(i) for i in np.bincount(labels[0].ravel())[1:].argsort()[::-1][:2] + 1]
+    _write_sequence(tmp_path / "data" / "synth-t", clip, "TYX", objs)
+    kw = dict(predictor=predictor, progress=False, tau=1.01, max_corrections=2)
+    runs = {scope: run_benchmark(tmp_path / "data", "lit", "mask", **kw,
+                                 adapter_config=AdapterConfig(max_steps=3, scope=scope))
+            for scope in ("object", "sequence")}
+    first = {scope: [e["events"][0] for e in r["sequences"]] for scope, r in runs.items()}
+    assert "iou_adapted" not in first["object"][1] and "iou_adapted" not in first["sequence"][0]
+    assert "iou_adapted" in first["sequence"][1]
+    assert runs["sequence"]["adapter"]["scope"] == "sequence"
+    assert all(len(e["adapt_ms"]) == e["corrections"] for e in runs["sequence"]["sequences"])

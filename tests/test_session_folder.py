@@ -145,6 +145,42 @@ def test_undone_first_prompts_and_removed_prompts_survive_a_resume(predictor, cl
         r.close()
 
 
+def test_scope_both_resumes_the_shared_adapter_and_undo_takes_it_back(predictor, clip, tmp_path):
+    """Issue 26 item 1: with scope ``both`` a correction of one object trains the shared
+    adapter (which then adapts the other object) and the object's own; both come back on a
+    resume, with the order of the corrections, and undo takes them back."""
+    frames, labels = clip
+    ids = np.bincount(labels[0].ravel())[1:].argsort()[::-1] + 1
+    a, b = int(ids[0]), int(ids[1])
+    folder = tmp_path / "both.litsession"
+    s = LitSession.create_in(folder, predictor, frames, adapter_config=AdapterConfig(max_steps=4, scope="both"))
+    for k in (a, b):
+        s.add_mask(0, k, labels[0] == k)
+    list(s.propagate(direction="forward"))
+    s.add_mask(3, a, labels[3] == a)
+    list(s.learn_from(3, a))
+    s.add_mask(5, b, labels[5] == b)
+    list(s.learn_from(5, b))
+    assert s.adapter.own_adapters() == [a, b] and s.adapter.has_shared
+    inputs = s.tracker.decoder_inputs(6, b)
+    adapted_b = s.adapter.predict(b, inputs)[0].clone()
+    serials = {k: [e.serial for e in v] for k, v in s.adapter.examples.items()}
+    assert serials == {a: [1], b: [2]}
+    s.close()
+    r = LitSession.resume(folder, predictor, frames)
+    try:
+        assert r.adapter.config.scope == "both"
+        assert r.adapter.own_adapters() == [a, b] and r.adapter.has_shared
+        assert torch.equal(r.adapter.predict(b, inputs)[0], adapted_b)
+        assert {k: [e.serial for e in v] for k, v in r.adapter.examples.items()} == serials
+        r.undo()  # b's correction: b's own adapter goes, the shared one is as a taught it
+        assert r.adapter.own_adapters() == [a] and r.adapter.has_shared and r.adapter.has_adapter(b)
+        r.undo()
+        assert not r.adapter.has_shared and not r.adapter.has_adapter(b)
+    finally:
+        r.close()
+
+
 def test_resume_refuses_another_image_or_model(worked, predictor):
     s, folder, frames, labels, obj = worked
     s.close()

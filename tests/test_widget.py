@@ -412,6 +412,45 @@ def test_self_applied_learning_and_memory_gate_switches(loop, qtbot, monkeypatch
     assert not [f for f in remembered if f > 4]
 
 
+def test_scope_setting_reaches_the_session_and_one_correction_adapts_every_object(make_napari_viewer, qtbot,
+                                                                                  tmp_path):
+    """Advanced "learn for: sequence": the session's adapter is the shared one, so a
+    correction of one object adapts the other too; a resumed session shows its own scope."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lit", "timelapse")
+    image, gt = viewer.layers[0], np.asarray(viewer.layers[1].data)
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    viewer.window.add_dock_widget(widget, name="LIT segmentation")
+    widget.image_combo.setCurrentText(image.name)
+    assert widget.scope_combo.currentText() == "object"
+    widget.scope_combo.setCurrentText("sequence")
+    widget.steps_spin.setValue(4)
+    widget.start()
+    _wait(qtbot, widget)
+    s = widget.session
+    assert s.adapter.config.scope == "sequence" and s.adapter.config.max_steps == 4
+    ids = np.bincount(gt[0].ravel())[1:].argsort()[::-1] + 1
+    a = _click_object(widget, qtbot, gt, obj=int(ids[0]))
+    b = _click_object(widget, qtbot, gt, obj=int(ids[1]))
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    ys, xs = np.nonzero(gt[4] == a)
+    widget.labels_layer.selected_label = a
+    widget.points_layer.add([4, ys.mean(), xs.mean()])  # a correction of a alone
+    _wait(qtbot, widget)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    assert s.n_learned == 1 and s.adapter.has_shared and s.adapter.own_adapters() == []
+    assert s.adapter.has_adapter(b) and s.adapted_prediction(5, b) is not None
+    folder = s.folder.path
+    widget.close_session()
+    widget.scope_combo.setCurrentText("object")
+    widget.open_session(folder)
+    _wait(qtbot, widget)
+    assert widget.session.adapter.config.scope == "sequence" and widget.scope_combo.currentText() == "sequence"
+    widget.close_session()
+
+
 def test_session_folder_undo_redo_and_open_session(loop, qtbot):
     """The widget's session is a session folder; U / Shift-U undo and redo a correction;
     "Open session" resumes the folder: labels, clicks in the prompts layer, the pending

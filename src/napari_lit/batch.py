@@ -1,7 +1,8 @@
 """Apply what a session learned to a whole experiment, on a ``dask.distributed`` cluster.
 
 A **recipe** is the portable result of a session (:func:`export_recipe`): the model's name and
-checksum, the adapter of every object that learned from corrections, and the prompts (clicks,
+checksum, the adapter of every object that learned from corrections (and the adapter shared
+by all objects, when the session's adapter scope is ``sequence`` or ``both``), and the prompts (clicks,
 boxes, masks) with the frames they were given on. :func:`run_batch` segments many stacks with
 it: one task per stack on a cluster (a ``LocalCluster`` by default, or an existing scheduler),
 the model loaded once per worker, each stack's labels written by the worker to its own label
@@ -47,15 +48,16 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
     ----------
     session : napari_lit.core.session.LitSession
     folder : str or Path
-        Created; ``recipe.json``, ``adapters/obj<k>/`` (peft weights + config) and
-        ``masks/*.npy`` (mask prompts).
+        Created; ``recipe.json``, ``adapters/obj<k>/`` (peft weights + config),
+        ``adapters/sequence/`` (the shared adapter, if any) and ``masks/*.npy`` (mask prompts).
     prompts : {"copy", "detect"}
         ``copy``: the session's prompts at the same frames and positions on every stack (a
         fixed field of view). ``detect``: one positive click per object detected on frame
         ``detect_frame`` of each stack (:func:`detect_objects`: Otsu threshold, connected
         components of at least ``min_area`` px, ``polarity`` bright or dark objects), ids
-        1..K; when the session taught exactly one object's adapter, every detected object
-        uses it.
+        1..K; with the shared adapter (scope ``sequence`` or ``both``) every detected
+        object uses it, and otherwise, when the session taught exactly one object's
+        adapter, every detected object uses that one.
 
     Returns
     -------
@@ -93,11 +95,13 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
             np.save(folder / name, np.asarray(prompt["mask"], bool))
             entry["mask"] = name
         entries.append(entry)
-    adapted = []
-    for obj in sorted(session.tracker.obj_ids):
-        if session.adapter.has_adapter(obj):
-            session.adapter.save(folder / "adapters" / f"obj{obj}", obj)
-            adapted.append(int(obj))
+    from .core.adaptation import SHARED
+
+    adapted = [obj for obj in session.adapter.own_adapters() if obj in session.tracker.obj_ids]
+    for obj in adapted:
+        session.adapter.save(folder / "adapters" / f"obj{obj}", obj)
+    if session.adapter.has_shared:
+        session.adapter.save(folder / "adapters" / "sequence", SHARED)
     predictor = session.tracker.predictor
     recipe = {
         "format": 1,
@@ -106,6 +110,7 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
                   "image_size": int(predictor.image_size)},
         "adapter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(session.adapter.config).items()},
         "adapted_objects": adapted,
+        "sequence_adapter": bool(session.adapter.has_shared),
         "frame_shape": list(session.tracker.frame_shape),
         "zoom": session.tracker.zoom,
         "prompts": entries,
@@ -200,7 +205,7 @@ def _model_for(recipe_dir: Path, device: str):
     """The recipe's model with its adapters, loaded once per process (a dask worker)."""
     key = f"{Path(recipe_dir).resolve()}|{device}"
     if key not in _WORKER_MODELS:
-        from .core.adaptation import AdapterConfig, DecoderAdapter
+        from .core.adaptation import SHARED, AdapterConfig, DecoderAdapter
         from .models import load_predictor
 
         recipe = json.loads((Path(recipe_dir) / RECIPE_FILE).read_text())
@@ -212,13 +217,18 @@ def _model_for(recipe_dir: Path, device: str):
                              f"the recipe was made with ({want[:12]})")
         config = AdapterConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recipe["adapter"].items()})
         adapter = DecoderAdapter(predictor, config)
-        for obj in recipe["adapted_objects"]:
-            adapter.load(Path(recipe_dir) / "adapters" / f"obj{obj}", int(obj))
+        detect = recipe.get("prompt_mode") == "detect"
+        with_shared = bool(recipe.get("sequence_adapter"))
+        if with_shared:
+            adapter.load(Path(recipe_dir) / "adapters" / "sequence", SHARED)
+        if not (detect and with_shared):  # detected objects' ids are not the session's
+            for obj in recipe["adapted_objects"]:
+                adapter.load(Path(recipe_dir) / "adapters" / f"obj{obj}", int(obj))
         adapter.always = True
-        shared = recipe["adapted_objects"][0] if recipe.get("prompt_mode") == "detect" and \
+        one = recipe["adapted_objects"][0] if detect and not with_shared and \
             len(recipe["adapted_objects"]) == 1 else None
-        if shared is not None:  # detected objects all use the one adapter the session taught
-            adapter = _SharedAdapter(adapter, int(shared))
+        if one is not None:  # detected objects all use the one adapter the session taught
+            adapter = _SharedAdapter(adapter, int(one))
         _WORKER_MODELS[key] = (predictor, adapter)
     return _WORKER_MODELS[key]
 

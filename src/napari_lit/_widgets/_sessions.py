@@ -196,7 +196,8 @@ class SessionMixin:
             model, config = self.checkpoint_edit.text(), self.config_edit.text() or None
         device = self.device_combo.currentText()
         adapter_config = AdapterConfig(rank=self.rank_spin.value(), alpha=float(self.rank_spin.value()),
-                                       lr=self.lr_spin.value(), max_steps=self.steps_spin.value())
+                                       lr=self.lr_spin.value(), max_steps=self.steps_spin.value(),
+                                       scope=self.scope_combo.currentText())
         layer = self.image_layer
         stem = f"{_safe_name(layer.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
         folder = self.store_dir / f"{stem}.litsession"
@@ -407,6 +408,11 @@ class SessionMixin:
         self.shapes_layer.events.data.connect(self._on_shapes)
         self.viewer.layers.selection.active = self.points_layer
         self.points_layer.mode = "add"
+        config = session.adapter.config  # the settings this session learns with (a resumed one's own)
+        self.rank_spin.setValue(config.rank)
+        self.lr_spin.setValue(config.lr)
+        self.steps_spin.setValue(config.max_steps)
+        self.scope_combo.setCurrentText(config.scope)
         self._set_session_controls(True)
         self._update_status()
         self.update_review(now=True)  # the full draw here, while no model call runs

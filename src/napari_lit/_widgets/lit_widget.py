@@ -221,9 +221,19 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 500)
         self.steps_spin.setValue(defaults.max_steps)
+        from ..core.adaptation import SCOPES
+
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(list(SCOPES))
+        self.scope_combo.setCurrentText(defaults.scope)
+        self.scope_combo.setToolTip("object: each object learns from its own corrections (LIT). sequence: one "
+                                    "adapter shared by all objects, so a correction of one nucleus fixes the same "
+                                    "error on the others. both: the shared adapter and each object's own on top "
+                                    "(training takes up to twice as long)")
         adv_form.addRow("LoRA rank", self.rank_spin)
         adv_form.addRow("learning rate", self.lr_spin)
         adv_form.addRow("max steps", self.steps_spin)
+        adv_form.addRow("learn for", self.scope_combo)
         from ..core.uncertainty import DEFAULT_TAU_M, DEFAULT_TAU_U
 
         self.auto_check = QCheckBox("self-applied learning (lit-auto)")
@@ -716,8 +726,9 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                 def learn(frame=frame, obj_id=obj_id):
                     yield from session.learn_from(frame, obj_id)
 
+                config = session.adapter.config  # scope both: the shared adapter's steps, then the object's
                 self._run(f"learning from the correction on frame {frame}", learn,
-                          total=session.adapter.config.max_steps)
+                          total=config.max_steps * (2 if config.scope == "both" else 1))
         if not session.tracker.prompt_frames():
             self._show_error(ValueError("click an object first"))
             return

@@ -386,7 +386,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     max_corrections : int, optional
         Interactive methods: correction events allowed per object (unlimited by default).
     adapter_config : napari_lit.core.adaptation.AdapterConfig, optional
-        Interactive methods: LoRA settings (napari-lit's defaults by default).
+        Interactive methods: LoRA settings (napari-lit's defaults by default). Each object
+        runs in a session of its own; with scope ``sequence`` or ``both`` the shared
+        adapter (its weights and the corrections it replays) goes on from one object to
+        the next of the same sequence, in the sequence's object order, as a user who
+        corrects the objects one after another would see it.
     tau_u : float
         ``lit-auto``: masked-entropy jump that triggers the adapted prediction.
     tau_m : float
@@ -506,6 +510,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             elif joint and present:
                 joint_scores = score_objects({obj: labels == obj for obj in present}, method, init, tracker,
                                              entropy_norm=entropy_norm)
+            # scope sequence/both: what the shared adapter learned goes on to the sequence's next object
+            carried = None
             for obj in seq.objects:
                 if bar is not None:
                     bar.set_postfix_str(f"{seq.name} #{obj}", refresh=False)
@@ -518,9 +524,13 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     elif interactive:
                         with object_session(predictor, source, method, adapter_config, zoom) as session:
                             _seed(seq.name, obj, session.adapter)
+                            if carried is not None:
+                                session.adapter.restore(carried)
                             scores = simulate_object(gt, session, method, init, tau=tau,
                                                      max_corrections=max_corrections, obj_id=int(obj),
                                                      backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
+                            if session.adapter.has_shared:
+                                carried = session.adapter.shared_snapshot()
                     else:
                         scores = score_object(gt, method, init, tracker, obj_id=int(obj),
                                               entropy_norm=entropy_norm)
@@ -671,8 +681,15 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-memory-attention", action="store_true",
                       help="also adapt SAM2's memory attention")
     lora.add_argument("--lora-replay", type=int, metavar="N",
-                      help="also train on the object's N previous corrections with each new one "
-                           "(image-sequence adaptation, Kontogianni et al. 2020; default 0)")
+                      help="also train on the object's N previous corrections with each new one, for its "
+                           "own adapter (default 0)")
+    lora.add_argument("--lora-scope", choices=("object", "sequence", "both"),
+                      help="object: one adapter per object (LIT, default); sequence: one adapter shared by "
+                           "all objects of a sequence, trained on each correction of any object (image-sequence "
+                           "adaptation, Kontogianni et al. 2020); both: the shared one, then each object's own")
+    lora.add_argument("--lora-shared-replay", type=int, metavar="N",
+                      help="earlier corrections (the latest of each object first) the shared adapter trains on "
+                           "with each new one (default 4)")
     lora.add_argument("--lora-loss-side", type=int, metavar="N",
                       help="compare the adapted mask with the correction on a grid of at most N pixels on "
                            "its longer side, the decoder's logits resized to it as sam2 resizes them to the "
@@ -697,7 +714,8 @@ def adapter_config_from_args(args):
     for opt, key in (("lora_lr", "lr"), ("lora_steps", "max_steps"), ("lora_patience", "patience"),
                      ("lora_dropout", "dropout"),
                      ("lora_targets", "target_modules"), ("lora_replay", "replay"),
-                     ("lora_loss_side", "loss_side")):
+                     ("lora_loss_side", "loss_side"), ("lora_scope", "scope"),
+                     ("lora_shared_replay", "shared_replay")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.lora_memory_attention:

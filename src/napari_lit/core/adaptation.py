@@ -6,7 +6,15 @@ cached decoder inputs (memory-conditioned image embedding, high-resolution featu
 embeddings of the tracking pass) against the corrected mask, so the same kind of error is
 fixed by itself on later frames. The adapter is made with ``peft``
 (``LoraConfig(target_modules=...)``), one per object, and accumulates over that object's
-corrections in one sequence.
+corrections in one sequence (``AdapterConfig.scope="object"``).
+
+Sequence-level adaptation (Kontogianni et al., ECCV 2020, "Continuous adaptation for
+interactive object segmentation by learning from corrections", image-sequence adaptation):
+with ``scope="sequence"`` one adapter is shared by all objects of a session and trained on each
+correction of any object, together with replayed earlier corrections (the latest of each other
+object first, so learning one nucleus does not overwrite what another taught); with
+``scope="both"`` each correction trains the shared adapter that way and then the object's own
+adapter on top of it (the shared one held fixed), and an object is predicted with both.
 
 Published settings, kept as defaults here: q/k/v projections of the decoder's two-way
 transformer (both blocks and the final token-to-image attention), rank 4, alpha 4, dropout
@@ -31,7 +39,7 @@ import numpy as np
 
 from ._sam2 import DecoderInputs, select_tracking_mask
 
-__all__ = ["AdapterConfig", "TrainStep", "DecoderAdapter", "focal_loss", "dice_loss"]
+__all__ = ["AdapterConfig", "TrainStep", "DecoderAdapter", "focal_loss", "dice_loss", "SCOPES", "SHARED"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,10 @@ ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 OUTPUT_TARGETS = {
     "hypernetworks": r".*output_hypernetworks_mlps\.\d+\.layers\.\d+",
 }
+#: what one adapter serves (:attr:`AdapterConfig.scope`)
+SCOPES = ("object", "sequence", "both")
+#: the id under which :class:`DecoderAdapter` keeps the adapter shared by all objects
+SHARED = -1
 
 
 @dataclass
@@ -74,7 +86,20 @@ class AdapterConfig:
         Loss weights (LIT: 20:1).
     replay : int
         Earlier corrections of the same object trained along with the new one, in the same
-        batch (0 = only the new correction).
+        batch (0 = only the new correction), for the object's own adapter.
+    scope : {"object", "sequence", "both"}
+        ``object``: one adapter per object, trained on that object's corrections (LIT).
+        ``sequence``: one adapter shared by all objects of the session, trained on each
+        correction of any object with up to ``shared_replay`` earlier ones (image-sequence
+        adaptation, Kontogianni et al. 2020). ``both``: the shared adapter as in
+        ``sequence``, then the object's own adapter trained on top of it (shared held fixed);
+        objects are predicted with the sum of both (an object without its own adapter yet
+        with the shared one alone). ``both`` trains two adapters per correction, so it takes
+        up to twice as long.
+    shared_replay : int
+        Earlier corrections replayed with each new one when the shared adapter trains: the
+        latest correction of each object first (most recent first), then older ones, up to
+        this many.
     target_iou : float
         Stop as soon as the adapted prediction reproduces the correction this well (IoU at
         the loss's resolution, ``loss_side``).
@@ -105,6 +130,8 @@ class AdapterConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     replay: int = 0
+    scope: str = "object"
+    shared_replay: int = 4
     target_iou: float = 0.9
     memory_attention: bool = False
     loss_side: int = 0
@@ -118,8 +145,11 @@ class AdapterConfig:
             raise ValueError(f"rank and max_steps must be >= 1 and lr > 0; got {self.rank}, {self.max_steps}, {self.lr}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1 (steps without a lower loss before stopping); got {self.patience}")
-        if self.replay < 0:
-            raise ValueError(f"replay must be >= 0 (earlier corrections trained along); got {self.replay}")
+        if self.replay < 0 or self.shared_replay < 0:
+            raise ValueError(f"replay and shared_replay must be >= 0 (earlier corrections trained along); "
+                             f"got {self.replay}, {self.shared_replay}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {list(SCOPES)} (what one adapter serves); got {self.scope!r}")
         allowed = set(ATTENTION_TARGETS) | set(OUTPUT_TARGETS)
         bad = set(self.target_modules) - allowed
         if bad or not self.target_modules:
@@ -164,11 +194,13 @@ class AdapterConfig:
 class TrainStep:
     """One optimisation step on a correction: ``step`` (1-based), ``loss`` (float),
     ``iou`` of the adapted prediction with the corrected mask at the loss's resolution
-    (:attr:`AdapterConfig.loss_side`)."""
+    (:attr:`AdapterConfig.loss_side`); ``adapter``: the adapter trained (``sequence``, the
+    shared one, or ``obj<id>``; with scope ``both`` the shared one's steps come first)."""
 
     step: int
     loss: float
     iou: float
+    adapter: str = ""
 
 
 def focal_loss(logits, target, alpha: float = 0.25, gamma: float = 2.0):
@@ -233,10 +265,12 @@ def _stack(records: Sequence[DecoderInputs]) -> DecoderInputs:
 class _Example:
     inputs: DecoderInputs
     target: object  # (1, 1, h, w) float tensor at the loss's resolution (DecoderAdapter.target_tensor)
+    serial: int = 0  # order of the corrections of all objects (the shared adapter's replay)
 
 
 class DecoderAdapter:
-    """LoRA adapters (one per object) on a SAM2 predictor's mask decoder.
+    """LoRA adapters (one per object, one shared by all, or both: ``config.scope``) on a
+    SAM2 predictor's mask decoder.
 
     Wraps ``predictor.sam_mask_decoder`` in a ``peft.PeftModel`` the first time an object
     gets an adapter. Adapter layers stay *disabled* except inside :meth:`predict`,
@@ -265,16 +299,46 @@ class DecoderAdapter:
         #: adapter fitting below tau cannot be expected to pass tau on later frames
         self.fit: Dict[int, float] = {}
         self.always = False
+        self._serial = 0  # corrections seen, all objects (orders the shared adapter's replay)
 
     # ----------------------------------------------------------------- plumbing
     @staticmethod
     def adapter_name(obj_id: int) -> str:
-        """The peft adapter name of object ``obj_id`` (``obj<id>``)."""
-        return f"obj{int(obj_id)}"
+        """The peft adapter name of object ``obj_id`` (``obj<id>``; :data:`SHARED`:
+        ``sequence``, the adapter shared by all objects)."""
+        return "sequence" if int(obj_id) == SHARED else f"obj{int(obj_id)}"
+
+    @staticmethod
+    def _id_of(name: str) -> int:
+        return SHARED if name == "sequence" else int(name[3:])
+
+    def _exists(self, obj_id: int) -> bool:
+        return self.peft_model is not None and self.adapter_name(obj_id) in self.peft_model.peft_config
+
+    def own_adapters(self) -> List[int]:
+        """Ids of the objects with an adapter of their own (sorted; not :data:`SHARED`)."""
+        if self.peft_model is None:
+            return []
+        return sorted(self._id_of(n) for n in self.peft_model.peft_config if n != "sequence")
+
+    @property
+    def has_shared(self) -> bool:
+        """Whether the adapter shared by all objects exists (scope ``sequence`` or ``both``)."""
+        return self._exists(SHARED)
+
+    def _serving(self, obj_id: int) -> List[int]:
+        """The adapters that predict object ``obj_id``, by :attr:`AdapterConfig.scope`."""
+        scope = self.config.scope
+        out = [SHARED] if scope in ("sequence", "both") and self._exists(SHARED) else []
+        if int(obj_id) == SHARED or scope in ("object", "both") and self._exists(obj_id):
+            out.append(int(obj_id))
+        return out
 
     def has_adapter(self, obj_id: int) -> bool:
-        """Whether object ``obj_id`` has an adapter (trained at least once or loaded)."""
-        return self.peft_model is not None and self.adapter_name(obj_id) in self.peft_model.peft_config
+        """Whether object ``obj_id``'s predictions are adapted: it has an adapter of its own
+        (scope ``object``), the shared adapter exists (``sequence``), either (``both``).
+        ``obj_id`` :data:`SHARED` asks for the shared adapter."""
+        return bool(self._serving(obj_id)) if int(obj_id) != SHARED else self._exists(SHARED)
 
     def _wrapped(self):
         return [m for m in (self.peft_model, self.peft_memory) if m is not None]
@@ -297,12 +361,14 @@ class DecoderAdapter:
                 wrapped.eval()
             elif name not in wrapped.peft_config:
                 wrapped.add_adapter(name, self.config.lora_config(part))
+                wrapped.eval()  # the new adapter's LoRA dropout is built in training mode
         return name
 
-    def _activate(self, obj_id: int) -> None:
+    def _activate(self, obj_id: int, names: Optional[List[str]] = None) -> None:
+        names = names or [self.adapter_name(k) for k in self._serving(obj_id)]
         for wrapped in self._wrapped():
             wrapped.base_model.enable_adapter_layers()
-            wrapped.base_model.set_adapter(self.adapter_name(obj_id))
+            wrapped.base_model.set_adapter(names if len(names) > 1 else names[0])
 
     def _deactivate(self) -> None:
         for wrapped in self._wrapped():
@@ -384,7 +450,8 @@ class DecoderAdapter:
         """Learn from one correction (a generator: one :class:`TrainStep` per step).
 
         Reproducible: the LoRA initialisation and dropout draw from a random generator seeded
-        with ``config.seed``, the object and its number of corrections (the global torch
+        with ``config.seed``, the object and its number of corrections (scope ``sequence``
+        or ``both``: also the number of corrections of all objects; the global torch
         generator is left as it was), so a training cut short and run again after a resume
         gives the same adapter.
 
@@ -411,31 +478,71 @@ class DecoderAdapter:
         weight decay; stops when the correction is reproduced (``target_iou``) or after
         ``patience`` steps without improvement; the adapter keeps its best step, also when
         the generator is closed early (cancel).
+
+        Scope (:attr:`AdapterConfig.scope`): ``object`` trains the object's own adapter as
+        above. ``sequence`` trains the one adapter shared by all objects, on the new
+        correction and up to ``shared_replay`` earlier ones of any object (the latest of
+        each object first), so one correction teaches every similar object (image-sequence
+        adaptation, Kontogianni et al. 2020, Sec. 3.2.2, there one gradient step per image;
+        here the same early-stopped fit as an object's). ``both`` (their combined
+        adaptation, Sec. 3.2.3) trains the shared adapter first, then the object's own one
+        with the shared one on and held fixed; the object is predicted with their sum. The :class:`TrainStep` records say which
+        adapter each step trained.
         """
         import torch
 
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self.config.seed) * 1_000_003 + int(obj_id) * 10_007
-                              + self.n_corrections.get(int(obj_id), 0))
+                              + self.n_corrections.get(int(obj_id), 0)
+                              + (7_919 * sum(self.n_corrections.values()) if self.config.scope != "object" else 0))
             yield from self._train(obj_id, inputs, target_mask)
 
+    def _shared_batch(self, example: _Example) -> List[_Example]:
+        """``example`` and the earlier corrections the shared adapter replays with it: the
+        latest of each object, most recent first, then older ones (``shared_replay``)."""
+        earlier = sorted((e for hist in self.examples.values() for e in hist), key=lambda e: -e.serial)
+        latest = {}
+        for obj, hist in self.examples.items():
+            if hist:
+                latest[obj] = max(hist, key=lambda e: e.serial)
+        first = sorted(latest.values(), key=lambda e: -e.serial)
+        chosen = first + [e for e in earlier if all(e is not f for f in first)]
+        return [example] + chosen[: self.config.shared_replay]
+
     def _train(self, obj_id: int, inputs: DecoderInputs, target_mask) -> Iterator[TrainStep]:
+        self._serial += 1
+        example = _Example(inputs, self.target_tensor(inputs, target_mask, self.config.loss_side), self._serial)
+        history = self.examples.setdefault(int(obj_id), [])
+        scope = self.config.scope
+        shared_batch = self._shared_batch(example) if scope in ("sequence", "both") else None
+        own_batch = [example] + history[-self.config.replay:] if self.config.replay else [example]
+        history.append(example)
+        self.n_corrections[int(obj_id)] = self.n_corrections.get(int(obj_id), 0) + 1
+        self.fit.pop(int(obj_id), None)
+        if shared_batch is not None:
+            self._ensure(SHARED)
+            yield from self._fit(SHARED, [SHARED], shared_batch, int(obj_id))
+        if scope in ("object", "both"):
+            self._ensure(obj_id)
+            yield from self._fit(int(obj_id), self._serving(obj_id), own_batch, int(obj_id))
+        logger.info("adapter of object %d (%s): %d corrections", int(obj_id), scope, self.n_corrections[int(obj_id)])
+
+    def _fit(self, train_id: int, active: List[int], batch: List[_Example], obj_id: int) -> Iterator[TrainStep]:
+        """Train adapter ``train_id`` (the others in ``active`` on and held fixed) on
+        ``batch``; ``fit[obj_id]`` records how well the first example is reproduced."""
         import torch
         import torch.nn.functional as F
 
-        name = self._ensure(obj_id)
-        example = _Example(inputs, self.target_tensor(inputs, target_mask, self.config.loss_side))
-        history = self.examples.setdefault(int(obj_id), [])
-        batch = [example] + history[-self.config.replay:] if self.config.replay else [example]
-        history.append(example)
-        self.n_corrections[int(obj_id)] = self.n_corrections.get(int(obj_id), 0) + 1
-
-        params = self._lora_parameters(obj_id)
+        name = self.adapter_name(train_id)
+        params = self._lora_parameters(train_id)
         opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=0.0)
         best_loss, best_state, since_best = float("inf"), None, 0
         self.fit.pop(int(obj_id), None)
-        self._activate(obj_id)
+        self._activate(obj_id, [self.adapter_name(k) for k in active])
+        held = [p for k in active if k != train_id for p in self._lora_parameters(k)]
+        for p in held:  # set_adapter made every active adapter trainable
+            p.requires_grad_(False)
         for wrapped in self._wrapped():
             wrapped.train()
         try:
@@ -476,10 +583,10 @@ class DecoderAdapter:
                 else:
                     since_best += 1
                 if iou_new >= self.config.target_iou:  # the correction is reproduced: done
-                    yield TrainStep(step, total, iou_new)
+                    yield TrainStep(step, total, iou_new, name)
                     break
                 opt.step()
-                yield TrainStep(step, total, iou_new)
+                yield TrainStep(step, total, iou_new, name)
                 if since_best >= self.config.patience:
                     break
         finally:
@@ -487,10 +594,12 @@ class DecoderAdapter:
                 with torch.no_grad():
                     for p in params:
                         p.copy_(best_state[id(p)])
+            for p in held:
+                p.requires_grad_(True)
             for wrapped in self._wrapped():
                 wrapped.eval()
             self._deactivate()
-        logger.info("adapter %s: %d corrections, best loss %.4f", name, self.n_corrections[int(obj_id)], best_loss)
+        logger.info("adapter %s: best loss %.4f on %d examples", name, best_loss, len(batch))
 
     @staticmethod
     def target_tensor(inputs: DecoderInputs, target_mask, loss_side: int = 0):
@@ -557,7 +666,19 @@ class DecoderAdapter:
             for name in self.peft_model.peft_config:
                 state[name] = self._weights(name)
         return {"weights": state, "examples": {k: list(v) for k, v in self.examples.items()},
-                "n_corrections": dict(self.n_corrections), "fit": dict(self.fit)}
+                "n_corrections": dict(self.n_corrections), "fit": dict(self.fit), "serial": self._serial}
+
+    def shared_snapshot(self) -> dict:
+        """What the shared adapter knows, as a :meth:`snapshot` without the objects' own
+        adapters: its weights, every object's corrections (which it replays) and their
+        counts. :meth:`restore` of it into another session's adapter carries what one
+        object's corrections taught to the next object of the same sequence (the
+        benchmark's sessions are one per object). Empty weights when there is no shared
+        adapter."""
+        snap = self.snapshot()
+        snap["weights"] = {k: v for k, v in snap["weights"].items() if k == self.adapter_name(SHARED)}
+        snap["fit"] = {}
+        return snap
 
     def restore(self, snap: dict) -> None:
         """Go back to ``snap``, a :meth:`snapshot` (adapters created since are removed)."""
@@ -566,11 +687,12 @@ class DecoderAdapter:
                 if name not in snap["weights"]:
                     self._remove(name)
         for name, weights in snap["weights"].items():
-            self._ensure(int(name[3:]))
+            self._ensure(self._id_of(name))
             self._set_weights(name, weights)
         self.examples = {k: list(v) for k, v in snap["examples"].items()}
         self.n_corrections = dict(snap["n_corrections"])
         self.fit = dict(snap.get("fit", {}))
+        self._serial = max([int(snap.get("serial", 0))] + [e.serial for v in self.examples.values() for e in v])
 
     def _weights(self, name: str) -> dict:
         from peft import get_peft_model_state_dict
@@ -608,7 +730,10 @@ class DecoderAdapter:
 
     def reset(self, obj_id: Optional[int] = None) -> None:
         """Forget the adapter (and its corrections) of object ``obj_id``, or of all objects
-        when ``obj_id`` is None; sam2's decoder is unwrapped when no adapter is left."""
+        when ``obj_id`` is None; sam2's decoder is unwrapped when no adapter is left. With
+        scope ``sequence`` or ``both`` the shared adapter keeps what the object taught it
+        (only its examples leave the replay); ``obj_id`` :data:`SHARED` forgets the shared
+        adapter alone."""
         if self.peft_model is not None:
             names = [self.adapter_name(obj_id)] if obj_id is not None else list(self.peft_model.peft_config)
             for name in names:
@@ -618,13 +743,15 @@ class DecoderAdapter:
             self.examples.clear()
             self.n_corrections.clear()
             self.fit.clear()
+            self._serial = 0
         else:
             self.examples.pop(int(obj_id), None)
             self.n_corrections.pop(int(obj_id), None)
             self.fit.pop(int(obj_id), None)
 
     def save(self, folder: Union[str, Path], obj_id: int) -> Path:
-        """Save the adapter weights of object ``obj_id`` and its peft config to ``folder``.
+        """Save the adapter weights of object ``obj_id`` (:data:`SHARED`: the shared
+        adapter) and its peft config to ``folder``.
 
         Writes ``adapter.pt`` (LoRA weights) and ``adapter_config.json`` (the peft
         ``LoraConfig`` plus this adapter's training settings).
@@ -636,21 +763,22 @@ class DecoderAdapter:
         """
         import torch
 
-        if not self.has_adapter(obj_id):
-            raise KeyError(f"object {obj_id} has no adapter to save")
+        if not self._exists(obj_id):
+            raise KeyError(f"{'there is no shared adapter' if int(obj_id) == SHARED else f'object {obj_id} has no adapter'} to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         name = self.adapter_name(obj_id)
         torch.save(self._weights(name), folder / ADAPTER_FILE)
         peft_cfg = self.peft_model.peft_config[name].to_dict()  # the decoder's (memory: same r/targets)
         peft_cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_cfg.items()}
-        meta = {"peft": peft_cfg, "napari_lit": asdict(self.config), "obj_id": int(obj_id),
-                "n_corrections": self.n_corrections.get(int(obj_id), 0)}
+        n = sum(self.n_corrections.values()) if int(obj_id) == SHARED else self.n_corrections.get(int(obj_id), 0)
+        meta = {"peft": peft_cfg, "napari_lit": asdict(self.config), "obj_id": int(obj_id), "n_corrections": n}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return folder
 
     def load(self, folder: Union[str, Path], obj_id: int) -> None:
-        """Load an adapter saved by :meth:`save` as object ``obj_id``'s adapter.
+        """Load an adapter saved by :meth:`save` as object ``obj_id``'s adapter
+        (:data:`SHARED`: as the shared adapter).
 
         Raises
         ------
@@ -679,4 +807,5 @@ class DecoderAdapter:
         unexpected = self._set_weights(name, weights)
         if unexpected:
             raise ValueError(f"{folder}: adapter weights do not fit this model ({unexpected[:2]} ...)")
-        self.n_corrections[int(obj_id)] = int(meta.get("n_corrections", 0))
+        if int(obj_id) != SHARED:
+            self.n_corrections[int(obj_id)] = int(meta.get("n_corrections", 0))

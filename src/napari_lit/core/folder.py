@@ -412,10 +412,11 @@ class SessionFolder:
         return out
 
     def save_adapters(self, name: str, adapter, examples: Dict[int, List[str]]) -> str:
-        """Save every object's adapter (weights + peft config, :meth:`DecoderAdapter.save`)
-        and which saved corrections each one has learned from (``examples``: object id ->
-        list of ``inputs/`` paths) as ``adapters/<name>/``, renamed into place when complete;
-        returns the relative path."""
+        """Save every object's adapter (weights + peft config, :meth:`DecoderAdapter.save`),
+        the shared one if any (``sequence/``), and which saved corrections each object has
+        taught (``examples``: object id -> list of ``[inputs file, target record, serial]``,
+        serial ordering the corrections of all objects) as ``adapters/<name>/``, renamed into
+        place when complete; returns the relative path."""
         rel = f"adapters/{name}"
         target = self.path / rel
         with saving(self.path):
@@ -424,14 +425,19 @@ class SessionFolder:
         return rel
 
     def _save_adapters(self, target: Path, name: str, adapter, examples: Dict[int, List[str]]) -> None:
+        from .adaptation import SHARED
+
         tmp = target.with_name(f".{name}.{uuid.uuid4().hex}.partial")
         try:
             tmp.mkdir()
-            objs = sorted(int(k) for k in adapter.n_corrections if adapter.has_adapter(int(k)))
+            objs = adapter.own_adapters()
             for k in objs:
                 adapter.save(tmp / f"obj{k}", k)
+            if adapter.has_shared:
+                adapter.save(tmp / "sequence", SHARED)
             (tmp / "index.json").write_text(json.dumps({
-                "objects": objs, "n_corrections": {str(k): int(v) for k, v in adapter.n_corrections.items()},
+                "objects": objs, "sequence": bool(adapter.has_shared),
+                "n_corrections": {str(k): int(v) for k, v in adapter.n_corrections.items()},
                 "examples": {str(k): list(v) for k, v in examples.items()}}))
             for f in tmp.rglob("*"):
                 if f.is_file():

@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .adaptation import AdapterConfig, DecoderAdapter, TrainStep
+from .adaptation import SHARED, AdapterConfig, DecoderAdapter, TrainStep
 from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
@@ -344,17 +344,23 @@ class LitSession:
         index = self.folder.adapters_index(rel)
         for k in index["objects"]:
             self.adapter.load(self.folder.path / rel / f"obj{k}", int(k))
+        if index.get("sequence"):
+            self.adapter.load(self.folder.path / rel / "sequence", SHARED)
         self.adapter.n_corrections = {int(k): int(v) for k, v in index["n_corrections"].items()}
         from .adaptation import _Example
 
-        for k, pairs in index["examples"].items():
-            self._example_files[int(k)] = [list(p) for p in pairs]
+        serial = 0
+        for k, entries in index["examples"].items():
+            self._example_files[int(k)] = [list(p) for p in entries]
             examples = []
-            for inputs_rel, target_rel in pairs:
-                inputs = self.folder.load_inputs(inputs_rel)
-                target = self.folder.load_record(target_rel)["target"]
-                examples.append(_Example(inputs, self.adapter.target_tensor(inputs, target, self.adapter.config.loss_side)))
+            for entry in entries:  # [inputs, target] (before sequence scope) or [inputs, target, serial]
+                inputs = self.folder.load_inputs(entry[0])
+                target = self.folder.load_record(entry[1])["target"]
+                serial = int(entry[2]) if len(entry) > 2 else serial + 1
+                examples.append(_Example(inputs, self.adapter.target_tensor(inputs, target, self.adapter.config.loss_side),
+                                         serial))
             self.adapter.examples[int(k)] = examples
+        self.adapter._serial = max([serial] + [e.serial for v in self.adapter.examples.values() for e in v])
 
     def _restore_adapter(self, state) -> None:
         if isinstance(state, dict):
@@ -890,7 +896,8 @@ class LitSession:
             inputs_rel = (correction.inputs if correction is not None and correction.inputs
                           else self.folder.save_inputs(f"{seq:06d}-learned", inputs))
             target_rel = self.folder.save_record(f"{seq:06d}-target", target=target)
-            self._example_files.setdefault(int(obj_id), []).append([inputs_rel, target_rel])
+            serial = self.adapter.examples[int(obj_id)][-1].serial
+            self._example_files.setdefault(int(obj_id), []).append([inputs_rel, target_rel, serial])
             rel = self._save_adapters()
             self._log("learned", frame=int(frame_idx), obj=int(obj_id), adapters=rel)
 
