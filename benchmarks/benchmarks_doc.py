@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_lit.bench.correction_report import correction_table, plot_corrections
+from napari_lit.bench.correction_report import (correction_table, j_at_k_table, plot_corrections,
+                                               plot_corrections_by_sequence, plot_j_at_k)
 from napari_lit.bench.report import comparison_table, load_result, plot_entropy_iou, plot_per_frame
 
 DATA = "../shared/data/dev"
@@ -343,6 +344,58 @@ def auto_section(results: Path) -> str:
                   f"| lit-auto | {auto['total_corrections']} | {_fewer(red)} | {applied} | {auto['mean_j']:.3f} |",
                   f"| lit-auto-oracle | {oracle['total_corrections']} | {_fewer(red_o)} | "
                   f"{oracle.get('auto_applied', 0)} | {oracle['mean_j']:.3f} |", ""]
+    return "\n".join(parts)
+
+
+def scope_section(results: Path, docs: Path) -> str:
+    """Adapter scope (issue 26 item 1): object vs sequence vs both on the multi-object dev
+    sequences at tau 0.5, beside frozen SAM2, with J@k (item 2 and target (d))."""
+    folder = results / "scope"
+    frozen = _load(folder / "frozen-tau0.5.json")
+    runs = {scope: _load(folder / f"lit-{scope}-tau0.5.json") for scope in ("object", "sequence", "both")}
+    runs = {k: v for k, v in runs.items() if v is not None}
+    if "object" not in runs or len(runs) < 2:
+        return ""
+    names = sorted({e["name"] for e in runs["object"]["sequences"]})
+    parts = ["## One correction for every similar object: the adapter's scope\n",
+             "`object`: one adapter per object, trained on that object's corrections (LIT). `sequence`: "
+             "one adapter shared by all objects of the sequence, trained on each correction of any "
+             "object with up to 4 earlier ones replayed, the latest of each object first (Kontogianni "
+             "et al. 2020's image-sequence adaptation). `both`: the shared adapter, then each object's own "
+             "on top of it. The simulated user corrects the objects of a sequence one after another, "
+             "each in a session of its own, and the shared adapter goes on from one object to the next. "
+             "Tau 0.5, mask prompt, sequences " + ", ".join(names) + ". J@k: the mean J once the user "
+             "has made k corrections per object and the tracker ran on to the end (effort held equal; "
+             "Kontogianni et al.'s IoU@k).\n",
+             "```bash\nbash benchmarks/dev_benchmarks.sh scope\n```\n"]
+    have = ({"frozen": frozen} if frozen is not None else {}) | {f"lit {k}": v for k, v in runs.items()}
+    parts.append(correction_table(list(have.values()), list(have)))
+    base = runs["object"]["total_corrections"]
+    rows = ["| scope | corrections | vs object | adapter accepts | median adaptation | p95 adaptation |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for scope, r in runs.items():
+        red = 100 * (base - r["total_corrections"]) / max(base, 1)
+        rows.append(f"| {scope} | {r['total_corrections']} | {'–' if scope == 'object' else _fewer(red)} | "
+                    f"{r['adapter_accepts']} | {r['median_adapt_ms'] or 0:.0f} ms | {r['p95_adapt_ms'] or 0:.0f} ms |")
+    parts += ["", *rows, ""]
+    shared = {k: v for k, v in runs.items() if k != "object"}
+    if shared:
+        best = min(shared, key=lambda k: shared[k]["total_corrections"])
+        red = 100 * (base - shared[best]["total_corrections"]) / max(base, 1)
+        verdict = "meets" if red >= 10 else "misses"
+        parts.append(f"The better shared scope, `{best}`, needs {_fewer(red)} corrections than `object`: it "
+                     f"{verdict} issue 26's >= 10 %" + ("" if red >= 10 else ", so `object` stays the default")
+                     + ". Adaptation times are this run's machine's "
+                     f"({runs['object'].get('machine', {}).get('cpu', 'CPU')}).\n")
+    curves = [r for r in have.values() if r.get("j_at_k")]
+    if len(curves) == len(have):
+        parts.append(j_at_k_table(list(have.values()), list(have)))
+        jk = docs / "bench-scope-jk.png"
+        plot_j_at_k(list(have.values()), jk, list(have), title="J@k, multi-object dev sequences, tau 0.5")
+        parts.append(f"\n![J@k per scope]({jk.name})\n")
+    bars = docs / "bench-scope-corrections.png"
+    plot_corrections_by_sequence(list(have.values()), bars, list(have))
+    parts.append(f"\n![corrections per sequence and scope]({bars.name})\n")
     return "\n".join(parts)
 
 
@@ -914,7 +967,8 @@ def main(argv=None) -> int:
             "through its own window (object-centred zoom, the default); results measured before it are "
             "the whole-frame view, and their commands say `--zoom off`: the correction, self-applied "
             "learning and ablation tables have not been rerun with the zoom yet.\n",
-            tracking_section(results, docs), corrections_section(results, docs), auto_section(results),
+            tracking_section(results, docs), corrections_section(results, docs), scope_section(results, docs),
+            auto_section(results),
             ablation_section(results),
             uncertainty_section(results, docs), speed_section(results, docs), batch_section(results),
             gpu_section(results)]

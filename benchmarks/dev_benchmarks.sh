@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/dev_benchmarks.sh            # all
 #   bash benchmarks/dev_benchmarks.sh tracking   # propagate (zoom on and off) vs static and flow
-#   (also: corrections, auto, ablation, same-machine, uncertainty, speed, batch)
+#   (also: corrections, auto, ablation, scope, same-machine, uncertainty, speed, batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/dev}
@@ -68,6 +68,19 @@ if [ "$what" = all ] || [ "$what" = ablation ]; then
   $BENCH "$DATA" --method lit $SUB85 --json $OUT/ablation85-lit-20steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-steps 100 --lora-patience 100 --json $OUT/ablation85-lit-100steps.json
   $BENCH "$DATA" --method lit $SUB85 --lora-targets q_proj k_proj v_proj hypernetworks --json $OUT/ablation85-lit-hypernetworks.json
+fi
+if [ "$what" = all ] || [ "$what" = scope ]; then
+  # issue 26: one adapter per object (LIT) vs one shared by the objects of a sequence
+  # (Kontogianni et al.'s image-sequence adaptation) vs both, on the multi-object sequences,
+  # tau 0.5, with J@k (mean J after k corrections per object, k = 0..5) beside frozen SAM2
+  S=$OUT/scope
+  mkdir -p $S
+  MULTI="--sequences c2c12-phase-timelapse ctc-fluo-simplus-01 isbi2012-em-stack totalseg-ct-abdomen"
+  $BENCH "$DATA" --method frozen --init mask --tau 0.5 $MULTI --j-at-k 5 --json $S/frozen-tau0.5.json --quiet
+  for scope in object sequence both; do
+    $BENCH "$DATA" --method lit --init mask --tau 0.5 $MULTI --j-at-k 5 --lora-scope $scope \
+      --json $S/lit-$scope-tau0.5.json --quiet
+  done
 fi
 if [ "$what" = all ] || [ "$what" = same-machine ]; then
   # later adapter checks, every sequence, frozen beside them: one machine, one session (counts

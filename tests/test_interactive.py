@@ -353,3 +353,42 @@ def test_sequence_scope_carries_the_shared_adapter_to_the_next_object(tmp_path, 
     assert "iou_adapted" in first["sequence"][1]
     assert runs["sequence"]["adapter"]["scope"] == "sequence"
     assert all(len(e["adapt_ms"]) == e["corrections"] for e in runs["sequence"]["sequences"])
+
+
+def test_j_at_k_is_the_mean_j_after_k_corrections(tmp_path, predictor, clip, capsys):
+    """J@k: J@0 is the tracker's run from the prompt alone (no correction: frozen and lit
+    agree), each J@k is the run allowed k corrections; past the corrections the object
+    needed J@k is the unlimited run's final J (the helper's rule, checked directly)."""
+    from napari_lit.bench.runner import _j_at_k
+    from napari_lit.cli import main as cli_main
+
+    obj = _write_sequence(tmp_path / "data" / "synth-t", clip, "TYX")[0]
+    kw = dict(predictor=predictor, progress=False, tau=1.01, adapter_config=AdapterConfig(max_steps=3))
+    res = {m: run_benchmark(tmp_path / "data", m, "mask", j_at_k=3, **kw) for m in ("frozen", "lit")}
+    for m, r in res.items():
+        e = r["sequences"][0]
+        assert len(e["j_at_k"]) == 4 and r["j_at_k"] == e["j_at_k"]
+        one = run_benchmark(tmp_path / "data", m, "mask", max_corrections=1, **kw)["sequences"][0]
+        assert e["j_at_k"][1] == pytest.approx(one["mean_j"])
+        assert e["j_at_k"][3] < e["mean_j"]  # 3 corrections of the 7 it made
+        assert e["corrections"] == len(e["j"]) - 1  # tau 1.01: every frame after the prompt
+        assert e["j_at_k"][1] > e["j_at_k"][0]
+    assert res["frozen"]["j_at_k"][0] == pytest.approx(res["lit"]["j_at_k"][0])
+    from napari_lit.bench.correction_report import j_at_k_table, plot_corrections_by_sequence, plot_j_at_k
+
+    table = j_at_k_table(list(res.values()), ["frozen", "lit"]).splitlines()
+    assert table[0] == "| | J@0 | J@1 | J@2 | J@3 |"
+    assert table[3].startswith("| lit | ") and f"{res['lit']['j_at_k'][2]:.3f}" in table[3]
+    assert plot_j_at_k(list(res.values()), tmp_path / "jk.png").stat().st_size > 5000
+    assert plot_corrections_by_sequence(list(res.values()), tmp_path / "bars.png").stat().st_size > 5000
+    plain = run_benchmark(tmp_path / "data", "frozen", "mask", max_corrections=1, **kw)
+    with pytest.raises(ValueError, match="no J@k"):
+        j_at_k_table([plain])
+    ran = []
+    jk = _j_at_k(3, {"mean_j": 0.9, "corrections": 1}, lambda k: ran.append(k) or {"mean_j": 0.1 * k})
+    assert jk == [0.0, 0.1, 0.9, 0.9] and ran == [0, 1]
+    capsys.readouterr()
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "propagate", "--init", "mask", "--j-at-k", "2",
+                   "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--j-at-k" in err[0]

@@ -1,4 +1,4 @@
-"""Reports of the correction benchmark: corrections per sequence and a per-frame plot.
+"""Reports of the correction benchmark: corrections per sequence, J@k, and their plots.
 
 Inputs are results of :func:`napari_lit.bench.runner.run_benchmark` with an interactive
 method (``frozen``, ``lit``, ``lit-always``), as dicts or JSON paths.
@@ -13,7 +13,8 @@ import numpy as np
 
 from .report import load_result
 
-__all__ = ["correction_summary", "correction_table", "plot_corrections"]
+__all__ = ["correction_summary", "correction_table", "plot_corrections", "j_at_k_table", "plot_j_at_k",
+           "plot_corrections_by_sequence"]
 
 ResultLike = Union[str, Path, Dict]
 
@@ -166,6 +167,137 @@ def plot_corrections(results: Sequence[ResultLike], sequence: str, path: Union[s
             ax.legend(fontsize=7, loc="lower left")
     axes[-1].set_xlabel("frame (markers: IoU before the event)")
     fig.suptitle(f"{sequence}, object {obj}, tau {loaded[0].get('tau')}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _j_at_k(result: Dict) -> list:
+    if not result.get("j_at_k"):
+        raise ValueError(f"result of method {result['method']!r} has no J@k (run the benchmark with --j-at-k)")
+    return result["j_at_k"]
+
+
+def j_at_k_table(results: Sequence[ResultLike], labels: Optional[Sequence[str]] = None) -> str:
+    """Markdown table of J@k (mean J after k corrections per object; Kontogianni et al.
+    2020's IoU@k) for several interactive results: one row per result, one column per k.
+
+    Parameters
+    ----------
+    results : sequence of dict or path
+        Interactive results run with ``j_at_k`` (:func:`~napari_lit.bench.runner.run_benchmark`).
+    labels : sequence of str, optional
+        Row names; the methods by default.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        If a result has no J@k.
+    """
+    loaded = [load_result(r) for r in results]
+    labels = list(labels) if labels else [r["method"] for r in loaded]
+    curves = [_j_at_k(r) for r in loaded]
+    k_max = max(len(c) for c in curves)
+    lines = ["| | " + " | ".join(f"J@{k}" for k in range(k_max)) + " |",
+             "|---|" + "---:|" * k_max]
+    for label, c in zip(labels, curves):
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in c) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_j_at_k(results: Sequence[ResultLike], path: Union[str, Path],
+                labels: Optional[Sequence[str]] = None, title: str = "") -> Path:
+    """J@k against k, one line per result (e.g. frozen and LIT with each adapter scope).
+
+    Parameters
+    ----------
+    results : sequence of dict or path
+        Interactive results run with ``j_at_k``.
+    path : str or Path
+        PNG to write.
+    labels : sequence of str, optional
+        Legend entries; the methods by default.
+    title : str
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If a result has no J@k.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    loaded = [load_result(r) for r in results]
+    labels = list(labels) if labels else [r["method"] for r in loaded]
+    fig = Figure(figsize=(5.5, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for r, label in zip(loaded, labels):
+        c = _j_at_k(r)
+        ax.plot(range(len(c)), c, "o-", ms=4, label=label)
+    ax.set_xlabel("corrections per object (k)")
+    ax.set_ylabel("mean J after k corrections")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"J@k, tau {loaded[0].get('tau')}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_corrections_by_sequence(results: Sequence[ResultLike], path: Union[str, Path],
+                                 labels: Optional[Sequence[str]] = None, title: str = "") -> Path:
+    """Corrections per sequence, one bar per result (adapter accepts hatched on top).
+
+    Parameters
+    ----------
+    results : sequence of dict or path
+        Interactive results at one tau.
+    path : str or Path
+        PNG to write.
+    labels : sequence of str, optional
+        Legend entries; the methods by default.
+    title : str
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    loaded = [load_result(r) for r in results]
+    labels = list(labels) if labels else [r["method"] for r in loaded]
+    summaries = [correction_summary(r) for r in loaded]
+    names = sorted({n for s in summaries for n in s})
+    fig = Figure(figsize=(max(5.5, 1.4 * len(names) + 2), 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.8 / len(loaded)
+    x = np.arange(len(names))
+    for i, (s, label) in enumerate(zip(summaries, labels)):
+        corr = [s.get(n, {}).get("corrections", 0) for n in names]
+        acc = [s.get(n, {}).get("adapter_accepts", 0) for n in names]
+        bars = ax.bar(x + (i - (len(loaded) - 1) / 2) * width, corr, width, label=label)
+        ax.bar(x + (i - (len(loaded) - 1) / 2) * width, acc, width, bottom=corr, fill=False, hatch="//",
+               edgecolor=bars.patches[0].get_facecolor() if bars.patches else "grey", lw=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels([n.replace("-", "-\n", 1) for n in names], fontsize=8)
+    ax.set_ylabel("corrections (hatched: adapter accepts)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"corrections per sequence, tau {loaded[0].get('tau')}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

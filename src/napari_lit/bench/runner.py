@@ -357,7 +357,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   progress: Union[bool, Callable[[int, int], None]] = True,
                   tau: float = 0.5, max_corrections: Optional[int] = None,
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
-                  joint: bool = False, entropy_norm: str = "area", zoom: str = "auto") -> Dict:
+                  joint: bool = False, entropy_norm: str = "area", zoom: str = "auto",
+                  j_at_k: Optional[int] = None) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Each object's run is seeded from its sequence name and id (LoRA initialisation and
@@ -404,6 +405,12 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``propagate``: normalisation of the recorded masked entropy (see :func:`score_object`).
     zoom : {"auto", "off"}
         The tracker's object-centred zoom (:class:`~napari_lit.core.tracker.Tracker`).
+    j_at_k : int, optional
+        Interactive methods: also measure J@k for k = 0..``j_at_k``, the object's mean J
+        (over its frames) once the simulated user has made k corrections and the tracker
+        ran on to the end (the run again with ``max_corrections`` k, from the same seed and
+        the same carried shared adapter; effort held equal, as IoU@k in Kontogianni et al.
+        2020). Each k at or below the run's own number of corrections costs one more run.
 
     Returns
     -------
@@ -423,7 +430,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ``workload`` (NoC, IDI in frames, ACI of Lazy-XMem sec. 4.2; user prompts only),
         ``auto_applied``, ``tau_u``, ``tau_m`` and ``out_of_memory`` (``-auto`` methods) at the
         top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
-        ``events`` per entry.
+        ``events`` per entry; with ``j_at_k``, ``j_at_k`` (list of k + 1 floats) per entry
+        and its mean over the entries at the top level.
 
     Raises
     ------
@@ -441,6 +449,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if joint and method not in ("propagate", "static", "flow"):
         raise _usage_error(f"--joint is for the propagate, static and flow methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
+    if j_at_k is not None and (method not in INTERACTIVE_METHODS or int(j_at_k) < 0):
+        raise _usage_error(f"--j-at-k is a number of corrections (>= 0) for the interactive methods "
+                           f"({', '.join(INTERACTIVE_METHODS)}); got {j_at_k} with {method!r}")
     from ..core.zoom import ZOOM_MODES
 
     if zoom not in ZOOM_MODES:
@@ -522,15 +533,14 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     if joint_scores is not None:
                         scores = joint_scores[obj]
                     elif interactive:
-                        with object_session(predictor, source, method, adapter_config, zoom) as session:
-                            _seed(seq.name, obj, session.adapter)
-                            if carried is not None:
-                                session.adapter.restore(carried)
-                            scores = simulate_object(gt, session, method, init, tau=tau,
-                                                     max_corrections=max_corrections, obj_id=int(obj),
-                                                     backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
-                            if session.adapter.has_shared:
-                                carried = session.adapter.shared_snapshot()
+                        def run(budget, carried_in=carried):
+                            return _run_object(predictor, source, method, adapter_config, zoom, seq, obj,
+                                               carried_in, gt, init, tau, budget, tau_u, tau_m)
+
+                        scores, shared = run(max_corrections)
+                        if j_at_k is not None:
+                            scores["j_at_k"] = _j_at_k(j_at_k, scores, lambda k: run(k)[0])
+                        carried = shared if shared is not None else carried
                     else:
                         scores = score_object(gt, method, init, tracker, obj_id=int(obj),
                                               entropy_norm=entropy_norm)
@@ -573,6 +583,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if method == "propagate":
         rho = [e["spearman"] for e in entries if e.get("spearman") is not None]
         result["median_spearman"] = float(np.median(rho)) if rho else None
+    if interactive and j_at_k is not None:
+        result["j_at_k"] = ([float(np.mean([e["j_at_k"][k] for e in entries])) for k in range(j_at_k + 1)]
+                            if entries else None)
     if interactive:
         adapt_ms = [ms for e in entries for ms in e["adapt_ms"]]
         result.update({
@@ -596,6 +609,31 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             "out_of_memory": int(sum(e.get("out_of_memory", 0) for e in entries)),
         })
     return result
+
+
+def _run_object(predictor, source, method, adapter_config, zoom, seq, obj, carried, gt, init, tau, budget,
+                tau_u, tau_m):
+    """One object's simulated run in a fresh session, seeded as in :func:`run_benchmark`,
+    starting from ``carried`` (a shared adapter's :meth:`shared_snapshot`, or None); returns
+    its scores and what its shared adapter then knows (None without one)."""
+    with object_session(predictor, source, method, adapter_config, zoom) as session:
+        _seed(seq.name, obj, session.adapter)
+        if carried is not None:
+            session.adapter.restore(carried)
+        scores = simulate_object(gt, session, method, init, tau=tau, max_corrections=budget, obj_id=int(obj),
+                                 backward=seq.is_volume, tau_u=tau_u, tau_m=tau_m)
+        return scores, (session.adapter.shared_snapshot() if session.adapter.has_shared else None)
+
+
+def _j_at_k(k_max: int, scores: Dict, run: Callable[[int], Dict]) -> List[float]:
+    """J@k for k = 0..``k_max`` from the unlimited run's ``scores`` and ``run(k)`` (a run
+    with k corrections allowed). A run allowed more corrections than the unlimited one made
+    is that run; at exactly its number the last stop (where an adapted prediction may have
+    been accepted) is not made, so that k runs again."""
+    out = []
+    for k in range(int(k_max) + 1):
+        out.append(float(scores["mean_j"]) if k > scores["corrections"] else float(run(k)["mean_j"]))
+    return out
 
 
 def _load_predictor(model, config, device):
@@ -666,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoom", choices=("auto", "off"), default="auto",
                    help="object-centred zoom: small objects seen through their own window of the frame "
                         "(auto, default) or every object through the whole frame (off)")
+    p.add_argument("--j-at-k", type=int, metavar="K",
+                   help="interactive methods: also measure J@k, the mean J after k corrections per object, "
+                        "for k = 0..K (one more run per k, up to the corrections the object needs)")
     p.add_argument("--report-dir", help="folder for the .md table and .png plot (default: beside the JSON)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     lora = p.add_argument_group("adapter (lit, lit-always)", "LoRA settings; napari-lit's defaults otherwise")
@@ -750,7 +791,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
                            adapter_config=adapter_config_from_args(args), joint=args.joint,
-                           entropy_norm=args.entropy_norm, zoom=args.zoom)
+                           entropy_norm=args.entropy_norm, zoom=args.zoom, j_at_k=args.j_at_k)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:
