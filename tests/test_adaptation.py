@@ -372,7 +372,18 @@ def test_both_scope_trains_shared_then_own_and_predicts_with_their_sum(session, 
     assert adapter.has_shared and torch.allclose(adapter.predict(obj, inputs)[0], shared_only)
 
 
+def test_shared_steps_bound_the_shared_adapter_alone(session):
+    tracker, adapter, obj, labels, _ = session
+    _two_objects(tracker, labels, obj)
+    adapter.config.scope, adapter.config.shared_steps = "both", 1
+    adapter.config.target_iou, adapter.config.max_steps = 2.0, 3  # never reached: every step runs
+    names = [s.adapter for s in adapter.train(obj, tracker.decoder_inputs(3, obj), labels[3] == obj)]
+    assert names == ["sequence", f"obj{obj}", f"obj{obj}", f"obj{obj}"]
+
+
 def test_scope_is_checked():
+    with pytest.raises(ValueError, match="shared_steps"):
+        AdapterConfig(shared_steps=-1)
     with pytest.raises(ValueError, match="scope must be one of"):
         AdapterConfig(scope="frame")
     with pytest.raises(ValueError, match="shared_replay"):

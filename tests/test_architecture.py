@@ -60,7 +60,7 @@ PUBLIC_MODULES = [
     "napari_lit.core.frames", "napari_lit.core.zoom", "napari_lit.bench.flow", "napari_lit.core.tracker", "napari_lit.core.store",
     "napari_lit.core.adaptation", "napari_lit.core.session", "napari_lit.core.folder", "napari_lit.bench.interactive",
     "napari_lit.models.catalogue", "napari_lit.models.build", "napari_lit.models.trunk",
-    "napari_lit.io.readers", "napari_lit.io.dataset",
+    "napari_lit.io.readers", "napari_lit.io.dataset", "napari_lit.io.tracks",
     "napari_lit.bench.metrics", "napari_lit.bench.runner", "napari_lit.bench.report",
     "napari_lit.bench.correction_report",
     "napari_lit.training.synthetic", "napari_lit.training.recipe", "napari_lit.training.real",

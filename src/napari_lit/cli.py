@@ -324,37 +324,16 @@ def _cmd_resume(args) -> int:
     return 0
 
 
-def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> Path:
-    """Write a label store to a multi-page TIFF, one frame at a time (BigTIFF, so any size).
-
-    Parameters
-    ----------
-    labels : str or Path
-        A label store (``.zarr``), an NGFF label image (``image.zarr/labels/NAME``; its
-        full-resolution level) or a session folder.
-    out : str or Path
-        The TIFF file; ``tifffile.imread`` reads it back as (N, Y, X) uint32.
-    overwrite : bool
-
-    Returns
-    -------
-    Path
-
-    Raises
-    ------
-    UsageError
-        If ``labels`` is none of these or ``out`` exists (without ``overwrite``).
-    """
-    import numpy as np
-    import tifffile
+def _open_labels(labels):
+    """The label array behind ``labels`` (a label store, an NGFF label image's
+    full-resolution level, or a session folder's store) and the session folder, if any."""
     import zarr
 
     from .core.folder import LABELS_DIR, META_FILE
 
-    src, out = Path(labels), Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
-    if (src / META_FILE).is_file():
+    src = Path(labels)
+    session = src if (src / META_FILE).is_file() else None
+    if session is not None:
         src = src / LABELS_DIR
     try:
         node = zarr.open(str(src), mode="r")
@@ -368,8 +347,43 @@ def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> 
         if not datasets or "image-label" not in attrs:
             raise UsageError(f"{src} is a zarr group but not an NGFF label image (image.zarr/labels/NAME expected)")
         node = node[datasets[0]["path"]]
-    if node.ndim != 3 or node.dtype.kind not in "ui":
-        raise UsageError(f"{src} is not a (N, Y, X) label image: {node.shape} {node.dtype}")
+    if node.dtype.kind not in "ui":
+        raise UsageError(f"{src} is not a label image (integer ids expected): {node.shape} {node.dtype}")
+    return node, session
+
+
+def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write a label store to a multi-page TIFF, one frame at a time (BigTIFF, so any size).
+
+    Parameters
+    ----------
+    labels : str or Path
+        A label store (``.zarr``), an NGFF label image (``image.zarr/labels/NAME``; its
+        full-resolution level) or a session folder.
+    out : str or Path
+        The TIFF file; ``tifffile.imread`` reads it back as (N, Y, X) uint32.
+    overwrite : bool
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    UsageError
+        If ``labels`` is none of these or ``out`` exists (without ``overwrite``).
+    """
+    import numpy as np
+    import tifffile
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
+    node, _ = _open_labels(labels)
+    if node.ndim != 3:
+        raise UsageError(f"{labels} is not a (N, Y, X) label image: {node.shape} {node.dtype}")
     bar = _progress(node.shape[0], "export") if progress else None
     with tifffile.TiffWriter(out, bigtiff=True) as tif:
         for t in range(node.shape[0]):
@@ -381,8 +395,71 @@ def export_tiff(labels, out, overwrite: bool = False, progress: bool = True) -> 
     return out
 
 
+EXPORT_FORMATS = ("tiff", "ctc", "geff")
+
+
+def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, units=None,
+                  progress: bool = True) -> Path:
+    """Write the tracks of a time-lapse label image as a CTC result folder or a GEFF zarr
+    (``napari-lit export --format ctc|geff``; :mod:`napari_lit.io.tracks`).
+
+    Parameters
+    ----------
+    labels : str or Path
+        A label store, an NGFF label image or a session folder; axis 0 is time, frames are
+        (Y, X) or (Z, Y, X). Each object id is one track (an object that leaves and comes
+        back: segments joined as CTC and GEFF join them).
+    out : str or Path
+        The folder to create.
+    fmt : {"ctc", "geff"}
+    overwrite : bool
+    scale, units : sequence, optional
+        GEFF: each axis' step and unit (t, [z,] y, x).
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    UsageError
+        If ``labels`` cannot be read, ``out`` exists (without ``overwrite``), or the labels
+        or lineage cannot be written as tracks (the reason is in the message).
+    """
+    from .io.tracks import TrackExportError, track_graph, write_ctc, write_geff
+
+    if fmt not in ("ctc", "geff"):
+        raise UsageError(f"tracks are exported as ctc or geff; got {fmt!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
+    node, _ = _open_labels(labels)
+    parents = {}  # no lineage yet: each object is one track (divisions are issue 27 item 1)
+    bar = _progress(node.shape[0] * (2 if fmt == "ctc" else 1), f"export {fmt}") if progress else None
+    step = (lambda done, total: bar.update(1)) if bar is not None else None
+    try:
+        graph = track_graph(node, parents, progress=step)
+        if fmt == "ctc":
+            return write_ctc(node, out, graph=graph, overwrite=overwrite, progress=step)
+        return write_geff(node, out, graph=graph, scale=scale, units=units, overwrite=overwrite)
+    except (TrackExportError, FileExistsError) as exc:
+        raise UsageError(f"{labels}: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _cmd_export(args) -> int:
-    out = export_tiff(args.labels, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    fmt = args.format or ("geff" if args.out.rstrip("/").endswith((".geff", ".zarr")) else "tiff")
+    if fmt == "tiff":
+        if args.scale or args.units:
+            raise UsageError("--scale and --units are for --format geff")
+        out = export_tiff(args.labels, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    else:
+        out = export_tracks(args.labels, args.out, fmt, overwrite=args.overwrite, scale=args.scale,
+                            units=args.units, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
@@ -506,9 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_resume)
 
-    e = sub.add_parser("export", help="write labels (store, NGFF label image or session) to a TIFF")
+    e = sub.add_parser("export", help="write labels (store, NGFF label image or session) as a TIFF, or their "
+                                      "tracks as a Cell Tracking Challenge result folder or a GEFF graph")
     e.add_argument("labels", help="label store .zarr, image.zarr/labels/NAME, or a session folder")
-    e.add_argument("out", help="output .tif (multi-page, BigTIFF)")
+    e.add_argument("out", help="output: .tif (multi-page, BigTIFF), a CTC folder (maskTTT.tif, res_track.txt) "
+                               "or a .geff folder")
+    e.add_argument("--format", choices=EXPORT_FORMATS,
+                   help="tiff (default), ctc, or geff (default for an output ending in .geff or .zarr)")
+    e.add_argument("--scale", type=float, nargs="+", metavar="STEP",
+                   help="geff: step of each axis, t [z] y x (e.g. 5 0.65 0.65)")
+    e.add_argument("--units", nargs="+", metavar="UNIT", help="geff: unit of each axis (e.g. minute micrometer micrometer)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_export)

@@ -727,8 +727,9 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                     yield from session.learn_from(frame, obj_id)
 
                 config = session.adapter.config  # scope both: the shared adapter's steps, then the object's
-                self._run(f"learning from the correction on frame {frame}", learn,
-                          total=config.max_steps * (2 if config.scope == "both" else 1))
+                shared = config.shared_steps or config.max_steps
+                total = {"object": config.max_steps, "sequence": shared}.get(config.scope, shared + config.max_steps)
+                self._run(f"learning from the correction on frame {frame}", learn, total=total)
         if not session.tracker.prompt_frames():
             self._show_error(ValueError("click an object first"))
             return

@@ -731,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-shared-replay", type=int, metavar="N",
                       help="earlier corrections (the latest of each object first) the shared adapter trains on "
                            "with each new one (default 4)")
+    lora.add_argument("--lora-shared-steps", type=int, metavar="N",
+                      help="most steps of the shared adapter per correction (default 0: --lora-steps)")
     lora.add_argument("--lora-loss-side", type=int, metavar="N",
                       help="compare the adapted mask with the correction on a grid of at most N pixels on "
                            "its longer side, the decoder's logits resized to it as sam2 resizes them to the "
@@ -756,7 +758,7 @@ def adapter_config_from_args(args):
                      ("lora_dropout", "dropout"),
                      ("lora_targets", "target_modules"), ("lora_replay", "replay"),
                      ("lora_loss_side", "loss_side"), ("lora_scope", "scope"),
-                     ("lora_shared_replay", "shared_replay")):
+                     ("lora_shared_replay", "shared_replay"), ("lora_shared_steps", "shared_steps")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.lora_memory_attention:

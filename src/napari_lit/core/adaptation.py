@@ -100,6 +100,10 @@ class AdapterConfig:
         Earlier corrections replayed with each new one when the shared adapter trains: the
         latest correction of each object first (most recent first), then older ones, up to
         this many.
+    shared_steps : int
+        Most optimisation steps of the shared adapter per correction (0: ``max_steps``).
+        Kontogianni et al. take one gradient step per image for the sequence-level update,
+        which keeps it from fitting one object at the others' cost.
     target_iou : float
         Stop as soon as the adapted prediction reproduces the correction this well (IoU at
         the loss's resolution, ``loss_side``).
@@ -132,6 +136,7 @@ class AdapterConfig:
     replay: int = 0
     scope: str = "object"
     shared_replay: int = 4
+    shared_steps: int = 0
     target_iou: float = 0.9
     memory_attention: bool = False
     loss_side: int = 0
@@ -148,6 +153,8 @@ class AdapterConfig:
         if self.replay < 0 or self.shared_replay < 0:
             raise ValueError(f"replay and shared_replay must be >= 0 (earlier corrections trained along); "
                              f"got {self.replay}, {self.shared_replay}")
+        if self.shared_steps < 0:
+            raise ValueError(f"shared_steps must be >= 0 (0: max_steps); got {self.shared_steps}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {list(SCOPES)} (what one adapter serves); got {self.scope!r}")
         allowed = set(ATTENTION_TARGETS) | set(OUTPUT_TARGETS)
@@ -522,15 +529,18 @@ class DecoderAdapter:
         self.fit.pop(int(obj_id), None)
         if shared_batch is not None:
             self._ensure(SHARED)
-            yield from self._fit(SHARED, [SHARED], shared_batch, int(obj_id))
+            yield from self._fit(SHARED, [SHARED], shared_batch, int(obj_id),
+                                 self.config.shared_steps or self.config.max_steps)
         if scope in ("object", "both"):
             self._ensure(obj_id)
-            yield from self._fit(int(obj_id), self._serving(obj_id), own_batch, int(obj_id))
+            yield from self._fit(int(obj_id), self._serving(obj_id), own_batch, int(obj_id), self.config.max_steps)
         logger.info("adapter of object %d (%s): %d corrections", int(obj_id), scope, self.n_corrections[int(obj_id)])
 
-    def _fit(self, train_id: int, active: List[int], batch: List[_Example], obj_id: int) -> Iterator[TrainStep]:
+    def _fit(self, train_id: int, active: List[int], batch: List[_Example], obj_id: int,
+             max_steps: int) -> Iterator[TrainStep]:
         """Train adapter ``train_id`` (the others in ``active`` on and held fixed) on
-        ``batch``; ``fit[obj_id]`` records how well the first example is reproduced."""
+        ``batch`` for at most ``max_steps``; ``fit[obj_id]`` records how well the first
+        example is reproduced."""
         import torch
         import torch.nn.functional as F
 
@@ -550,7 +560,7 @@ class DecoderAdapter:
             # memories differ in length)
             groups = ([(_stack([ex.inputs for ex in batch]), torch.cat([ex.target for ex in batch]))]
                       if self.peft_memory is None else [(ex.inputs, ex.target) for ex in batch])
-            for step in range(1, self.config.max_steps + 1):
+            for step in range(1, int(max_steps) + 1):
                 opt.zero_grad(set_to_none=True)
                 losses, first = [], None
                 with torch.enable_grad():

@@ -1,0 +1,171 @@
+"""Tracks from labels: CTC result folders that py-ctcmetrics validates and scores, GEFF that
+geff reads back, lineage and gaps, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lit.io.tracks import (TrackExportError, read_ctc_tracks, track_graph, tracks_layer_data, write_ctc,
+                                  write_geff)
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+@pytest.fixture()
+def dividing():
+    """10 frames, 64 x 80: cell 1 divides after frame 4 into 2 and 3 (moving apart); cell 4
+    is out of view on frames 3-5 and comes back."""
+    t, shape = 10, (64, 80)
+    labels = np.zeros((t,) + shape, np.uint32)
+    for f in range(t):
+        if f < 5:
+            labels[f][_disc(shape, 30, 30, 8)] = 1
+        else:
+            d = 3 * (f - 4)
+            labels[f][_disc(shape, 30 - d, 30, 5)] = 2
+            labels[f][_disc(shape, 30 + d, 30 + 2, 5)] = 3
+        if f < 3 or f > 5:
+            labels[f][_disc(shape, 40, 65, 6)] = 4
+    return labels, {2: 1, 3: 1}
+
+
+def test_segments_follow_divisions_and_gaps(dividing):
+    labels, parents = dividing
+    g = track_graph(labels, parents)
+    # first appearance order: 1 and 4 on frame 0, 2 and 3 on frame 5, 4 back on frame 6
+    assert g.segments == [(1, 0, 4, 0), (2, 0, 2, 0), (3, 5, 9, 1), (4, 5, 9, 1), (5, 6, 9, 2)]
+    assert g.lineage() == {3: 1, 4: 1, 5: 2}
+    assert len(g.nodes) == 5 + 2 * 5 + 7
+    by = {(n["label"], n["t"]): n for n in g.nodes}
+    assert by[(1, 0)]["pos"] == pytest.approx((30.0, 30.0)) and by[(1, 0)]["area"] == _disc((64, 80), 30, 30, 8).sum()
+    edges = {(g.nodes[a]["label"], g.nodes[a]["t"], g.nodes[b]["label"], g.nodes[b]["t"]) for a, b in g.edges}
+    assert (1, 4, 2, 5) in edges and (1, 4, 3, 5) in edges  # mother's last -> each daughter's first
+    assert (4, 2, 4, 6) in edges  # across the gap
+    assert len(g.edges) == len(g.nodes) - 2  # a forest: two roots (cells 1 and 4)
+    data, graph = tracks_layer_data(g)
+    assert data.shape == (len(g.nodes), 4) and graph == {3: [1], 4: [1], 5: [2]}
+    assert (np.diff(data[:, 0]) >= 0).all()
+
+
+def test_ctc_export_validates_and_scores_tra_one_against_itself(dividing, tmp_path):
+    import tifffile
+    from ctc_metrics import evaluate_sequence, validate_sequence
+
+    labels, parents = dividing
+    res = write_ctc(labels, tmp_path / "01_RES", parents=parents)
+    masks = sorted(res.glob("mask*.tif"))
+    assert [m.name for m in masks[:2]] == ["mask000.tif", "mask001.tif"] and len(masks) == 10
+    m5 = tifffile.imread(masks[5])
+    assert m5.dtype == np.uint16 and set(np.unique(m5)) == {0, 3, 4}  # daughters relabelled to their segments
+    assert read_ctc_tracks(res) == track_graph(labels, parents).segments
+    valid = validate_sequence(str(res), threads=1)
+    assert valid["Valid"] == 1, valid
+    gt = tmp_path / "01_GT"
+    (gt / "TRA").mkdir(parents=True)
+    (gt / "SEG").mkdir()
+    for m in masks:
+        tifffile.imwrite(gt / "TRA" / m.name.replace("mask", "man_track"), tifffile.imread(m))
+        tifffile.imwrite(gt / "SEG" / m.name.replace("mask", "man_seg"), tifffile.imread(m))
+    (gt / "TRA" / "man_track.txt").write_text((res / "res_track.txt").read_text())
+    scores = evaluate_sequence(str(res), str(gt), ["TRA", "SEG", "DET"], threads=1)
+    assert scores["TRA"] == pytest.approx(1.0) and scores["SEG"] == pytest.approx(1.0)
+
+
+def test_geff_export_reads_back_as_the_same_graph(dividing, tmp_path):
+    import geff
+
+    labels, parents = dividing
+    g = track_graph(labels, parents)
+    out = write_geff(labels, tmp_path / "tracks.geff", graph=g, scale=[5.0, 0.5, 0.5],
+                     units=["minute", "micrometer", "micrometer"])
+    geff.validate_structure(str(out))
+    back, meta = geff.read(str(out))
+    assert sorted(back.nodes) == [n["id"] for n in g.nodes]
+    assert sorted(back.edges) == sorted(g.edges)
+    n = g.nodes[7]
+    attrs = back.nodes[7]
+    assert (attrs["t"], attrs["label"], attrs["area"]) == (n["t"], n["label"], n["area"])
+    assert (attrs["y"], attrs["x"]) == pytest.approx(n["pos"])
+    axes = {a.name: a for a in meta.axes}
+    assert axes["t"].type == "time" and axes["y"].unit == "micrometer" and axes["x"].scale == 0.5
+
+
+def test_3d_time_lapse_writes_zyx_masks(tmp_path):
+    import tifffile
+
+    labels = np.zeros((3, 4, 20, 20), np.uint16)
+    labels[:, 1:3, 5:10, 5:10] = 7
+    g = track_graph(labels)
+    assert g.ndim == 3 and g.segments == [(1, 0, 2, 0)] and len(g.nodes[0]["pos"]) == 3
+    res = write_ctc(labels, tmp_path / "RES", graph=g)
+    assert tifffile.imread(res / "mask001.tif").shape == (4, 20, 20)
+
+
+def test_bad_input_says_what_and_leaves_nothing_half_written(dividing, tmp_path):
+    labels, parents = dividing
+    with pytest.raises(TrackExportError, match="no object in any frame"):
+        track_graph(np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(TrackExportError, match=r"\(T, Y, X\) or \(T, Z, Y, X\); got shape \(8, 8\)"):
+        track_graph(np.zeros((8, 8), np.uint8))
+    with pytest.raises(TrackExportError, match="still there"):
+        track_graph(labels, {4: 1})  # 4 begins on frame 0 with 1
+    with pytest.raises(TrackExportError, match="loops back"):
+        track_graph(labels, {2: 3, 3: 2})
+    with pytest.raises(TrackExportError, match=r"in no frame: \[9\]"):
+        track_graph(labels, {9: 1})
+    out = tmp_path / "RES"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_ctc(labels, out)
+    with pytest.raises(TrackExportError, match="one entry per axis"):
+        write_geff(labels, tmp_path / "t.geff", scale=[1.0, 1.0])
+
+    class Failing:  # the labels become unreadable half way
+        shape = labels.shape
+
+        def __getitem__(self, t):
+            if t >= 6:
+                raise OSError("disk gone")
+            return labels[t]
+
+    g = track_graph(labels, parents)
+    with pytest.raises(OSError, match="disk gone"):
+        write_ctc(Failing(), tmp_path / "RES2", graph=g)
+    assert not (tmp_path / "RES2").exists() and not list(tmp_path.glob(".RES2*"))
+    write_ctc(labels, out, graph=g, overwrite=True)
+    assert len(list(out.glob("mask*.tif"))) == 10
+
+
+def test_cli_export_ctc_and_geff_from_a_label_store(dividing, tmp_path, capsys):
+    import geff
+    import zarr
+    from ctc_metrics import validate_sequence
+
+    from napari_lit.cli import main
+
+    labels, _ = dividing
+    store = zarr.create_array(str(tmp_path / "labels.zarr"), shape=labels.shape, dtype=np.uint32,
+                              chunks=(1,) + labels.shape[1:])
+    store[:] = labels
+    assert main(["export", str(tmp_path / "labels.zarr"), str(tmp_path / "RES"), "--format", "ctc", "--quiet"]) == 0
+    assert validate_sequence(str(tmp_path / "RES"), threads=1)["Valid"] == 1
+    # no lineage given: the daughters are tracks of their own; 4's return is its old track's child
+    assert read_ctc_tracks(tmp_path / "RES") == [(1, 0, 4, 0), (2, 0, 2, 0), (3, 5, 9, 0), (4, 5, 9, 0), (5, 6, 9, 2)]
+    assert main(["export", str(tmp_path / "labels.zarr"), str(tmp_path / "t.geff"), "--scale", "5", "0.5", "0.5",
+                 "--units", "minute", "micrometer", "micrometer", "--quiet"]) == 0
+    graph, meta = geff.read(str(tmp_path / "t.geff"))
+    assert graph.number_of_nodes() == 22 and meta.axes[0].unit == "minute"
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "labels.zarr"), str(tmp_path / "RES"), "--format", "ctc", "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    empty = zarr.create_array(str(tmp_path / "empty.zarr"), shape=(3, 8, 8), dtype=np.uint32)
+    empty[:] = 0
+    assert main(["export", str(tmp_path / "empty.zarr"), str(tmp_path / "E"), "--format", "ctc", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no object in any frame" in err and not (tmp_path / "E").exists()
+    assert main(["export", str(tmp_path / "labels.zarr"), str(tmp_path / "x.tif"), "--scale", "1", "--quiet"]) == 2
+    assert "--format geff" in capsys.readouterr().err
