@@ -169,3 +169,94 @@ def test_cli_export_ctc_and_geff_from_a_label_store(dividing, tmp_path, capsys):
     assert "no object in any frame" in err and not (tmp_path / "E").exists()
     assert main(["export", str(tmp_path / "labels.zarr"), str(tmp_path / "x.tif"), "--scale", "1", "--quiet"]) == 2
     assert "--format geff" in capsys.readouterr().err
+
+
+def test_session_division_ends_the_mother_and_survives_undo_resume_and_export(dividing, predictor, tmp_path, capsys):
+    """A dividing cell in a session: the mother tracked to frame 4, divided on frame 5 into two
+    clicked daughters, which propagate on; the mother is never written after frame 4, also
+    when the whole sequence is propagated again; undo/redo, resume and the CTC export from the
+    session folder carry the lineage."""
+    from napari_lit.core.adaptation import AdapterConfig
+    from napari_lit.core.session import LitSession
+    from napari_lit.cli import main
+
+    gt, _ = dividing
+    rng = np.random.default_rng(0)
+    frames = np.where(gt > 0, 200, 30).astype(np.float32) + rng.normal(0, 5, gt.shape).astype(np.float32)
+    folder = tmp_path / "div.litsession"
+    s = LitSession.create_in(folder, predictor, frames, adapter_config=AdapterConfig(max_steps=2), zoom="off")
+    s.add_mask(0, 1, gt[0] == 1)
+    list(s.propagate(direction="forward"))
+    assert (s.store.read_frame(7) == 1).any()  # tracked on as one object over the division
+    with pytest.raises(ValueError, match="daughters of 1 must be distinct"):
+        s.divide(5, 1, [1, 2])
+    c = s.divide(5, 1, [2, 3])
+    assert c.kind == "division" and s.lineage() == {2: 1, 3: 1}
+    assert not any((s.store.read_frame(f) == 1).any() for f in range(5, 10))  # cleared from frame 5 on
+    for d in (2, 3):
+        ys, xs = np.nonzero(gt[5] == d)
+        s.add_points(5, d, [[ys.mean(), xs.mean()]], [1])
+    with pytest.raises(ValueError, match="divided after frame 4"):
+        s.add_points(6, 1, [[30, 30]], [1])
+    list(s.propagate(start_frame=0, direction="forward"))  # all of it again: the mother stays ended
+    labels = np.asarray(s.store.array[:])
+    present = {k: [f for f in range(10) if (labels[f] == k).any()] for k in (1, 2, 3)}
+    assert present == {1: [0, 1, 2, 3, 4], 2: list(range(5, 10)), 3: list(range(5, 10))}
+    for d in (2, 3):
+        inter = ((labels[8] == d) & (gt[8] == d)).sum()
+        assert inter / ((labels[8] == d) | (gt[8] == d)).sum() > 0.5
+    # undo: the daughters' clicks, then the division (the mother's labels come back)
+    s.undo()
+    s.undo()
+    assert s.undo() is c and s.lineage() == {} and (s.store.read_frame(7) == 1).any()
+    assert s.redo() is c and s.lineage() == {2: 1, 3: 1} and not (s.store.read_frame(7) == 1).any()
+    s.redo()
+    s.redo()
+    list(s.propagate(start_frame=5, direction="forward"))
+    final = np.asarray(s.store.array[:]).copy()
+    s.close()
+    r = LitSession.resume(folder, predictor, frames)
+    try:
+        assert r.lineage() == {2: 1, 3: 1} and r.track_end == {1: 4}
+        assert np.array_equal(np.asarray(r.store.array[:]), final)
+        assert r.undo().kind == "prompt" and r.undo().kind == "prompt" and r.undo().kind == "division"
+        assert r.lineage() == {}
+        for _ in range(3):
+            r.redo()
+        assert np.array_equal(np.asarray(r.store.array[:]), final) and r.lineage() == {2: 1, 3: 1}
+    finally:
+        r.close()
+    capsys.readouterr()
+    assert main(["export", str(folder), str(tmp_path / "RES"), "--format", "ctc", "--quiet"]) == 0, capsys.readouterr().err
+    rows = read_ctc_tracks(tmp_path / "RES")
+    assert rows[0] == (1, 0, 4, 0) and sorted(r[1:] for r in rows[1:]) == [(5, 9, 1), (5, 9, 1)]
+
+
+def test_division_rule_divides_a_mask_that_splits_while_propagating(dividing, predictor, tmp_path):
+    from napari_lit.core.session import LitSession, split_daughters
+
+    gt, _ = dividing
+    assert split_daughters(gt[0] == 1) is None
+    two = (gt[8] == 2) | (gt[8] == 3)
+    a, b = split_daughters(two)
+    assert {int(np.bincount(gt[8][a]).argmax()), int(np.bincount(gt[8][b]).argmax())} == {2, 3}
+    assert split_daughters(two, min_share=0.5) is None or a.sum() == b.sum()
+    with pytest.raises(ValueError, match="min_share"):
+        split_daughters(two, 0.7)
+    rng = np.random.default_rng(0)
+    frames = np.where(gt > 0, 200, 30).astype(np.float32) + rng.normal(0, 5, gt.shape).astype(np.float32)
+    s = LitSession.create_in(tmp_path / "rule.litsession", predictor, frames, zoom="off")
+    s.add_mask(0, 1, gt[0] == 1)
+    s.add_mask(0, 4, gt[0] == 4)
+    written = [r.frame_idx for r in s.propagate(direction="forward", divisions=0.2)]
+    (t,) = set(s.track_end.values())
+    t += 1  # the division frame
+    assert s.lineage() == {5: 1, 6: 1} and 5 <= t <= 8 and written == list(range(10))  # each frame once
+    labels = np.asarray(s.store.array[:])
+    assert not (labels[t:] == 1).any() and (labels[:t] == 1).any(axis=(1, 2)).all()
+    for d in (5, 6):
+        assert (labels[t:] == d).any(axis=(1, 2)).all() and not (labels[:t] == d).any()
+    assert {int(np.bincount(gt[9][labels[9] == d]).argmax()) for d in (5, 6)} == {2, 3}
+    assert (labels[:, :, 55:] == 4).any(axis=(1, 2))[[0, 1, 2, 6, 7, 8, 9]].all()  # the other cell: no division
+    assert [c.kind for c in s.history][-3:] == ["division", "prompt", "prompt"]
+    s.close()

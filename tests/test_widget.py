@@ -729,3 +729,81 @@ def test_click_shows_the_models_confidence_and_warns_when_it_is_low(loop, qtbot)
     assert s.tracker.confidence(0, 40)[0] == pytest.approx(probe_iou, abs=1e-4)
     widget.undo()  # and U takes it back
     assert 40 not in s.tracker.obj_ids
+
+
+def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_lineage(make_napari_viewer, qtbot,
+                                                                                       tmp_path):
+    """A dividing cell (daughters apart from frame 7): one click on frame 0, propagate, "Divide
+    here" on frame 7 (the mask has split: its two parts become the daughters), propagate on;
+    "Show tracks" draws the mother's track to frame 6 and the daughters' from frame 7, joined
+    in the Tracks graph; undo
+    takes the division back. With NAPARI_LIT_SCREENSHOTS set the view is saved (README)."""
+    import os
+    from pathlib import Path
+
+    def disc(cy, cx, r):
+        yy, xx = np.mgrid[:96, :128]
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+    n = 12
+    gt = np.zeros((n, 96, 128), np.uint32)
+    for f in range(n):
+        if f < 5:
+            gt[f][disc(48, 50, 10)] = 1
+        else:
+            d = 4 * (f - 4)
+            gt[f][disc(48 - d, 50, 7)] = 2
+            gt[f][disc(48 + d, 52, 7)] = 3
+        gt[f][disc(30, 105, 8)] = 4
+    rng = np.random.default_rng(1)
+    image = (np.where(gt > 0, 190, 25) + rng.normal(0, 6, gt.shape)).astype(np.float32)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="dividing")
+    widget = LitWidget(viewer, store_dir=tmp_path)
+    viewer.window.add_dock_widget(widget, name="LIT segmentation")
+    viewer.window._qt_window.resize(1400, 900)
+    widget.image_combo.setCurrentText(layer.name)
+    widget.zoom_check.setChecked(False)
+    widget.start()
+    _wait(qtbot, widget)
+    for obj in (1, 4):
+        _click_object(widget, qtbot, gt, obj=obj)
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    s = widget.session
+    viewer.dims.set_point(0, 7)
+    widget.labels_layer.selected_label = 1
+    widget.divide()
+    _wait(qtbot, widget)
+    assert s.lineage() == {5: 1, 6: 1} and s.track_end == {1: 6} and s.tracker.prompt_frames(5) == [7]
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    labels = np.asarray(s.store.array[:])
+    assert not (labels[7:] == 1).any() and (labels[:7] == 1).any(axis=(1, 2)).all()
+    assert all((labels[f] == 5).any() and (labels[f] == 6).any() for f in range(7, n))
+    assert not np.isin(labels[:7], [5, 6]).any()
+    daughters_gt = {int(np.bincount(gt[10][labels[10] == d]).argmax()) for d in (5, 6)}
+    assert daughters_gt == {2, 3}  # each daughter follows one of the two cells
+    widget.tracks_check.setChecked(True)
+    tracks = widget.tracks_layer
+    assert tracks is not None and tracks in viewer.layers
+    ids = {int(i) for i in tracks.data[:, 0]}
+    assert len(ids) == 4 and len(tracks.graph) == 2  # mother, other cell, two daughters
+    (mother_seg,) = {p for parents in tracks.graph.values() for p in parents}
+    mother_rows = tracks.data[tracks.data[:, 0] == mother_seg]
+    assert mother_rows[:, 1].max() == 6
+    viewer.dims.set_point(0, 10)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot[..., :3].std() > 5
+    out = os.environ.get("NAPARI_LIT_SCREENSHOTS")
+    if out:
+        from PIL import Image
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shot).save(Path(out) / "tracks.png")
+    for _ in range(3):  # the daughters' masks, then the division
+        widget.undo()
+    assert s.lineage() == {} and len(widget.tracks_layer.graph) == 0
+    widget.tracks_check.setChecked(False)
+    assert widget.tracks_layer is None and not [l for l in viewer.layers if "tracks" in l.name]
+    widget.close_session()

@@ -408,7 +408,8 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
     labels : str or Path
         A label store, an NGFF label image or a session folder; axis 0 is time, frames are
         (Y, X) or (Z, Y, X). Each object id is one track (an object that leaves and comes
-        back: segments joined as CTC and GEFF join them).
+        back: segments joined as CTC and GEFF join them); a session's divisions
+        (:meth:`~napari_lit.core.session.LitSession.divide`) are the lineage.
     out : str or Path
         The folder to create.
     fmt : {"ctc", "geff"}
@@ -435,8 +436,16 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
     out = Path(out)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
-    node, _ = _open_labels(labels)
-    parents = {}  # no lineage yet: each object is one track (divisions are issue 27 item 1)
+    node, session = _open_labels(labels)
+    parents = {}
+    if session is not None:  # a session's divisions
+        from .core.folder import SessionFolder
+
+        folder = SessionFolder.open(session)
+        try:
+            parents = folder.lineage()
+        finally:
+            folder.close()
     bar = _progress(node.shape[0] * (2 if fmt == "ctc" else 1), f"export {fmt}") if progress else None
     step = (lambda done, total: bar.update(1)) if bar is not None else None
     try:

@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["FlagMixin"]
 
 
-_EDIT_NAMES = {"correction": "correction", "prompt": "prompt", "removal": "prompt removal"}
+_EDIT_NAMES = {"correction": "correction", "prompt": "prompt", "removal": "prompt removal", "division": "division"}
 
 #: the flag's overlays, in colours that differ from each other (and from the red of negative
 #: clicks): the README's legend names them
@@ -165,6 +165,7 @@ class FlagMixin:
             self._pending.pop((c.frame_idx, c.obj_id), None)
             self._show_prompts(self.session)
             self._refresh_labels(c.frame_idx, force=True)
+            self.update_tracks()
         self._notify(None if c is None else
                      f"undone: the {_EDIT_NAMES[c.kind]} of object {c.obj_id} on frame {c.frame_idx} (Shift-U redoes)")
 
@@ -178,6 +179,7 @@ class FlagMixin:
                 self._pending[(c.frame_idx, c.obj_id)] = False
             self._show_prompts(self.session)
             self._refresh_labels(c.frame_idx, force=True)
+            self.update_tracks()
         self._notify(None if c is None else f"redone: the {_EDIT_NAMES[c.kind]} of object {c.obj_id} on frame {c.frame_idx}")
 
     def reset_adapter(self):

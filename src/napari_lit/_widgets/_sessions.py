@@ -416,6 +416,7 @@ class SessionMixin:
         self._set_session_controls(True)
         self._update_status()
         self.update_review(now=True)  # the full draw here, while no model call runs
+        self.update_tracks()
 
     def close_session(self):
         """Cancel running work and close the session (layers stay in the viewer).
@@ -427,6 +428,7 @@ class SessionMixin:
         self.cancel()
         self.session = None
         self.view = None
+        self.tracks_layer = None  # stays in the viewer; a new session makes its own
         self._set_session_controls(False)
         if session is None:
             return

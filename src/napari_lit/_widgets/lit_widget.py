@@ -311,9 +311,19 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         grid.addWidget(self.undo_button, 4, 0)
         grid.addWidget(self.redo_button, 4, 1)
         grid.addWidget(self.reset_button, 5, 0, 1, 2)
+        self.divide_button = QPushButton("Divide here")
+        self.divide_button.setToolTip("the selected object divides on this frame: its track ends on the frame "
+                                      "before and two new objects, its daughters, begin here (from the two parts "
+                                      "of its mask when it has split, else from your next clicks)")
+        self.divide_button.clicked.connect(lambda: self.divide())
+        self.tracks_check = QCheckBox("Show tracks")
+        self.tracks_check.setToolTip("a Tracks layer: each object's centroid per frame, and the divisions")
+        self.tracks_check.toggled.connect(lambda on: self.update_tracks())
+        grid.addWidget(self.divide_button, 6, 0)
+        grid.addWidget(self.tracks_check, 6, 1)
         self.status_label = QLabel("no session")
         self.status_label.setWordWrap(True)
-        grid.addWidget(self.status_label, 6, 0, 1, 2)
+        grid.addWidget(self.status_label, 7, 0, 1, 2)
         layout.addWidget(loop)
         layout.addWidget(self._build_review())
         layout.addStretch(1)
@@ -323,7 +333,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
     def _set_session_controls(self, enabled: bool):
         for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
                   self.both_button, self.flag_button, self.accept_button, self.reject_button, self.undo_button, self.redo_button,
-                  self.reset_button,
+                  self.reset_button, self.divide_button, self.tracks_check,
                   self.prev_uncertain_button, self.next_uncertain_button):
             w.setEnabled(enabled)
 
@@ -702,6 +712,80 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             self._run(f"painted correction on frame {frame}", paint, total=1,
                       on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True))
 
+    # ---------------------------------------------------------------- lineage
+    def divide(self, frame: Optional[int] = None, obj_id: Optional[int] = None):
+        """The selected object (``obj_id``) divides on the displayed frame (``frame``): its
+        track ends on the frame before and two new objects begin there as its daughters.
+        When its mask on that frame has split into two large parts
+        (:func:`~napari_lit.core.session.split_daughters`) they are the daughters' masks;
+        otherwise the first daughter is selected for the user's click and the status line
+        says which id the second has. Undo takes each step back."""
+        from ..core.session import split_daughters
+
+        if self.session is None or self.busy:
+            return
+        session = self.session
+        frame = self.current_frame if frame is None else int(frame)
+        mother = self.obj_id if obj_id is None else int(obj_id)
+        mask = session.store.read_frame(frame) == mother
+        parts = split_daughters(mask)
+        a = max(set(session.tracker.obj_ids) | set(session.parents) | {0}) + 1
+        try:
+            session.divide(frame, mother, [a, a + 1])
+        except ValueError as exc:
+            self._show_error(exc)
+            return
+        self._refresh_labels(frame, force=True)
+        if parts is None:
+            self.labels_layer.selected_label = a
+            self._notify(f"object {mother} divided on frame {frame}: click daughter {a} now, then select "
+                         f"{a + 1} (New object) and click the other daughter")
+            self.update_tracks()
+            return
+
+        def prompt_daughters():
+            for d, part in zip((a, a + 1), parts):
+                yield session.add_mask(frame, d, part)
+
+        def done():
+            self._show_prompts(session)
+            self.update_tracks()
+            self._notify(f"object {mother} divided on frame {frame} into {a} and {a + 1} (the two parts of its "
+                         f"mask); propagate to track them on")
+
+        self._run(f"dividing object {mother} on frame {frame}", prompt_daughters, total=2,
+                  on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True), on_done=done)
+
+    def update_tracks(self):
+        """Show (or update, or with "Show tracks" off remove) the Tracks layer: each
+        object's centroid on every written frame and the divisions as its graph
+        (:func:`~napari_lit.io.tracks.track_graph` of the label store)."""
+        from ..io.tracks import TrackExportError, track_graph, tracks_layer_data
+
+        layer = getattr(self, "tracks_layer", None)
+        if self.session is None or not self.tracks_check.isChecked():
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            self.tracks_layer = None
+            return
+        session = self.session
+        if self.view.ndim != 3:
+            self._notify("Show tracks is for (T, Y, X) images; export the tracks of this one (napari-lit export "
+                         "--format geff) and open them with napari-geff")
+            return
+        try:
+            graph = track_graph(session.store.array, session.lineage())
+        except TrackExportError:  # nothing written yet (or a lineage still being made)
+            return
+        data, tracks_graph = tracks_layer_data(graph)
+        scale = self._session_scale
+        if layer is None or layer not in self.viewer.layers:
+            self.tracks_layer = self.viewer.add_tracks(data, graph=tracks_graph, name=f"{self._session_image.name} LIT tracks",
+                                                       scale=scale, translate=self._session_translate,
+                                                       tail_length=min(30, session.n_frames), blending="translucent")
+        else:
+            layer.data, layer.graph = data, tracks_graph
+
     # ---------------------------------------------------------- propagation
     def _refresh_labels(self, frame: int, force: bool = False):
         if self.labels_layer is not None and (force or frame == self.current_frame):
@@ -747,6 +831,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         def done():
             self._pending.clear()  # learned (or learning is off): propagation went past them
             self._refresh_labels(self.current_frame, force=True)
+            self.update_tracks()
             self._last_auto = session.auto_applied[n_auto:]  # shown in the status line
 
         self._run(f"propagating {direction}", run, total=total,

@@ -471,6 +471,23 @@ class SessionFolder:
                 out[int(e["frame"])] = {int(k): float(v) for k, v in e.get("entropy", {}).items()}
         return out
 
+    def lineage(self) -> Dict[int, int]:
+        """Daughter -> mother of the divisions in effect (logged by
+        :meth:`LitSession.divide`, less those undone), read from the log alone: the edits
+        stack as the session stacks them (a new edit clears what undo took back)."""
+        history: List[dict] = []
+        undone: List[dict] = []
+        for e in self.events:
+            kind = e.get("kind")
+            if (kind == "prompt" and "before" in e) or kind in ("remove_prompt", "division"):
+                history.append(e)
+                undone.clear()
+            elif kind == "undo" and history:
+                undone.append(history.pop())
+            elif kind == "redo" and undone:
+                history.append(undone.pop())
+        return {int(d): int(e["obj"]) for e in history if e.get("kind") == "division" for d in e["daughters"]}
+
     def check_image(self, fingerprint: Dict) -> None:
         """Raise :class:`SessionFolderError` unless ``fingerprint`` (see
         :func:`image_fingerprint`) is the one this session was made on."""

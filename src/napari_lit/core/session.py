@@ -33,7 +33,7 @@ from .store import LabelStore
 from .tracker import FrameResult, Tracker
 from .uncertainty import DEFAULT_DILATION, model_temperature
 
-__all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction"]
+__all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction", "split_daughters"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,41 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
     return None
 
 
+def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The two daughters of a dividing object, when its mask has split: the two largest
+    connected parts of ``mask``, if each holds at least ``min_share`` of the pair's area.
+
+    Parameters
+    ----------
+    mask : (Y, X) or (Z, Y, X) bool array-like
+        The object's mask on the frame where it divided.
+    min_share : float
+        In [0, 0.5]: the smaller part's share of the two parts' area, at least.
+
+    Returns
+    -------
+    (mask_a, mask_b) of bool ndarrays, or None
+        The larger part first; None when the mask is one piece (or a part is too small).
+
+    Raises
+    ------
+    ValueError
+        If ``min_share`` is outside [0, 0.5].
+    """
+    from scipy import ndimage as ndi
+
+    if not 0.0 <= float(min_share) <= 0.5:
+        raise ValueError(f"min_share is the smaller daughter's share, in [0, 0.5]; got {min_share}")
+    parts, n = ndi.label(np.asarray(mask, bool))
+    if n < 2:
+        return None
+    areas = np.bincount(parts.ravel())[1:]
+    a, b = (np.argsort(areas)[::-1][:2] + 1).tolist()
+    if areas[b - 1] < min_share * (areas[a - 1] + areas[b - 1]):
+        return None
+    return parts == a, parts == b
+
+
 #: Frames re-run before the first missing frame when propagation resumes in a new process
 #: without the session folder's memory mirror, so SAM2's memory (its last 6 frames and the
 #: object pointers) is rebuilt first (approximately).
@@ -105,10 +140,11 @@ class Correction:
     ----------
     frame_idx, obj_id : int
         The corrected frame and object.
-    kind : {"correction", "prompt", "removal"}
+    kind : {"correction", "prompt", "removal", "division"}
         A prompt on a frame that already had a result (a correction, which the adapter learns
-        from); a prompt on a frame without one (e.g. the object's first click); or the removal
-        of the frame's prompt (a deleted point or box).
+        from); a prompt on a frame without one (e.g. the object's first click); the removal
+        of the frame's prompt (a deleted point or box); or a division (:meth:`LitSession.divide`:
+        ``obj_id``'s track ends before ``frame_idx``, its ``daughters`` go on).
     labels_before, labels_after : (Y, X) uint32 ndarray
         The frame's labels before the correction, and (once undone) with it.
     adapter_before, adapter_after : dict, str or None
@@ -127,7 +163,10 @@ class Correction:
     cleared : dict or None
         The object's masks on its other frames, kept while it is gone: an edit that leaves an
         object without any prompt removes it and clears its labels everywhere (frame ->
-        (y0, x0, bool crop, masked entropy)).
+        (y0, x0, bool crop, masked entropy)). A division keeps the mother's masks from
+        its frame on here.
+    daughters : list of int or None
+        A division's daughter objects.
     """
 
     frame_idx: int
@@ -144,6 +183,7 @@ class Correction:
     entropy_after: Optional[Dict[int, float]] = None
     inputs: Optional[str] = None
     cleared: Optional[Dict[int, tuple]] = None
+    daughters: Optional[List[int]] = None
 
 
 class LitSession:
@@ -204,6 +244,12 @@ class LitSession:
         self.auto_applied: List[Tuple[int, int]] = []
         #: edits taken back by undo, the last one first to redo
         self.undone: List[Correction] = []
+        #: lineage: daughter object -> mother object (:meth:`divide`)
+        self.parents: Dict[int, int] = {}
+        #: a divided object's last frame: it is not written after it
+        self.track_end: Dict[int, int] = {}
+        #: a daughter's first frame (its mother's division): it is not written before it
+        self.track_start: Dict[int, int] = {}
         self.folder = folder
         self._prompts: Dict[Tuple[int, int], dict] = {}  # (frame, obj) -> the prompt sam2 has there
         self._example_files: Dict[int, List[List[str]]] = {}  # obj -> [inputs file, target record] learned
@@ -404,6 +450,14 @@ class LitSession:
                     self.history.append(c)
                     self.undone.clear()
                     self._set_prompt(f, k, None)
+                elif kind == "division":
+                    c = Correction(int(e["frame"]), int(e["obj"]), sf.load_record(e["before"])["labels"], adapters,
+                                   kind="division", daughters=[int(d) for d in e["daughters"]],
+                                   entropy_before={int(a): float(b) for a, b in e.get("entropy_before", {}).items()},
+                                   cleared=self._load_cleared(e.get("cleared")))
+                    self._apply_division(c)
+                    self.history.append(c)
+                    self.undone.clear()
                 elif kind == "learned":
                     adapters = e["adapters"]
                     for c in reversed(self.history):
@@ -416,11 +470,17 @@ class LitSession:
                     c.labels_after = sf.load_record(e["after"])["labels"]
                     if e.get("cleared"):
                         c.cleared = self._load_cleared(e["cleared"])
-                    self._set_prompt(c.frame_idx, c.obj_id, c.prompt_before)
+                    if c.kind == "division":
+                        self._undo_division(c)
+                    else:
+                        self._set_prompt(c.frame_idx, c.obj_id, c.prompt_before)
                     self.undone.append(c)
                 elif kind == "redo":
                     c = self.undone.pop()
-                    self._set_prompt(c.frame_idx, c.obj_id, c.prompt)
+                    if c.kind == "division":
+                        self._apply_division(c)
+                    else:
+                        self._set_prompt(c.frame_idx, c.obj_id, c.prompt)
                     adapters = e.get("adapters")
                     self.history.append(c)
                 elif kind == "reset_adapter":
@@ -585,7 +645,23 @@ class LitSession:
         return self.tracker.is_tracked(frame_idx, obj_id)
 
     # ------------------------------------------------------------------ prompts
+    def _ended_dropped(self, result: FrameResult) -> FrameResult:
+        """``result`` without the objects whose track ended before its frame (divided) or
+        begins after it (a daughter)."""
+        f = result.frame_idx
+        gone = [k for k in result.obj_ids
+                if self.track_end.get(int(k), self.n_frames) < f or self.track_start.get(int(k), 0) > f]
+        if not gone:
+            return result
+        keep = [i for i, k in enumerate(result.obj_ids) if k not in gone]
+        return FrameResult(result.frame_idx, tuple(result.obj_ids[i] for i in keep), result.logits[keep],
+                           out_of_memory=tuple(k for k in result.out_of_memory if k not in gone),
+                           replaced={k: v for k, v in result.replaced.items() if k not in gone},
+                           temperature=result.temperature, given=tuple(k for k in result.given if k not in gone),
+                           windows={k: v for k, v in result.windows.items() if k not in gone})
+
     def _write(self, result: FrameResult) -> FrameResult:
+        result = self._ended_dropped(result)
         for k in result.given:  # a mask prompt stands as given, pixel for pixel (sam2 hands it
             prompt = self._prompts.get((result.frame_idx, int(k)))  # back resampled from its
             if prompt is not None and prompt["kind"] == "mask":  # low-resolution mask input)
@@ -660,17 +736,17 @@ class LitSession:
             return True
         return False
 
-    def _clear_object(self, obj_id: int, keep_frame: Optional[int] = None) -> Dict[int, tuple]:
+    def _clear_object(self, obj_id: int, keep_frame: Optional[int] = None, from_frame: int = 0) -> Dict[int, tuple]:
         """Clear ``obj_id`` from every written frame (the frames its masked entropy was
-        recorded for) but ``keep_frame``; returns what was cleared, per frame (y0, x0, bool
-        crop, entropy), for :meth:`_restore_object`."""
+        recorded for) from ``from_frame`` on but ``keep_frame``; returns what was cleared,
+        per frame (y0, x0, bool crop, entropy), for :meth:`_restore_object`."""
         cleared = {}
         values = self._entropy.get(int(obj_id))
         if values is None:
             return cleared
         for f in np.flatnonzero(np.isfinite(values)):
             f = int(f)
-            if f == keep_frame:
+            if f == keep_frame or f < from_frame:
                 continue
             labels = self.store.read_frame(f)
             mask = labels == obj_id
@@ -714,6 +790,12 @@ class LitSession:
         """Apply a user's (or, ``auto``, self-applied learning's) prompt: a correction when
         the frame was already tracked; written to the store and the session folder."""
         frame_idx, obj_id = self.tracker._check_frame(frame_idx), self.tracker._check_obj(obj_id)
+        if frame_idx < self.track_start.get(obj_id, 0):
+            raise ValueError(f"object {obj_id} is a daughter of {self.parents[obj_id]} from frame "
+                             f"{self.track_start[obj_id]} on: it cannot be prompted on frame {frame_idx}")
+        if frame_idx > self.track_end.get(obj_id, self.n_frames):
+            raise ValueError(f"object {obj_id} divided after frame {self.track_end[obj_id]}: prompt its daughters "
+                             f"{sorted(d for d, m in self.parents.items() if m == obj_id)} there instead")
         correction = None
         if not auto:  # a user's prompt: undo can take it back
             entropy = {k: float(v[frame_idx]) for k, v in self._entropy.items()}
@@ -786,9 +868,98 @@ class LitSession:
                 self._write(result)
         return result
 
+    # ------------------------------------------------------------------ lineage
+    def divide(self, frame_idx: int, obj_id: int, daughters: Sequence[int]) -> Correction:
+        """Record that object ``obj_id`` divided into ``daughters`` on ``frame_idx``: its
+        track ends on the frame before (its labels there and after are cleared, and later
+        propagations leave it out), and each daughter's parent is ``obj_id`` (propagations
+        leave the daughters out before ``frame_idx``). The daughters
+        are objects of their own, prompted before or after this (a click or a mask on
+        ``frame_idx``). An edit undo takes back; in the session log, so a resume and a
+        tracks export (:mod:`napari_lit.io.tracks`) know the lineage.
+
+        Parameters
+        ----------
+        frame_idx : int
+            The daughters' first frame.
+        obj_id : int
+            The mother.
+        daughters : sequence of int
+            One or more new object ids (usually two).
+
+        Returns
+        -------
+        Correction
+            The edit (kind ``"division"``).
+
+        Raises
+        ------
+        ValueError
+            If the mother is not an object of the session, already divided, or has a prompt
+            on ``frame_idx`` or later (remove it first), or is first prompted on or after
+            ``frame_idx``; if a daughter is the mother, another object's daughter, given twice,
+            or an object prompted before ``frame_idx``.
+        """
+        frame_idx = self.tracker._check_frame(frame_idx)
+        obj_id = int(obj_id)
+        daughters = [int(d) for d in daughters]
+        if obj_id not in self.tracker.obj_ids:
+            raise ValueError(f"object {obj_id} is not in the session (its objects: {list(self.tracker.obj_ids)})")
+        if obj_id in self.track_end:
+            raise ValueError(f"object {obj_id} already divided after frame {self.track_end[obj_id]}")
+        frames = self.tracker.prompt_frames(obj_id)
+        if min(frames) >= frame_idx:
+            raise ValueError(f"object {obj_id} is first prompted on frame {min(frames)}: it cannot divide on "
+                             f"frame {frame_idx}, before or as it begins")
+        later = [f for f in frames if f >= frame_idx]
+        if later:
+            raise ValueError(f"object {obj_id} has prompts on frames {later}, on or after the division on frame "
+                             f"{frame_idx}: remove them first (its track ends on frame {frame_idx - 1})")
+        if not daughters or len(set(daughters)) != len(daughters) or obj_id in daughters or min(daughters) < 1:
+            raise ValueError(f"the daughters of {obj_id} must be distinct new object ids >= 1, not the mother; "
+                             f"got {daughters}")
+        for d in daughters:
+            if d in self.parents:
+                raise ValueError(f"object {d} is already a daughter of {self.parents[d]}")
+            if d in self.tracker.obj_ids and min(self.tracker.prompt_frames(d)) < frame_idx:
+                raise ValueError(f"object {d} is prompted on frame {min(self.tracker.prompt_frames(d))}, before "
+                                 f"the division on frame {frame_idx}: a daughter begins with it")
+        c = Correction(frame_idx, obj_id, self.store.read_frame(frame_idx), self.adapter.snapshot(), kind="division",
+                       entropy_before={k: float(v[frame_idx]) for k, v in self._entropy.items()},
+                       daughters=daughters)
+        self._apply_division(c)
+        self.history.append(c)
+        self.undone.clear()
+        if self.folder is not None:
+            before = self.folder.save_record(f"{self.folder.next_seq():06d}-before", labels=c.labels_before)
+            self._log("division", frame=frame_idx, obj=obj_id, daughters=daughters, before=before,
+                      **({"cleared": self._save_cleared(c.cleared)} if c.cleared else {}))
+        return c
+
+    def _apply_division(self, c: Correction) -> None:
+        self.track_end[c.obj_id] = c.frame_idx - 1
+        for d in c.daughters:
+            self.parents[d] = c.obj_id
+            self.track_start[d] = c.frame_idx
+        if not self._replaying:
+            c.cleared = self._clear_object(c.obj_id, from_frame=c.frame_idx)
+
+    def _undo_division(self, c: Correction) -> None:
+        self.track_end.pop(c.obj_id, None)
+        for d in c.daughters:
+            self.parents.pop(d, None)
+            self.track_start.pop(d, None)
+        if not self._replaying:
+            self._restore_object(c.obj_id, c.cleared)
+
+    def lineage(self) -> Dict[int, int]:
+        """Daughter object -> mother object, for the divisions in effect."""
+        return dict(self.parents)
+
     # -------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "forward",
-                  tau_u: Optional[float] = None, tau_m: Optional[float] = None) -> Iterator[FrameResult]:
+                  tau_u: Optional[float] = None, tau_m: Optional[float] = None,
+                  divisions: Optional[float] = None) -> Iterator[FrameResult]:
         """Propagate all objects from ``start_frame`` in ``direction`` (forward, backward,
         both), writing each frame to the store before yielding it. Closing the generator
         stops after the frame in progress; every yielded frame is already on disk.
@@ -808,6 +979,12 @@ class LitSession:
         tau_m : float, optional
             Uncertainty-driven memory update: an object's frame whose masked entropy exceeds
             this stays out of SAM2's memory (:meth:`Tracker.propagate`'s ``memory_gate``).
+        divisions : float, optional
+            The division rule (forward only): where an object's mask on a propagated frame
+            has split into two parts, the smaller holding at least this share of the two
+            (:func:`split_daughters`), the object divides there (:meth:`divide`) into two new
+            objects prompted with those parts, and propagation resumes from that frame.
+            None: off.
 
         Yields
         ------
@@ -815,7 +992,7 @@ class LitSession:
             One per frame (a frame where the adapted prediction was kept is yielded once,
             with it).
         """
-        if tau_u is None:
+        if tau_u is None and divisions is None:
             for result in self.tracker.propagate(start_frame=start_frame, direction=direction, memory_gate=tau_m):
                 yield self._write(result)
             return
@@ -836,8 +1013,17 @@ class LitSession:
                     if skip_start and f == start:  # written already
                         continue
                     skip_start = False
+                    result = self._ended_dropped(result)
+                    if divisions is not None and d == "forward":
+                        split = self._division_at(result, divisions)
+                        if split is not None:  # divided: the daughters' prompts wrote the frame
+                            yield split
+                            resume = f
+                            break
                     for k, h in zip(result.obj_ids, result.masked_entropy()):
                         k, h = int(k), float(h)
+                        if tau_u is None:
+                            break
                         if k in previous and h - previous[k] >= tau_u:
                             adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
                             if adapted is not None:
@@ -856,6 +1042,29 @@ class LitSession:
                 if resume is None:
                     break
                 start, skip_start = resume, True
+
+    def _division_at(self, result: FrameResult, min_share: float) -> Optional[FrameResult]:
+        """The division rule on one propagated frame: the first object (not prompted there)
+        whose mask has split divides, its daughters prompted with the two parts; returns
+        the frame's result after their prompts, or None when no object split."""
+        f = result.frame_idx
+        for k in result.obj_ids:
+            k = int(k)
+            frames = self.tracker.prompt_frames(k)
+            if f <= min(frames) or max(frames) >= f:  # prompted there or later: the user's say
+                continue
+            parts = split_daughters(result.mask(k), min_share)
+            if parts is None:
+                continue
+            a = max(set(self.tracker.obj_ids) | set(self.parents) | {0}) + 1
+            self._write(result)  # the frame as tracked, before the division (the edit's "before")
+            self.divide(f, k, [a, a + 1])
+            out = None
+            for d, part in zip((a, a + 1), parts):
+                out = self._prompt(f, d, {"kind": "mask", "mask": part})
+            logger.info("object %d divided on frame %d into %d and %d", k, f, a, a + 1)
+            return out
+        return None
 
     # ----------------------------------------------------------------- learning
     def learn_from(self, frame_idx: int, obj_id: int) -> Iterator[TrainStep]:
@@ -969,6 +1178,13 @@ class LitSession:
         c.labels_after = self.store.read_frame(f)
         c.adapter_after = self.adapter.snapshot()
         c.entropy_after = {o: float(v[f]) for o, v in self._entropy.items()}
+        if c.kind == "division":  # the mother's track goes on again, with her labels
+            self._undo_division(c)
+            self.undone.append(c)
+            if self.folder is not None:
+                after = self.folder.save_record(f"{self.folder.next_seq():06d}-after", labels=c.labels_after)
+                self._log("undo", frame=f, obj=k, after=after, adapters=self._save_adapters())
+            return c
         removed = self._set_prompt(f, k, c.prompt_before)
         self._forget_memory(f, k)
         cleared = None
@@ -999,6 +1215,11 @@ class LitSession:
             return None
         c = self.undone.pop()
         f, k = c.frame_idx, c.obj_id
+        if c.kind == "division":
+            self._apply_division(c)
+            self.history.append(c)
+            self._log("redo", frame=f, obj=k, adapters=self._save_adapters())
+            return c
         removed = self._set_prompt(f, k, c.prompt)
         self._forget_memory(f, k)
         if c.kind == "removal":
