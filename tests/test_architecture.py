@@ -62,7 +62,7 @@ PUBLIC_MODULES = [
     "napari_lit.models.catalogue", "napari_lit.models.build", "napari_lit.models.trunk",
     "napari_lit.io.readers", "napari_lit.io.dataset", "napari_lit.io.tracks",
     "napari_lit.bench.metrics", "napari_lit.bench.runner", "napari_lit.bench.report",
-    "napari_lit.bench.correction_report",
+    "napari_lit.bench.correction_report", "napari_lit.bench.tracking",
     "napari_lit.training.synthetic", "napari_lit.training.recipe", "napari_lit.training.real",
     "napari_lit.training.masked", "napari_lit.training.motion", "napari_lit.cli",
 ]

@@ -260,3 +260,47 @@ def test_division_rule_divides_a_mask_that_splits_while_propagating(dividing, pr
     assert (labels[:, :, 55:] == 4).any(axis=(1, 2))[[0, 1, 2, 6, 7, 8, 9]].all()  # the other cell: no division
     assert [c.kind for c in s.history][-3:] == ["division", "prompt", "prompt"]
     s.close()
+
+
+def _ctc_sequence(folder, gt, rows):
+    import json
+
+    import tifffile
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    image = (np.where(gt > 0, 200, 30) + rng.normal(0, 5, gt.shape)).astype(np.float32)
+    tifffile.imwrite(folder / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / "labels.tif", gt.astype(np.uint16), photometric="minisblack")
+    (folder / "man_track.txt").write_text("".join(f"{L} {B} {E} {P}\n" for L, B, E, P in rows))
+    (folder / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [1, 4]}))
+
+
+def test_ctc_metrics_of_a_tracked_division(dividing, predictor, tmp_path):
+    """The ground truth scores 1 against itself; one click per cell on frame 0 with the
+    division rule finds the division and scores a high TRA; a longer man_track.txt is cut to
+    the sequence's frames."""
+    from napari_lit.bench.runner import run_benchmark
+    from napari_lit.bench.tracking import ctc_scores, has_lineage, track_cells
+    from napari_lit.io import load_sequence
+
+    gt, _ = dividing
+    gt = gt.copy()
+    for f in range(3, 6):  # cell 4 stays in view (no gap in this ground truth)
+        yy, xx = np.mgrid[:64, :80]
+        gt[f][((yy - 40) ** 2 + (xx - 65) ** 2 <= 36) & (gt[f] == 0)] = 4
+    rows = [(1, 0, 4, 0), (2, 5, 12, 1), (3, 5, 12, 1), (4, 0, 9, 0), (7, 11, 14, 2)]  # as if 15 frames
+    _ctc_sequence(tmp_path / "data" / "ctc-div", gt, rows)
+    seq = load_sequence(tmp_path / "data" / "ctc-div")
+    assert has_lineage(seq)
+    perfect = ctc_scores(gt, {2: 1, 3: 1}, seq)
+    assert perfect["valid"] and perfect["TRA"] == pytest.approx(1.0) and perfect["SEG"] == pytest.approx(1.0)
+    assert perfect["divisions"] == 1 and perfect["tracks"] == 4
+    labels, parents = track_cells(predictor, seq, zoom="off")
+    assert sorted(parents.values()) == [1, 1]
+    tracked = ctc_scores(labels, parents, seq)
+    assert tracked["valid"] and tracked["TRA"] > 0.9 and tracked["DET"] > 0.9 and tracked["SEG"] > 0.7
+    assert ctc_scores(gt, {}, seq)["TRA"] < 1.0  # the true masks without the lineage: TRA counts the links
+    res = run_benchmark(tmp_path / "data", "propagate", "mask", predictor=predictor, progress=False,
+                        zoom="off", ctc_metrics=True)
+    assert res["ctc"]["ctc-div"]["TRA"] == pytest.approx(tracked["TRA"])

@@ -358,7 +358,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   tau: float = 0.5, max_corrections: Optional[int] = None,
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
                   joint: bool = False, entropy_norm: str = "area", zoom: str = "auto",
-                  j_at_k: Optional[int] = None) -> Dict:
+                  j_at_k: Optional[int] = None, ctc_metrics: bool = False) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Each object's run is seeded from its sequence name and id (LoRA initialisation and
@@ -411,6 +411,11 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         ran on to the end (the run again with ``max_corrections`` k, from the same seed and
         the same carried shared adapter; effort held equal, as IoU@k in Kontogianni et al.
         2020). Each k at or below the run's own number of corrections costs one more run.
+    ctc_metrics : bool
+        ``propagate``: for each time-lapse with a CTC lineage (``man_track.txt``), also track
+        every cell of its first frame from one click each with the division rule and score
+        TRA, DET, SEG and CHOTA (:mod:`napari_lit.bench.tracking`), in ``ctc`` (sequence ->
+        scores).
 
     Returns
     -------
@@ -449,6 +454,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if joint and method not in ("propagate", "static", "flow"):
         raise _usage_error(f"--joint is for the propagate, static and flow methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
+    if ctc_metrics and method != "propagate":
+        raise _usage_error(f"--ctc-metrics tracks the cells with the model: it is for --method propagate, "
+                           f"not {method!r}")
     if j_at_k is not None and (method not in INTERACTIVE_METHODS or int(j_at_k) < 0):
         raise _usage_error(f"--j-at-k is a number of corrections (>= 0) for the interactive methods "
                            f"({', '.join(INTERACTIVE_METHODS)}); got {j_at_k} with {method!r}")
@@ -583,6 +591,15 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if method == "propagate":
         rho = [e["spearman"] for e in entries if e.get("spearman") is not None]
         result["median_spearman"] = float(np.median(rho)) if rho else None
+    if ctc_metrics:
+        from .tracking import ctc_scores, has_lineage, track_cells
+
+        result["ctc"] = {}
+        for seq in seqs:
+            if has_lineage(seq) and seq.axes.startswith("T"):
+                labels, parents = track_cells(predictor, seq, zoom=zoom)
+                result["ctc"][seq.name] = ctc_scores(labels, parents, seq)
+        result["seconds"] = round(time.perf_counter() - t0, 3)
     if interactive and j_at_k is not None:
         result["j_at_k"] = ([float(np.mean([e["j_at_k"][k] for e in entries])) for k in range(j_at_k + 1)]
                             if entries else None)
@@ -704,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoom", choices=("auto", "off"), default="auto",
                    help="object-centred zoom: small objects seen through their own window of the frame "
                         "(auto, default) or every object through the whole frame (off)")
+    p.add_argument("--ctc-metrics", action="store_true",
+                   help="propagate: on time-lapses with a CTC lineage (man_track.txt), also track every cell of "
+                        "the first frame from one click with the division rule and report TRA, DET, SEG, CHOTA")
     p.add_argument("--j-at-k", type=int, metavar="K",
                    help="interactive methods: also measure J@k, the mean J after k corrections per object, "
                         "for k = 0..K (one more run per k, up to the corrections the object needs)")
@@ -793,7 +813,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            device=args.device, sequences=args.sequences, progress=not args.quiet,
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
                            adapter_config=adapter_config_from_args(args), joint=args.joint,
-                           entropy_norm=args.entropy_norm, zoom=args.zoom, j_at_k=args.j_at_k)
+                           entropy_norm=args.entropy_norm, zoom=args.zoom, j_at_k=args.j_at_k,
+                           ctc_metrics=args.ctc_metrics)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:
@@ -805,5 +826,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{result['median_adapt_ms'] or 0:.0f} ms (tau {result['tau']})")
     else:
         print(f"{args.method}/{args.init}: no listed object appears in the ground truth; nothing scored")
+    for name, scores in (result.get("ctc") or {}).items():
+        print(f"{name}: " + ", ".join(f"{m} {scores[m]:.3f}" for m in ("TRA", "DET", "SEG", "CHOTA")
+                                      if scores.get(m) is not None)
+              + f" ({scores['tracks']} tracks, {scores['divisions']} divisions found)")
     print(f"wrote {out}, {md}, {png}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 
@@ -34,6 +34,8 @@ class EvalSequence:
     domain : str
     meta : dict
         The whole ``meta.json``.
+    folder : Path or None
+        The sequence folder (its other files: a CTC lineage ``man_track.txt``, TRA markers).
     """
 
     name: str
@@ -43,6 +45,7 @@ class EvalSequence:
     axes: str
     domain: str = ""
     meta: dict = field(default_factory=dict)
+    folder: Optional[Path] = None
 
     @property
     def is_volume(self) -> bool:
@@ -86,7 +89,7 @@ def load_sequence(folder: Union[str, Path]) -> EvalSequence:
         raise ValueError(f"{folder.name}: image {image.shape} and labels {labels.shape} differ in (N, Y, X)")
     return EvalSequence(
         name=folder.name, image=image, labels=labels, objects=[int(o) for o in meta.get("objects", [])],
-        axes=meta.get("axes", "TYX"), domain=meta.get("domain", ""), meta=meta,
+        axes=meta.get("axes", "TYX"), domain=meta.get("domain", ""), meta=meta, folder=folder,
     )
 
 
