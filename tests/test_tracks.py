@@ -301,6 +301,12 @@ def test_ctc_metrics_of_a_tracked_division(dividing, predictor, tmp_path):
     tracked = ctc_scores(labels, parents, seq)
     assert tracked["valid"] and tracked["TRA"] > 0.9 and tracked["DET"] > 0.9 and tracked["SEG"] > 0.7
     assert ctc_scores(gt, {}, seq)["TRA"] < 1.0  # the true masks without the lineage: TRA counts the links
+    flow_labels, flow_parents = track_cells(predictor, seq, zoom="off", method="flow")
+    assert flow_labels.shape == gt.shape and (flow_labels[9] > 0).any()
+    assert set(flow_parents.values()) <= {1}  # the rule on warped masks: at most the one division
     res = run_benchmark(tmp_path / "data", "propagate", "mask", predictor=predictor, progress=False,
                         zoom="off", ctc_metrics=True)
     assert res["ctc"]["ctc-div"]["TRA"] == pytest.approx(tracked["TRA"])
+    flow_res = run_benchmark(tmp_path / "data", "flow", "click", predictor=predictor, progress=False,
+                             zoom="off", ctc_metrics=True)
+    assert flow_res["ctc"]["ctc-div"] == ctc_scores(flow_labels, flow_parents, seq)

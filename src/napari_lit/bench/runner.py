@@ -412,8 +412,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         the same carried shared adapter; effort held equal, as IoU@k in Kontogianni et al.
         2020). Each k at or below the run's own number of corrections costs one more run.
     ctc_metrics : bool
-        ``propagate``: for each time-lapse with a CTC lineage (``man_track.txt``), also track
-        every cell of its first frame from one click each with the division rule and score
+        ``propagate`` and ``flow``: for each time-lapse with a CTC lineage (``man_track.txt``),
+        also track every cell of its first frame from one click each (flow: from the model's
+        masks of those clicks) with the division rule and score
         TRA, DET, SEG and CHOTA (:mod:`napari_lit.bench.tracking`), in ``ctc`` (sequence ->
         scores).
 
@@ -454,9 +455,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     if joint and method not in ("propagate", "static", "flow"):
         raise _usage_error(f"--joint is for the propagate, static and flow methods; the simulated user of "
                            f"{method!r} corrects one object at a time")
-    if ctc_metrics and method != "propagate":
-        raise _usage_error(f"--ctc-metrics tracks the cells with the model: it is for --method propagate, "
-                           f"not {method!r}")
+    if ctc_metrics and method not in ("propagate", "flow"):
+        raise _usage_error(f"--ctc-metrics tracks the cells with the model or its flow peer: it is for --method "
+                           f"propagate or flow, not {method!r}")
     if j_at_k is not None and (method not in INTERACTIVE_METHODS or int(j_at_k) < 0):
         raise _usage_error(f"--j-at-k is a number of corrections (>= 0) for the interactive methods "
                            f"({', '.join(INTERACTIVE_METHODS)}); got {j_at_k} with {method!r}")
@@ -489,7 +490,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             raise _usage_error(f"{folder.name}: {exc}") from None
 
-    needs_model = not (method in ("static", "flow") and init == "mask")
+    needs_model = not (method in ("static", "flow") and init == "mask") or ctc_metrics
     if needs_model and predictor is None:
         predictor = _load_predictor(model, config, device)
     interactive = method in INTERACTIVE_METHODS
@@ -597,7 +598,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         result["ctc"] = {}
         for seq in seqs:
             if has_lineage(seq) and seq.axes.startswith("T"):
-                labels, parents = track_cells(predictor, seq, zoom=zoom)
+                labels, parents = track_cells(predictor, seq, zoom=zoom, method=method)
                 result["ctc"][seq.name] = ctc_scores(labels, parents, seq)
         result["seconds"] = round(time.perf_counter() - t0, 3)
     if interactive and j_at_k is not None:
@@ -722,8 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object-centred zoom: small objects seen through their own window of the frame "
                         "(auto, default) or every object through the whole frame (off)")
     p.add_argument("--ctc-metrics", action="store_true",
-                   help="propagate: on time-lapses with a CTC lineage (man_track.txt), also track every cell of "
-                        "the first frame from one click with the division rule and report TRA, DET, SEG, CHOTA")
+                   help="propagate, flow: on time-lapses with a CTC lineage (man_track.txt), also track every "
+                        "cell of the first frame from one click with the division rule and report TRA, DET, SEG, "
+                        "CHOTA")
     p.add_argument("--j-at-k", type=int, metavar="K",
                    help="interactive methods: also measure J@k, the mean J after k corrections per object, "
                         "for k = 0..K (one more run per k, up to the corrections the object needs)")

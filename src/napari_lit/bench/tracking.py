@@ -94,8 +94,11 @@ def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
     zoom : {"auto", "off"}
     min_share : float
         The division rule's smaller daughter's share (see :func:`~napari_lit.core.session.split_daughters`).
-    method : {"propagate"}
-        The model, as a user runs it.
+    method : {"propagate", "flow"}
+        ``propagate``: the model, as a user runs it. ``flow``: the classical peer, the
+        model's masks of the clicks on the first frame warped along DIS optical flow
+        (:class:`~napari_lit.bench.flow.FlowTracker`) frame by frame, with the same
+        division rule on the warped masks.
 
     Returns
     -------
@@ -112,8 +115,8 @@ def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
 
     from ..core.session import LitSession
 
-    if method != "propagate":
-        raise ValueError(f"cells are tracked with the model (propagate); got {method!r}")
+    if method not in ("propagate", "flow"):
+        raise ValueError(f"cells are tracked with the model (propagate) or its flow peer (flow); got {method!r}")
     if seq.axes[0] != "T":
         raise ValueError(f"{seq.name}: tracks need a time-lapse (axes T...), not {seq.axes}")
     first = np.asarray(seq.labels[0])
@@ -127,11 +130,45 @@ def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
                 dist = ndi.distance_transform_edt(np.pad(first == k, 1))[1:-1, 1:-1]
                 y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
                 session.add_points(0, k, [[y, x]], [1])
+            if method == "flow":
+                return _flow_with_divisions(seq.image, session.store.read_frame(0), min_share)
             for _ in session.propagate(start_frame=0, direction="forward", divisions=min_share):
                 pass
             return np.asarray(session.store.array[:]).copy(), session.lineage()
         finally:
             session.close()
+
+
+def _flow_with_divisions(image, first: np.ndarray, min_share: float) -> Tuple[np.ndarray, Dict[int, int]]:
+    """The flow peer: ``first``'s objects warped frame to frame, an object whose warped mask
+    has split divided into its two parts (new ids), overlaps going to the later id."""
+    from ..core.session import split_daughters
+    from .flow import FlowTracker
+
+    flow = FlowTracker(image)
+    out = np.zeros((flow.n_frames,) + flow.frame_shape, np.uint32)
+    out[0] = first
+    parents: Dict[int, int] = {}
+    ids = [int(i) for i in np.unique(first) if i]
+    masks = np.stack([first == k for k in ids]) if ids else np.zeros((0,) + flow.frame_shape, bool)
+    for t in range(1, flow.n_frames):
+        masks = flow.warp(masks, flow.flow(t, t - 1))
+        new_ids, new_masks = [], []
+        for k, m in zip(ids, masks):
+            parts = split_daughters(m, min_share) if m.any() else None
+            if parts is None:
+                new_ids.append(k)
+                new_masks.append(m)
+                continue
+            a = max(ids + new_ids + list(parents) + [0]) + 1
+            for d, part in zip((a, a + 1), parts):
+                parents[d] = k
+                new_ids.append(d)
+                new_masks.append(part)
+        ids, masks = new_ids, (np.stack(new_masks) if new_masks else masks[:0])
+        for k, m in zip(ids, masks):
+            out[t][m] = k
+    return out, parents
 
 
 def ctc_scores(labels, parents: Dict[int, int], seq, metrics=CTC_METRICS) -> Dict[str, Optional[float]]:
