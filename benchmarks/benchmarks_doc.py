@@ -25,6 +25,36 @@ def _load(path: Path):
     return load_result(path) if path.is_file() else None
 
 
+def ctc_part(results: Path) -> str:
+    """CTC tracking metrics with the division rule, model beside the flow peer (issue 27)."""
+    runs = {label: _load(results / f"ctc-{m}.json") for label, m in (("lit-tiny", "propagate"), ("flow", "flow"))}
+    runs = {k: v for k, v in runs.items() if v is not None and v.get("ctc")}
+    if not runs:
+        return ""
+    names = sorted({n for r in runs.values() for n in r["ctc"]})
+    lines = ["### Cell tracking: CTC metrics with divisions\n",
+             "Every cell of the first frame clicked once at its innermost point, propagated forward with "
+             "the division rule (a mask that splits into two parts, the smaller at least 20 % of the two, "
+             "divides into two daughters), written in the CTC result format and scored by `py-ctcmetrics` "
+             "against the sequence's `man_track.txt` (cut to its frames) and TRA markers. The flow peer "
+             "warps the model's masks of the same clicks along DIS optical flow, with the same rule on the "
+             "warped masks.\n",
+             "```bash\n" + "\n".join(
+                 f"napari-lit bench {DATA} --sequences {' '.join(names)} --method {m} --init {r['init']} "
+                 f"--ctc-metrics --json benchmarks/results/ctc-{m}.json"
+                 for m, r in zip(("propagate", "flow"), runs.values())) + "\n```\n",
+             "| sequence | tracker | TRA | DET | SEG | CHOTA | tracks | divisions found |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name in names:
+        for label, r in runs.items():
+            c = r["ctc"].get(name)
+            if c is None:
+                continue
+            cells = " | ".join("–" if c.get(m) is None else f"{c[m]:.3f}" for m in ("TRA", "DET", "SEG", "CHOTA"))
+            lines.append(f"| {name} | {label} | {cells} | {c['tracks']} | {c['divisions']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _wins_losses(model: dict, peer: dict) -> tuple:
     """Sequences where ``model``'s mean J is above / below ``peer``'s (sequence rows)."""
     from napari_lit.bench.report import sequence_summary
@@ -107,7 +137,8 @@ def tracking_section(results: Path, docs: Path) -> str:
         png = docs / f"bench-propagate-{init}.png"
         plot_per_frame(prop, png)
         parts.append(f"\n![per-frame J, lit-tiny, {init} init]({png.name})\n")
-    return "\n".join(parts)
+    parts.append(ctc_part(results))
+    return "\n".join(p for p in parts if p)
 
 
 def _zoom_flag(result) -> str:

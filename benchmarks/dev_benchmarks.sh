@@ -30,6 +30,12 @@ if [ "$what" = all ] || [ "$what" = tracking ]; then
   $BENCH "$DATA" --method propagate --init mask --joint --entropy-norm length --json $OUT/propagate-mask-joint-length.json --quiet
   $BENCH "$DATA" --method propagate --init click --entropy-norm length --json $OUT/propagate-click-length.json --quiet
   .venv/bin/python benchmarks/leak_analysis.py "$DATA" --out $OUT/leak_analysis.json
+  # cell tracking (issue 27): every cell of the first frame clicked once, the division rule,
+  # CTC metrics (TRA, DET, SEG, CHOTA) from py-ctcmetrics; flow from the model's click masks
+  $BENCH "$DATA" --sequences ctc-fluo-simplus-01 --method propagate --init mask --ctc-metrics \
+    --json $OUT/ctc-propagate.json --quiet
+  $BENCH "$DATA" --sequences ctc-fluo-simplus-01 --method flow --init click --ctc-metrics \
+    --json $OUT/ctc-flow.json --quiet
 fi
 if [ "$what" = all ] || [ "$what" = corrections ]; then
   .venv/bin/python benchmarks/mask_resolution_ceiling.py "$DATA" --out $OUT/mask_resolution_ceiling.json

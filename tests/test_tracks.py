@@ -272,6 +272,8 @@ def _ctc_sequence(folder, gt, rows):
     image = (np.where(gt > 0, 200, 30) + rng.normal(0, 5, gt.shape)).astype(np.float32)
     tifffile.imwrite(folder / "image.tif", image, photometric="minisblack")
     tifffile.imwrite(folder / "labels.tif", gt.astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(folder / "tra_markers.tif", gt.astype(np.uint16), photometric="minisblack",
+                     compression="zlib")  # as the CTC data come: compressed, not memory-mappable
     (folder / "man_track.txt").write_text("".join(f"{L} {B} {E} {P}\n" for L, B, E, P in rows))
     (folder / "meta.json").write_text(json.dumps({"layout": "tiff", "axes": "TYX", "objects": [1, 4]}))
 

@@ -69,7 +69,7 @@ def ctc_ground_truth(seq, out: Union[str, Path]) -> Path:
     (out / "SEG").mkdir(exist_ok=True)
     n = int(seq.labels.shape[0])
     markers_path = folder / "tra_markers.tif"
-    markers = tifffile.memmap(markers_path) if markers_path.is_file() else seq.labels
+    markers = tifffile.imread(markers_path) if markers_path.is_file() else seq.labels
     digits = 3 if n <= 1000 else 4
     for t in range(n):
         tifffile.imwrite(out / "TRA" / f"man_track{t:0{digits}d}.tif", np.asarray(markers[t]).astype(np.uint16),
