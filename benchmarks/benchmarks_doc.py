@@ -418,6 +418,27 @@ def scope_section(results: Path, docs: Path) -> str:
                      f"{verdict} issue 26's >= 10 %" + ("" if red >= 10 else ", so `object` stays the default")
                      + ". Adaptation times are this run's machine's "
                      f"({runs['object'].get('machine', {}).get('cpu', 'CPU')}).\n")
+    variants = sorted((folder / "variants").glob("*.json"))
+    if variants:
+        rows = ["| scope | shared steps | shared replay | " + " | ".join(n.split("-")[0] for n in names)
+                + " | all | vs object | median adaptation |",
+                "|---|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|"]
+        for path in variants:
+            r = load_result(path)
+            a = r.get("adapter") or {}
+            per = {}
+            for e in r["sequences"]:
+                per[e["name"]] = per.get(e["name"], 0) + e["corrections"]
+            red = 100 * (base - r["total_corrections"]) / max(base, 1)
+            rows.append(f"| {a.get('scope')} | {a.get('shared_steps') or a.get('max_steps')} | "
+                        f"{a.get('shared_replay')} | " + " | ".join(str(per.get(n, '–')) for n in names)
+                        + f" | {r['total_corrections']} | {_fewer(red)} | {r['median_adapt_ms'] or 0:.0f} ms |")
+        parts += ["### Shared-adapter settings tried (on dev: exploratory)\n",
+                  "Each row one run of every multi-object sequence (`--lora-scope S --lora-shared-steps N "
+                  "--lora-shared-replay R`, results in `benchmarks/results/scope/variants/`). These were run "
+                  "on the dev sequences themselves, so the best row is optimistic for new data: a setting "
+                  "chosen here has to be chosen again on training sequences before it could become a "
+                  "default.\n", *rows, ""]
     curves = [r for r in have.values() if r.get("j_at_k")]
     if len(curves) == len(have):
         parts.append(j_at_k_table(list(have.values()), list(have)))
