@@ -804,6 +804,11 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
     for _ in range(3):  # the daughters' masks, then the division
         widget.undo()
     assert s.lineage() == {} and len(widget.tracks_layer.graph) == 0
+    widget.divide_check.setChecked(True)  # the rule: the split mask divides by itself while propagating
+    widget.propagate("forward")
+    _wait(qtbot, widget)
+    assert sorted(s.lineage().values()) == [1, 1] and 5 <= s.track_end[1] + 1 <= 8
+    assert len(widget.tracks_layer.graph) == 2
     widget.tracks_check.setChecked(False)
     assert widget.tracks_layer is None and not [l for l in viewer.layers if "tracks" in l.name]
     widget.close_session()

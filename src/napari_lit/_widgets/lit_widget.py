@@ -67,6 +67,9 @@ __all__ = ["LitWidget", "SHORTCUTS"]
 
 logger = logging.getLogger(__name__)
 
+#: The division rule's smaller daughter's share (Advanced, "divide when a mask splits").
+DIVISION_SHARE = 0.2
+
 SHORTCUTS = {
     ".": "next frame",
     ",": "previous frame",
@@ -254,6 +257,11 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.tau_m_spin.setValue(DEFAULT_TAU_M)
         adv_form.addRow(self.auto_check, self.tau_u_spin)
         adv_form.addRow(self.gate_check, self.tau_m_spin)
+        self.divide_check = QCheckBox("divide when a mask splits (forward)")
+        self.divide_check.setToolTip("while propagating forward, an object whose mask splits into two parts (the "
+                                     "smaller at least 20 % of the two) divides there into two new objects, its "
+                                     "daughters (undo takes it back)")
+        adv_form.addRow(self.divide_check)
         self.advanced.addWidget(adv)
         form.addRow(self.advanced)
         self.start_button = QPushButton("Start session")
@@ -823,10 +831,12 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
 
         tau_u = self.tau_u_spin.value() if self.auto_check.isChecked() and session.learn else None
         tau_m = self.tau_m_spin.value() if self.gate_check.isChecked() else None
+        divisions = DIVISION_SHARE if self.divide_check.isChecked() else None
         n_auto = len(session.auto_applied)
 
         def run():
-            yield from session.propagate(start_frame=start, direction=direction, tau_u=tau_u, tau_m=tau_m)
+            yield from session.propagate(start_frame=start, direction=direction, tau_u=tau_u, tau_m=tau_m,
+                                         divisions=divisions)
 
         def done():
             self._pending.clear()  # learned (or learning is off): propagation went past them
