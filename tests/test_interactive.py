@@ -392,3 +392,7 @@ def test_j_at_k_is_the_mean_j_after_k_corrections(tmp_path, predictor, clip, cap
                    "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--j-at-k" in err[0]
+    rc = cli_main(["bench", str(tmp_path / "data"), "--method", "lit", "--init", "mask", "--ctc-metrics",
+                   "--json", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--ctc-metrics" in err[0] and "propagate or flow" in err[0]

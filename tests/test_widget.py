@@ -809,6 +809,28 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
     _wait(qtbot, widget)
     assert sorted(s.lineage().values()) == [1, 1] and 5 <= s.track_end[1] + 1 <= 8
     assert len(widget.tracks_layer.graph) == 2
+    # Export tracks: GEFF with the lineage, CTC with its parents; an existing target is refused
+    import geff
+
+    from napari_lit.io.tracks import read_ctc_tracks
+
+    widget.export_tracks(tmp_path / "cells.geff")
+    _wait(qtbot, widget)
+    graph, meta = geff.read(str(tmp_path / "cells.geff"))
+    stored = np.asarray(s.store.array[:])
+    assert graph.number_of_nodes() == sum(len(np.unique(f[f > 0])) for f in stored)  # one per object per frame
+    assert [a.name for a in meta.axes] == ["t", "y", "x"]
+    widget.export_tracks(tmp_path / "RES")
+    _wait(qtbot, widget)
+    rows = read_ctc_tracks(tmp_path / "RES")
+    assert sorted(P for *_, P in rows if P) == sorted(2 * [next(L for L, B, E, P in rows if E == s.track_end[1])])
+    shown = []
+    widget._show_error = lambda exc: shown.append(str(exc))
+    widget.export_tracks(tmp_path / "RES")
+    _wait(qtbot, widget)
+    assert len(shown) == 1 and "already exists" in shown[0]
+    assert "tracks written" not in widget.status_label.text()  # the failed export claims nothing
+    del widget._show_error
     widget.tracks_check.setChecked(False)
     assert widget.tracks_layer is None and not [l for l in viewer.layers if "tracks" in l.name]
     widget.close_session()

@@ -329,9 +329,14 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.tracks_check.toggled.connect(lambda on: self.update_tracks())
         grid.addWidget(self.divide_button, 6, 0)
         grid.addWidget(self.tracks_check, 6, 1)
+        self.export_button = QPushButton("Export tracks…")
+        self.export_button.setToolTip("write the tracks with their divisions: a .geff folder (napari-geff, other "
+                                      "tracking tools) or a Cell Tracking Challenge result folder")
+        self.export_button.clicked.connect(lambda: self.export_tracks())
+        grid.addWidget(self.export_button, 7, 0, 1, 2)
         self.status_label = QLabel("no session")
         self.status_label.setWordWrap(True)
-        grid.addWidget(self.status_label, 7, 0, 1, 2)
+        grid.addWidget(self.status_label, 8, 0, 1, 2)
         layout.addWidget(loop)
         layout.addWidget(self._build_review())
         layout.addStretch(1)
@@ -341,7 +346,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
     def _set_session_controls(self, enabled: bool):
         for w in (self.new_object_button, self.polarity_button, self.forward_button, self.backward_button,
                   self.both_button, self.flag_button, self.accept_button, self.reject_button, self.undo_button, self.redo_button,
-                  self.reset_button, self.divide_button, self.tracks_check,
+                  self.reset_button, self.divide_button, self.tracks_check, self.export_button,
                   self.prev_uncertain_button, self.next_uncertain_button):
             w.setEnabled(enabled)
 
@@ -763,6 +768,51 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
 
         self._run(f"dividing object {mother} on frame {frame}", prompt_daughters, total=2,
                   on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True), on_done=done)
+
+    def export_tracks(self, out=None, fmt: Optional[str] = None):
+        """Write the session's tracks and divisions (in a worker): ``fmt`` ``"geff"`` (axis
+        scales and units from the image layer) or ``"ctc"`` (the CTC result format), to
+        ``out`` (a save dialog when None; a name ending in ``.geff`` or ``.zarr`` is GEFF,
+        anything else a CTC folder). An existing target is replaced only after a dialog's
+        confirmation (``out`` given: refused)."""
+        from ..io.tracks import write_ctc, write_geff
+
+        if self.session is None or self.busy:
+            return
+        overwrite = False
+        if out is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            out, _ = QFileDialog.getSaveFileName(self, "Export tracks: NAME.geff (GEFF) or a folder name (CTC)",
+                                                 str(self.session.folder.path.with_suffix(".geff")
+                                                     if self.session.folder is not None else self.store_dir))
+            if not out:
+                return
+            overwrite = True  # the dialog asked
+        out = Path(out)
+        fmt = fmt or ("geff" if out.suffix in (".geff", ".zarr") else "ctc")
+        session, layer = self.session, self._session_image
+        scale = list(self._session_scale)
+        units = [str(u) for u in getattr(layer, "units", ())] or None
+        if units is not None and len(units) != len(scale):
+            units = None
+
+        written = []
+
+        def export():
+            parents = session.lineage()
+            if fmt == "geff":
+                written.append(write_geff(session.store.array, out, parents=parents, scale=scale, units=units,
+                                          overwrite=overwrite))
+            else:
+                written.append(write_ctc(session.store.array, out, parents=parents, overwrite=overwrite))
+            yield written[-1]
+
+        def done():  # also called after an error, which then stays in the status line
+            if written:
+                self._notify(f"tracks written to {out} ({'GEFF' if fmt == 'geff' else 'CTC result format'})")
+
+        self._run(f"exporting tracks to {out.name}", export, total=1, on_done=done)
 
     def update_tracks(self):
         """Show (or update, or with "Show tracks" off remove) the Tracks layer: each
