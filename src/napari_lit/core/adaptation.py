@@ -335,9 +335,11 @@ class DecoderAdapter:
 
     def _serving(self, obj_id: int) -> List[int]:
         """The adapters that predict object ``obj_id``, by :attr:`AdapterConfig.scope`."""
+        if int(obj_id) == SHARED:
+            return [SHARED] if self._exists(SHARED) else []
         scope = self.config.scope
         out = [SHARED] if scope in ("sequence", "both") and self._exists(SHARED) else []
-        if int(obj_id) == SHARED or scope in ("object", "both") and self._exists(obj_id):
+        if scope in ("object", "both") and self._exists(obj_id):
             out.append(int(obj_id))
         return out
 
