@@ -94,6 +94,17 @@ def test_geff_export_reads_back_as_the_same_graph(dividing, tmp_path):
     assert axes["t"].type == "time" and axes["y"].unit == "micrometer" and axes["x"].scale == 0.5
 
 
+def test_large_ids_are_relabelled_to_segments(tmp_path):
+    import tifffile
+
+    labels = np.zeros((2, 16, 16), np.uint32)
+    labels[:, 2:6, 2:6] = 4_000_000_000  # near the top of uint32: no lookup table by id
+    labels[1, 9:12, 9:12] = 7
+    res = write_ctc(labels, tmp_path / "RES")
+    assert read_ctc_tracks(res) == [(1, 0, 1, 0), (2, 1, 1, 0)]
+    assert set(np.unique(tifffile.imread(res / "mask001.tif"))) == {0, 1, 2}
+
+
 def test_3d_time_lapse_writes_zyx_masks(tmp_path):
     import tifffile
 

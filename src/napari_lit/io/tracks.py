@@ -248,11 +248,10 @@ def write_ctc(labels, out: Union[str, Path], graph: Optional[TrackGraph] = None,
         digits = 3 if graph.n_frames <= 1000 else 4
         for t in range(graph.n_frames):
             frame = np.asarray(labels[t])
-            ids = np.unique(frame[frame > 0])
-            lut = np.zeros(int(ids.max()) + 1 if len(ids) else 1, np.uint16)
-            for k in ids.tolist():
-                lut[k] = graph.segment_of[(int(k), t)]
-            tifffile.imwrite(tmp / f"mask{t:0{digits}d}.tif", lut[frame], photometric="minisblack", compression="zlib")
+            ids, inverse = np.unique(frame, return_inverse=True)  # any id range (no lookup table by id)
+            seg = np.asarray([graph.segment_of[(int(k), t)] if k else 0 for k in ids.tolist()], np.uint16)
+            tifffile.imwrite(tmp / f"mask{t:0{digits}d}.tif", seg[inverse.reshape(frame.shape)],
+                             photometric="minisblack", compression="zlib")
             if progress is not None:
                 progress(t + 1, graph.n_frames)
         (tmp / "res_track.txt").write_text("".join(f"{L} {B} {E} {P}\n" for L, B, E, P in graph.segments))
