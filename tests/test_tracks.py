@@ -128,6 +128,7 @@ def test_bad_input_says_what_and_leaves_nothing_half_written(dividing, tmp_path)
         track_graph(labels, {2: 3, 3: 2})
     with pytest.raises(TrackExportError, match=r"in no frame: \[9\]"):
         track_graph(labels, {9: 1})
+    assert track_graph(labels, {9: 1}, missing="drop").segments == track_graph(labels).segments  # never prompted
     out = tmp_path / "RES"
     out.mkdir()
     with pytest.raises(FileExistsError, match="already exists"):

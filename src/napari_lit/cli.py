@@ -449,7 +449,7 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
     bar = _progress(node.shape[0] * (2 if fmt == "ctc" else 1), f"export {fmt}") if progress else None
     step = (lambda done, total: bar.update(1)) if bar is not None else None
     try:
-        graph = track_graph(node, parents, progress=step)
+        graph = track_graph(node, parents, progress=step, missing="drop")  # daughters never prompted
         if fmt == "ctc":
             return write_ctc(node, out, graph=graph, overwrite=overwrite, progress=step)
         return write_geff(node, out, graph=graph, scale=scale, units=units, overwrite=overwrite)

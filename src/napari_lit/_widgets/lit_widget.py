@@ -775,7 +775,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         ``out`` (a save dialog when None; a name ending in ``.geff`` or ``.zarr`` is GEFF,
         anything else a CTC folder). An existing target is replaced only after a dialog's
         confirmation (``out`` given: refused)."""
-        from ..io.tracks import write_ctc, write_geff
+        from ..io.tracks import track_graph, write_ctc, write_geff
 
         if self.session is None or self.busy:
             return
@@ -800,12 +800,12 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         written = []
 
         def export():
-            parents = session.lineage()
+            graph = track_graph(session.store.array, session.lineage(), missing="drop")
             if fmt == "geff":
-                written.append(write_geff(session.store.array, out, parents=parents, scale=scale, units=units,
+                written.append(write_geff(session.store.array, out, graph=graph, scale=scale, units=units,
                                           overwrite=overwrite))
             else:
-                written.append(write_ctc(session.store.array, out, parents=parents, overwrite=overwrite))
+                written.append(write_ctc(session.store.array, out, graph=graph, overwrite=overwrite))
             yield written[-1]
 
         def done():  # also called after an error, which then stays in the status line
@@ -832,8 +832,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
                          "--format geff) and open them with napari-geff")
             return
         try:
-            graph = track_graph(session.store.array, session.lineage())
-        except TrackExportError:  # nothing written yet (or a lineage still being made)
+            graph = track_graph(session.store.array, session.lineage(), missing="drop")
+        except TrackExportError:  # nothing written yet
             return
         data, tracks_graph = tracks_layer_data(graph)
         scale = self._session_scale

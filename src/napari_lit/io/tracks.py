@@ -103,7 +103,7 @@ def _check_parents(parents: Mapping[int, int]) -> Dict[int, int]:
 
 
 def track_graph(labels, parents: Optional[Mapping[int, int]] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> TrackGraph:
+                progress: Optional[Callable[[int, int], None]] = None, missing: str = "error") -> TrackGraph:
     """The tracks of a time-lapse label image, read one frame at a time.
 
     Parameters
@@ -116,6 +116,9 @@ def track_graph(labels, parents: Optional[Mapping[int, int]] = None,
         mother's last.
     progress : callable, optional
         Called as ``progress(frames_done, n_frames)``.
+    missing : {"error", "drop"}
+        A lineage entry whose daughter is in no frame: an error, or left out (a session's
+        division whose daughters were never prompted).
 
     Returns
     -------
@@ -130,6 +133,8 @@ def track_graph(labels, parents: Optional[Mapping[int, int]] = None,
     shape = tuple(getattr(labels, "shape", np.shape(labels)))
     if len(shape) not in (3, 4):
         raise TrackExportError(f"tracks need a time-lapse label image (T, Y, X) or (T, Z, Y, X); got shape {shape}")
+    if missing not in ("error", "drop"):
+        raise ValueError(f"missing must be 'error' or 'drop'; got {missing!r}")
     parents = _check_parents(parents or {})
     g = TrackGraph(ndim=len(shape) - 1, n_frames=shape[0])
     current: Dict[int, int] = {}  # object id -> its open segment label
@@ -176,9 +181,9 @@ def track_graph(labels, parents: Optional[Mapping[int, int]] = None,
             progress(t + 1, shape[0])
     if not g.nodes:
         raise TrackExportError("nothing to export: no object in any frame of the labels")
-    missing = sorted(set(parents) - set(last_seen))
-    if missing:
-        raise TrackExportError(f"lineage names objects that are in no frame: {missing}")
+    absent = sorted(set(parents) - set(last_seen))
+    if absent and missing == "error":
+        raise TrackExportError(f"lineage names objects that are in no frame: {absent}")
     g.segments = [tuple(seg_rows[s]) for s in sorted(seg_rows)]
     return g
 
