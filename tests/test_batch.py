@@ -195,3 +195,49 @@ def test_recipe_of_a_sequence_scope_session_carries_the_shared_adapter(plate, pr
     s.close()
     row = segment_stack(root / "pos1.tif", recipe, tmp_path / "out")
     assert row["objects"] >= 2 and row["frames"] == 24
+
+
+def test_batch_with_the_division_rule_writes_the_lineage_that_export_reads(predictor, tmp_path):
+    """A recipe with --divisions: each stack is tracked with the division rule, the lineage
+    goes into the label store's attributes, and the CTC export of that store has it."""
+    from napari_lit.io.tracks import read_ctc_tracks
+
+    def disc(shape, cy, cx, r):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+    n, shape = 10, (64, 80)
+    gt = np.zeros((n,) + shape, np.uint32)
+    for f in range(n):
+        if f < 5:
+            gt[f][disc(shape, 30, 30, 8)] = 1
+        else:
+            d = 3 * (f - 4)
+            gt[f][disc(shape, 30 - d, 30, 5)] = 2
+            gt[f][disc(shape, 30 + d, 32, 5)] = 3
+    rng = np.random.default_rng(0)
+    frames = (np.where(gt > 0, 200, 30) + rng.normal(0, 5, gt.shape)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "cell.tif", frames)
+    s = LitSession.create_in(tmp_path / "s.litsession", predictor, frames, source=str(tmp_path / "cell.tif"),
+                             zoom="off")
+    s.add_mask(0, 1, gt[0] == 1)
+    recipe = export_recipe(s, tmp_path / "recipe", divisions=0.2)
+    s.close()
+    assert json.loads((recipe / RECIPE_FILE).read_text())["divisions"] == 0.2
+    row = segment_stack(tmp_path / "cell.tif", recipe, tmp_path / "out")
+    assert row["status"] == "done" and row["divisions"] == 1
+    import zarr
+
+    store = zarr.open_array(row["labels"], mode="r")
+    lineage = store.attrs["napari_lit"]["lineage"]
+    assert sorted(lineage.values()) == [1, 1] and len(lineage) == 2
+    labels = np.asarray(store[:])
+    (t,) = {f for f in range(n) if any((labels[f] == int(d)).any() for d in lineage) and
+            not any((labels[f - 1] == int(d)).any() for d in lineage)}
+    assert not (labels[t:] == 1).any() and (labels[:t] == 1).any(axis=(1, 2)).all()
+    assert main(["export", row["labels"], str(tmp_path / "RES"), "--format", "ctc", "--quiet"]) == 0
+    rows = read_ctc_tracks(tmp_path / "RES")
+    assert rows[0] == (1, 0, t - 1, 0) and sorted(r[3] for r in rows[1:]) == [1, 1]
+    with pytest.raises(Exception, match="divisions"):
+        from napari_lit.cli import batch
+        batch([str(tmp_path / "cell.tif")], tmp_path / "s.litsession", tmp_path / "o2", divisions=0.9)

@@ -41,7 +41,7 @@ REVIEW_ENTROPY = 0.2
 
 
 def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", detect_frame: int = 0,
-                  polarity: str = "bright", min_area: int = 30) -> Path:
+                  polarity: str = "bright", min_area: int = 30, divisions: Optional[float] = None) -> Path:
     """Write the portable result of ``session`` to the new folder ``folder``.
 
     Parameters
@@ -58,6 +58,13 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
         1..K; with the shared adapter (scope ``sequence`` or ``both``) every detected
         object uses it, and otherwise, when the session taught exactly one object's
         adapter, every detected object uses that one.
+
+    divisions : float, optional
+        The division rule for every stack (:meth:`~napari_lit.core.session.LitSession.propagate`'s
+        ``divisions``: a mask that splits into two parts, the smaller at least this share of
+        the two, divides into two daughters while propagating forward); each stack's lineage
+        is kept in its label store's attributes (``napari_lit.lineage``), which ``napari-lit
+        export --format ctc|geff`` reads. None: off.
 
     Returns
     -------
@@ -116,6 +123,7 @@ def export_recipe(session, folder: Union[str, Path], prompts: str = "copy", dete
         "prompts": entries,
         "prompt_mode": prompts,
         "detect": {"frame": int(detect_frame), "polarity": polarity, "min_area": int(min_area)},
+        "divisions": None if divisions is None else float(divisions),
     }
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
     return folder
@@ -351,7 +359,10 @@ def _segment(stack_path: Path, recipe_dir: Path, target: Path, device: str, t0: 
                                                                             "recipe": str(recipe_dir)})
         entropy: Dict[int, List[float]] = {}
         flagged = set()
-        for result in tracker.propagate(direction="both"):
+        lineage: Dict[int, int] = {}
+        results = (tracker.propagate(direction="both") if recipe.get("divisions") is None
+                   else _propagate_dividing(tracker, float(recipe["divisions"]), lineage))
+        for result in results:
             store.write_frame(result.frame_idx, result.labels())
             for obj, h in zip(result.obj_ids, result.masked_entropy()):
                 entropy.setdefault(int(obj), []).append(float(h))
@@ -362,13 +373,72 @@ def _segment(stack_path: Path, recipe_dir: Path, target: Path, device: str, t0: 
         summary = {"objects": len(tracker.obj_ids), "frames": n,
                    "mean_entropy": round(float(np.mean([np.mean(v) for v in entropy.values()])), 6) if entropy else 0.0,
                    "flagged_frames": len(flagged)}
+        if recipe.get("divisions") is not None:
+            summary["divisions"] = len(set(lineage.values()))
         meta = dict(store.array.attrs.get("napari_lit", {}))
-        store.array.attrs["napari_lit"] = {**meta, "summary": summary}
+        store.array.attrs["napari_lit"] = {**meta, "summary": summary,
+                                           "lineage": {str(d): int(m) for d, m in lineage.items()}}
     finally:
         tracker.close()
     partial.rename(target)  # complete: now it counts as done
     return {**summary, "input": str(stack_path), "labels": str(target), "status": "done",
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _propagate_dividing(tracker, min_share: float, lineage: Dict[int, int]):
+    """Propagate as ``tracker.propagate(direction="both")`` does, with the division rule
+    forward from the earliest prompt (:func:`~napari_lit.core.session.find_division`; the
+    session's rule, without its undo log): a divided mother is left out after her last
+    frame, her daughters before their first, and propagation resumes from the division.
+    ``lineage`` (daughter -> mother) is filled in. Frames before the earliest prompt are
+    propagated backward after, without divisions."""
+    from dataclasses import replace
+
+    from .core.session import find_division
+
+    ends: Dict[int, int] = {}
+    starts: Dict[int, int] = {}
+
+    def kept(result):
+        f = result.frame_idx
+        keep = [i for i, k in enumerate(result.obj_ids)
+                if ends.get(int(k), f) >= f and starts.get(int(k), f) <= f]
+        if len(keep) == len(result.obj_ids):
+            return result
+        ids = tuple(result.obj_ids[i] for i in keep)
+        return replace(result, obj_ids=ids, logits=result.logits[keep], _entropy={},
+                       given=tuple(k for k in result.given if k in ids),
+                       windows={k: v for k, v in result.windows.items() if k in ids})
+
+    first = min(tracker.prompt_frames())
+    start, skip = first, False
+    while True:
+        resume = None
+        for result in tracker.propagate(start_frame=start, direction="forward"):
+            f = result.frame_idx
+            if skip and f == start:
+                continue
+            skip = False
+            result = kept(result)
+            found = find_division(result, tracker.prompt_frames, min_share)
+            if found is not None:
+                mother, parts = found
+                a = max(set(tracker.obj_ids) | set(lineage) | {0}) + 1
+                ends[mother] = f - 1
+                for d, part in zip((a, a + 1), parts):
+                    lineage[d], starts[d] = mother, f
+                    result = tracker.add_mask(f, d, part)
+                yield kept(result)
+                resume = f
+                break
+            yield result
+        if resume is None:
+            break
+        start, skip = resume, True
+    if first > 0:
+        for result in tracker.propagate(start_frame=first, direction="backward"):
+            if result.frame_idx != first:
+                yield kept(result)
 
 
 def run_batch(inputs: Sequence[Union[str, Path]], recipe_dir: Union[str, Path], out_dir: Union[str, Path],

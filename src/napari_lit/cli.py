@@ -409,7 +409,8 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
         A label store, an NGFF label image or a session folder; axis 0 is time, frames are
         (Y, X) or (Z, Y, X). Each object id is one track (an object that leaves and comes
         back: segments joined as CTC and GEFF join them); a session's divisions
-        (:meth:`~napari_lit.core.session.LitSession.divide`) are the lineage.
+        (:meth:`~napari_lit.core.session.LitSession.divide`), or a batch output's
+        (``napari_lit.lineage`` in its attributes), are the lineage.
     out : str or Path
         The folder to create.
     fmt : {"ctc", "geff"}
@@ -437,7 +438,8 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
     node, session = _open_labels(labels)
-    parents = {}
+    # a batch output's divisions are in its attributes (napari_lit.batch with a division rule)
+    parents = {int(d): int(m) for d, m in dict(node.attrs.get("napari_lit", {})).get("lineage", {}).items()}
     if session is not None:  # a session's divisions
         from .core.folder import SessionFolder
 
@@ -475,7 +477,7 @@ def _cmd_export(args) -> int:
 
 def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "cpu", retries: int = 2,
           progress: bool = True, prompts: str = "copy", detect_frame: int = 0, polarity: str = "bright",
-          min_area: int = 30):
+          min_area: int = 30, divisions: Optional[float] = None):
     """Segment many stacks the way a session taught (``napari-lit batch``).
 
     Parameters
@@ -493,6 +495,9 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
         How a session's prompts carry over to the other stacks (copied, or one click per
         detected object): see :func:`napari_lit.batch.export_recipe`. A recipe folder
         keeps its own.
+    divisions : float, optional
+        The division rule's share for a recipe made from a session (see
+        :func:`napari_lit.batch.export_recipe`); in (0, 0.5].
 
     Returns
     -------
@@ -509,6 +514,8 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
     from .core.folder import META_FILE
 
     source, out = Path(source), Path(out)
+    if divisions is not None and not 0.0 < float(divisions) <= 0.5:
+        raise UsageError(f"--divisions is the smaller daughter's share of the two, in (0, 0.5]; got {divisions}")
     try:
         expand_inputs(inputs)
     except FileNotFoundError as exc:
@@ -522,7 +529,7 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
         session = resume(source, learn_pending=True, progress=False, finish=False)
         try:
             export_recipe(session, recipe, prompts=prompts, detect_frame=detect_frame, polarity=polarity,
-                          min_area=min_area)
+                          min_area=min_area, divisions=divisions)
         finally:
             session.close()
     else:
@@ -534,7 +541,8 @@ def batch(inputs, source, out, scheduler=None, workers: int = 1, device: str = "
 def _cmd_batch(args) -> int:
     rows = batch(args.inputs, getattr(args, "from"), args.out, scheduler=args.scheduler, workers=args.workers,
                  device=args.device, retries=args.retries, progress=not args.quiet, prompts=args.prompts,
-                 detect_frame=args.detect_frame, polarity=args.polarity, min_area=args.min_area)
+                 detect_frame=args.detect_frame, polarity=args.polarity, min_area=args.min_area,
+                 divisions=args.divisions)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows) - len(failed)} of {len(rows)} stacks segmented ({sum(r['status'] == 'skipped' for r in rows)} "
           f"already done); summary in {Path(args.out) / 'summary.csv'}")
@@ -619,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--detect-frame", type=int, default=0, help="frame to detect objects on (--prompts detect)")
     b2.add_argument("--polarity", choices=["bright", "dark"], default="bright", help="objects brighter or darker")
     b2.add_argument("--min-area", type=int, default=30, help="smallest object (px) for --prompts detect")
+    b2.add_argument("--divisions", type=float, metavar="SHARE",
+                    help="the division rule on every stack: a mask that splits into two parts, the smaller at "
+                         "least SHARE of the two (e.g. 0.2), divides into two daughters; the lineage goes into "
+                         "each label store (napari-lit export --format ctc|geff reads it)")
     b2.add_argument("--quiet", action="store_true", help="no progress bar")
     b2.set_defaults(func=_cmd_batch)
 

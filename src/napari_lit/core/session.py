@@ -33,7 +33,8 @@ from .store import LabelStore
 from .tracker import FrameResult, Tracker
 from .uncertainty import DEFAULT_DILATION, model_temperature
 
-__all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction", "split_daughters"]
+__all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction", "split_daughters",
+           "find_division"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,32 @@ def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, 
     if areas[b - 1] < min_share * (areas[a - 1] + areas[b - 1]):
         return None
     return parts == a, parts == b
+
+
+def find_division(result: FrameResult, prompt_frames, min_share: float):
+    """The division rule on one propagated frame: the first object of ``result`` that was
+    not prompted on this frame or later and whose mask has split (:func:`split_daughters`).
+
+    Parameters
+    ----------
+    result : FrameResult
+    prompt_frames : callable
+        Object id -> its prompted frames (e.g. ``Tracker.prompt_frames``).
+    min_share : float
+
+    Returns
+    -------
+    (obj_id, (mask_a, mask_b)) or None
+    """
+    f = result.frame_idx
+    for k in result.obj_ids:
+        frames = prompt_frames(int(k))
+        if not frames or max(frames) >= f:  # prompted there or later: the user's say
+            continue
+        parts = split_daughters(result.mask(k), min_share)
+        if parts is not None:
+            return int(k), parts
+    return None
 
 
 #: Frames re-run before the first missing frame when propagation resumes in a new process
@@ -1047,24 +1074,18 @@ class LitSession:
         """The division rule on one propagated frame: the first object (not prompted there)
         whose mask has split divides, its daughters prompted with the two parts; returns
         the frame's result after their prompts, or None when no object split."""
-        f = result.frame_idx
-        for k in result.obj_ids:
-            k = int(k)
-            frames = self.tracker.prompt_frames(k)
-            if f <= min(frames) or max(frames) >= f:  # prompted there or later: the user's say
-                continue
-            parts = split_daughters(result.mask(k), min_share)
-            if parts is None:
-                continue
-            a = max(set(self.tracker.obj_ids) | set(self.parents) | {0}) + 1
-            self._write(result)  # the frame as tracked, before the division (the edit's "before")
-            self.divide(f, k, [a, a + 1])
-            out = None
-            for d, part in zip((a, a + 1), parts):
-                out = self._prompt(f, d, {"kind": "mask", "mask": part})
-            logger.info("object %d divided on frame %d into %d and %d", k, f, a, a + 1)
-            return out
-        return None
+        found = find_division(result, self.tracker.prompt_frames, min_share)
+        if found is None:
+            return None
+        f, (k, parts) = result.frame_idx, found
+        a = max(set(self.tracker.obj_ids) | set(self.parents) | {0}) + 1
+        self._write(result)  # the frame as tracked, before the division (the edit's "before")
+        self.divide(f, k, [a, a + 1])
+        out = None
+        for d, part in zip((a, a + 1), parts):
+            out = self._prompt(f, d, {"kind": "mask", "mask": part})
+        logger.info("object %d divided on frame %d into %d and %d", k, f, a, a + 1)
+        return out
 
     # ----------------------------------------------------------------- learning
     def learn_from(self, frame_idx: int, obj_id: int) -> Iterator[TrainStep]:
