@@ -392,23 +392,13 @@ def _propagate_dividing(tracker, min_share: float, lineage: Dict[int, int]):
     frame, her daughters before their first, and propagation resumes from the division.
     ``lineage`` (daughter -> mother) is filled in. Frames before the earliest prompt are
     propagated backward after, without divisions."""
-    from dataclasses import replace
-
-    from .core.session import find_division
+    from .core.session import find_division, outside_tracks_dropped
 
     ends: Dict[int, int] = {}
     starts: Dict[int, int] = {}
 
     def kept(result):
-        f = result.frame_idx
-        keep = [i for i, k in enumerate(result.obj_ids)
-                if ends.get(int(k), f) >= f and starts.get(int(k), f) <= f]
-        if len(keep) == len(result.obj_ids):
-            return result
-        ids = tuple(result.obj_ids[i] for i in keep)
-        return replace(result, obj_ids=ids, logits=result.logits[keep], _entropy={},
-                       given=tuple(k for k in result.given if k in ids),
-                       windows={k: v for k, v in result.windows.items() if k in ids})
+        return outside_tracks_dropped(result, starts, ends)
 
     first = min(tracker.prompt_frames())
     start, skip = first, False

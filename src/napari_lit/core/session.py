@@ -126,6 +126,21 @@ def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, 
     return parts == a, parts == b
 
 
+def outside_tracks_dropped(result: FrameResult, starts: Dict[int, int], ends: Dict[int, int]) -> FrameResult:
+    """``result`` without the objects whose track begins after its frame (``starts``: a
+    daughter's first frame) or ended before it (``ends``: a divided mother's last frame)."""
+    f = result.frame_idx
+    gone = [k for k in result.obj_ids if ends.get(int(k), f) < f or starts.get(int(k), f) > f]
+    if not gone:
+        return result
+    keep = [i for i, k in enumerate(result.obj_ids) if k not in gone]
+    return FrameResult(f, tuple(result.obj_ids[i] for i in keep), result.logits[keep],
+                       out_of_memory=tuple(k for k in result.out_of_memory if k not in gone),
+                       replaced={k: v for k, v in result.replaced.items() if k not in gone},
+                       temperature=result.temperature, given=tuple(k for k in result.given if k not in gone),
+                       windows={k: v for k, v in result.windows.items() if k not in gone})
+
+
 def find_division(result: FrameResult, prompt_frames, min_share: float):
     """The division rule on one propagated frame: the first object of ``result`` that was
     not prompted on this frame or later and whose mask has split (:func:`split_daughters`).
@@ -675,17 +690,7 @@ class LitSession:
     def _ended_dropped(self, result: FrameResult) -> FrameResult:
         """``result`` without the objects whose track ended before its frame (divided) or
         begins after it (a daughter)."""
-        f = result.frame_idx
-        gone = [k for k in result.obj_ids
-                if self.track_end.get(int(k), self.n_frames) < f or self.track_start.get(int(k), 0) > f]
-        if not gone:
-            return result
-        keep = [i for i, k in enumerate(result.obj_ids) if k not in gone]
-        return FrameResult(result.frame_idx, tuple(result.obj_ids[i] for i in keep), result.logits[keep],
-                           out_of_memory=tuple(k for k in result.out_of_memory if k not in gone),
-                           replaced={k: v for k, v in result.replaced.items() if k not in gone},
-                           temperature=result.temperature, given=tuple(k for k in result.given if k not in gone),
-                           windows={k: v for k, v in result.windows.items() if k not in gone})
+        return outside_tracks_dropped(result, self.track_start, self.track_end)
 
     def _write(self, result: FrameResult) -> FrameResult:
         result = self._ended_dropped(result)
