@@ -17,7 +17,7 @@ from unittest import mock
 
 __all__ = ["SUPPORTED_SAM2", "NO_OBJ_SCORE", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
            "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs", "frame_low_res_masks",
-           "drop_frame_outputs", "forget_cached_features"]
+           "drop_frame_outputs", "forget_cached_features", "attach_features", "encoded_frames"]
 
 #: The mask logit sam2 gives where an object is not (its ``NO_OBJ_SCORE``).
 NO_OBJ_SCORE = -1024.0
@@ -189,6 +189,74 @@ def to_device(out: dict, device) -> dict:
 def forget_cached_features(state: dict, frame_idx: int) -> None:
     """Drop sam2's cached image features of ``frame_idx`` (its frame input changed)."""
     state["cached_features"].pop(int(frame_idx), None)
+
+
+_FEATURES = "napari_lit_features"  # key of an inference state: (FeatureCache, window_of)
+_FEATURE_WRAPPED = "_napari_lit_feature_wrapped"
+
+
+def attach_features(predictor, state: dict, cache, window_of=None) -> None:
+    """Let sam2 take the image features of ``state``'s frames from ``cache`` and put the ones
+    it computes there.
+
+    sam2 reads a frame's features through ``SAM2VideoPredictor._get_image_feature``, which
+    keeps only the latest frame's (``state["cached_features"]``). This wraps that method once
+    per predictor instance: for a state with a cache attached, a frame sam2 does not hold is
+    looked up in ``cache`` first (and handed to sam2 as its own one-frame cache, so its own
+    code runs unchanged); on a miss sam2 encodes it and the result goes into ``cache``.
+    States without a cache are untouched.
+
+    Parameters
+    ----------
+    predictor : SAM2VideoPredictor
+    state : dict
+        sam2's inference state.
+    cache : napari_lit.core.features.FeatureCache
+    window_of : callable, optional
+        ``window_of(frame_idx)`` -> the window (y0, x0, y1, x1) of the frame the state sees
+        (a zoom view; called before the frame is read), or None for whole frames.
+    """
+    import torch
+
+    state[_FEATURES] = (cache, window_of)
+    if vars(predictor).get(_FEATURE_WRAPPED):
+        return
+    original = predictor._get_image_feature
+    neck = predictor.image_encoder.neck
+
+    def position_encoding(fpn):
+        return [neck.position_encoding(t).to(t.dtype) for t in fpn]
+
+    def get_image_feature(inference_state, frame_idx, batch_size):
+        hook = inference_state.get(_FEATURES)
+        if hook is None:
+            return original(inference_state, frame_idx, batch_size)
+        features, window_of_frame = hook
+        window = None if window_of_frame is None else window_of_frame(int(frame_idx))
+        if frame_idx in inference_state["cached_features"]:  # sam2's own: the same frame again
+            return original(inference_state, frame_idx, batch_size)
+        backbone_out = features.get(frame_idx, window, position_encoding)
+        if backbone_out is not None:
+            # sam2 only expands the image it caches beside the features; nothing reads it
+            placeholder = torch.zeros((), dtype=backbone_out["backbone_fpn"][0].dtype).expand(
+                1, 3, predictor.image_size, predictor.image_size)
+            device = inference_state["device"]
+            backbone_out = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device))
+                            for k, v in backbone_out.items()}
+            inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
+            return original(inference_state, frame_idx, batch_size)
+        out = original(inference_state, frame_idx, batch_size)
+        features.put(frame_idx, window, inference_state["cached_features"][frame_idx][1])
+        return out
+
+    predictor._get_image_feature = get_image_feature
+    setattr(predictor, _FEATURE_WRAPPED, True)
+
+
+def encoded_frames(predictor, state: dict, frame_idx: int):
+    """sam2's features of ``frame_idx`` for ``state`` (through its cache, if attached),
+    computing them if needed: fills the cache ahead of a propagation."""
+    predictor._get_image_feature(state, int(frame_idx), 1)
 
 
 def memory_reach(predictor) -> int:

@@ -16,6 +16,9 @@ A session folder holds one image's annotation task::
     memory/objK-frameF.pt  a mirror of sam2's per-frame outputs (memory features, object
                         pointers) as its state holds them (bounded like the state), so a
                         resumed session tracks on exactly as the uninterrupted one would
+    features/           the image encoder's features of the frames and windows seen
+                        (zarr, one chunk per frame; :mod:`napari_lit.core.features`), so a
+                        resumed session does not encode them again
 
 Rules that make a crash cost at most the frame in progress: a file an event refers to is
 complete (written to a temporary name, fsynced, renamed) before the event's line is

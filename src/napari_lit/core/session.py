@@ -27,11 +27,15 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .adaptation import SHARED, AdapterConfig, DecoderAdapter, TrainStep
+from .features import folder_features
 from .folder import SessionFolder, SessionFolderError, image_fingerprint
 from .frames import FrameSource
 from .store import LabelStore
 from .tracker import FrameResult, Tracker
 from .uncertainty import DEFAULT_DILATION, model_temperature
+
+#: The session folder's image-feature cache (:func:`napari_lit.core.features.folder_features`).
+FEATURES_DIR = "features"
 
 __all__ = ["LitSession", "Correction", "adapted_logits", "self_applied_prediction", "split_daughters",
            "find_division"]
@@ -247,6 +251,11 @@ class LitSession:
     zoom : {"auto", "off"}
         Object-centred zoom of the tracker (:class:`~napari_lit.core.tracker.Tracker`); the
         window each prompt and frame was seen through is recorded in the session folder.
+    features : "auto", FeatureCache or None
+        The image-feature cache of the tracker (:mod:`napari_lit.core.features`): ``auto``
+        keeps features in memory and, with a ``folder``, in its ``features/`` folder
+        (float32, so a resumed session encodes no frame twice and predicts exactly the same
+        masks), also reading what ``napari-lit embed`` precomputed for the image.
 
     Raises
     ------
@@ -257,7 +266,7 @@ class LitSession:
 
     def __init__(self, predictor, frames, store: Union[LabelStore, str, Path, None] = None, learn: bool = True,
                  adapter_config: Optional[AdapterConfig] = None, folder: Optional[SessionFolder] = None,
-                 zoom: str = "auto"):
+                 zoom: str = "auto", features="auto"):
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         shape = (frames.n_frames,) + frames.frame_shape
@@ -270,7 +279,9 @@ class LitSession:
         if store.shape != shape:
             raise ValueError(f"label store is {store.shape} but the stack is {shape}")
         self.store = store
-        self.tracker = Tracker(predictor, frames, record_decoder_inputs=True, zoom=zoom)
+        if isinstance(features, str) and features == "auto" and folder is not None:
+            features = folder_features(predictor, frames, folder.path / FEATURES_DIR)
+        self.tracker = Tracker(predictor, frames, record_decoder_inputs=True, zoom=zoom, features=features)
         self.adapter = DecoderAdapter(predictor, adapter_config)
         self.tracker.context.listeners.append(self.adapter.on_decoder_call)
         self.learn = bool(learn)
@@ -310,14 +321,14 @@ class LitSession:
     def create_in(cls, folder: Union[str, Path], predictor, frames, learn: bool = True,
                   adapter_config: Optional[AdapterConfig] = None, source: Optional[str] = None,
                   label_shape: Optional[Sequence[int]] = None, frame_axis: int = 0,
-                  fixed: Optional[Dict[int, int]] = None, zoom: str = "auto") -> "LitSession":
+                  fixed: Optional[Dict[int, int]] = None, zoom: str = "auto", features="auto") -> "LitSession":
         """A new session saved in the new session folder ``folder``.
 
         Parameters
         ----------
         folder : str or Path
             A folder that does not exist yet (or is empty).
-        predictor, frames, learn, adapter_config, zoom
+        predictor, frames, learn, adapter_config, zoom, features
             As for :class:`LitSession`.
         source : str, optional
             Where the image comes from (e.g. its path), recorded so a resume can find it.
@@ -360,10 +371,11 @@ class LitSession:
                 raise ValueError(f"label_shape {label_shape} does not hold the {frames.n_frames} frames of "
                                  f"{frames.frame_shape} along axis {frame_axis}")
             folder = SessionFolder.create(folder, label_shape, meta, frame_axis=frame_axis, fixed=fixed)
-        return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder, zoom=zoom)
+        return cls(predictor, frames, learn=learn, adapter_config=config, folder=folder, zoom=zoom,
+                   features=features)
 
     @classmethod
-    def resume(cls, folder: Union[str, Path], predictor, frames) -> "LitSession":
+    def resume(cls, folder: Union[str, Path], predictor, frames, features="auto") -> "LitSession":
         """Open a session folder and get the session back: labels, prompts, corrections
         (undo/redo included), adapters and uncertainty, ready to go on.
 
@@ -379,6 +391,8 @@ class LitSession:
             The model the session was made with (checked by checksum when recorded).
         frames : array-like or FrameSource
             The image the session was made on (checked by fingerprint).
+        features : "auto", FeatureCache or None
+            As for :class:`LitSession` (``auto``: the folder's saved features are reused).
 
         Raises
         ------
@@ -400,7 +414,7 @@ class LitSession:
                                   for k, v in sf.meta.get("adapter", {}).items()})
         # sessions from before the zoom saw whole frames
         session = cls(predictor, frames, learn=bool(sf.meta.get("learn", True)), adapter_config=config, folder=sf,
-                      zoom=sf.meta.get("zoom", "off"))
+                      zoom=sf.meta.get("zoom", "off"), features=features)
         session._replay(sf.events)
         session._restore_memory()
         # the uncertainty's settings then and now (no temperature recorded: raw logits)

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _sam2
 from ._sam2 import NO_OBJ_SCORE, init_inference_state
+from .features import FeatureCache, feature_identity
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
 from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
@@ -167,12 +168,16 @@ class _View:
         self.step: Optional[int] = None  # +1 / -1 while a propagation pass runs
         self.prev: Optional[int] = None  # the frame that pass did last
         self.keep: Optional[int] = None  # outputs per object within the state budget
+        features = tracker.features
         if windowed:
             side = tracker.predictor.image_size // 4  # sam2 returns its decoder's logits as they are
             self.state = init_inference_state(tracker.predictor, _WindowFrames(tracker.frames, self),
                                               tracker.offload_state_to_cpu, video_shape=(side, side), warm_up=False)
-        else:
-            self.state = init_inference_state(tracker.predictor, tracker.frames, tracker.offload_state_to_cpu)
+        else:  # with a feature cache, frame 0 is encoded when (and if) it is needed
+            self.state = init_inference_state(tracker.predictor, tracker.frames, tracker.offload_state_to_cpu,
+                                              warm_up=features is None)
+        if features is not None:
+            _sam2.attach_features(tracker.predictor, self.state, features, self.window_for if windowed else None)
         if tracker.context is not None:
             tracker.context.add_state(self.state, self.windows if windowed else None)
 
@@ -262,11 +267,19 @@ class Tracker:
         ``off``: every object sees the whole frame resized to the model's input, as sam2 does.
     zoom_config : ZoomConfig, optional
         The numbers of the zoom (defaults documented there).
+    features : "auto", FeatureCache or None
+        Where each frame's image-encoder features are kept for reuse
+        (:mod:`napari_lit.core.features`): ``auto``, an in-memory cache of its own
+        (:data:`~napari_lit.core.features.DEFAULT_FEATURE_BUDGET`); a :class:`FeatureCache`
+        (e.g. with a disk folder, or shared by trackers of the same frames and model); None,
+        sam2's own (the latest frame only: every propagation encodes every frame again).
 
     Raises
     ------
     TypeError, ValueError
         If ``frames`` is not a valid stack (see :class:`FrameSource`), or ``zoom`` is unknown.
+    napari_lit.core.features.FeatureCacheError
+        If ``features`` holds features of another image, model or input size.
 
     Notes
     -----
@@ -279,9 +292,14 @@ class Tracker:
 
     def __init__(self, predictor, frames, offload_state_to_cpu: bool = False,
                  record_decoder_inputs: bool = False, state_budget_bytes: Optional[int] = DEFAULT_STATE_BUDGET,
-                 zoom: str = "auto", zoom_config: Optional[ZoomConfig] = None):
+                 zoom: str = "auto", zoom_config: Optional[ZoomConfig] = None, features="auto"):
         if zoom not in ZOOM_MODES:
             raise ValueError(f"zoom must be one of {ZOOM_MODES}, got {zoom!r}")
+        shared = isinstance(features, FeatureCache)
+        if isinstance(features, str) and features == "auto":
+            features = FeatureCache()
+        elif features is not None and not shared:
+            raise TypeError(f"features must be 'auto', a FeatureCache or None; got {type(features).__name__}")
         if not isinstance(frames, FrameSource):
             frames = FrameSource(frames, image_size=predictor.image_size)
         elif frames.image_size != predictor.image_size:
@@ -289,7 +307,11 @@ class Tracker:
                 f"frame source resizes to {frames.image_size} px but the model expects "
                 f"{predictor.image_size} px"
             )
+        if shared:
+            features.bind(lambda: feature_identity(predictor, frames))
         self.predictor = predictor
+        #: the image features kept for reuse (None: sam2's own, the latest frame)
+        self.features: Optional[FeatureCache] = features
         self.temperature = model_temperature(predictor)  #: logit temperature for the entropy
         self.frames = frames
         self.zoom = zoom
