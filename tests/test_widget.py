@@ -834,3 +834,30 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
     widget.tracks_check.setChecked(False)
     assert widget.tracks_layer is None and not [l for l in viewer.layers if "tracks" in l.name]
     widget.close_session()
+
+
+def test_features_are_precomputed_while_idle_and_propagation_then_skips_the_encoder(loop, qtbot):
+    viewer, widget, gt = loop
+    tracker = widget.session.tracker
+    qtbot.waitUntil(lambda: widget.precompute_worker is None, timeout=120_000)
+    assert all((f, None) in tracker.features for f in range(tracker.n_frames))  # no object yet: whole frames
+    obj = _click_object(widget, qtbot, gt)
+    qtbot.waitUntil(lambda: widget.precompute_worker is None, timeout=120_000)
+    plan = dict(tracker.precompute_plan())  # frame -> the window foreseen for the object
+    assert all(entry in tracker.features for entry in plan.items())
+    encodes = [0]
+    hook = tracker.predictor.image_encoder.register_forward_hook(lambda *a: encodes.__setitem__(0, encodes[0] + 1))
+    seen = {}
+    try:
+        widget.propagate("forward")
+        widget.worker.yielded.connect(lambda r: seen.update({r.frame_idx: r.windows.get(obj)}))
+        _wait(qtbot, widget)
+    finally:
+        hook.remove()
+    assert len(seen) == tracker.n_frames
+    moved = sum(1 for f, w in seen.items() if f != 0 and w != plan[f])
+    assert encodes[0] == moved < tracker.n_frames // 2  # only where the window moved otherwise than foreseen
+    widget.precompute_check.setChecked(False)
+    tracker.features.clear()
+    widget._start_precompute()  # what an idle moment does: off, it starts nothing
+    assert widget.precompute_worker is None

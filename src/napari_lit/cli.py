@@ -5,6 +5,7 @@ Subcommands::
     napari-lit segment IMAGE --prompts PROMPTS.csv --out LABELS.zarr [--model NAME]
     napari-lit bench DATA_DIR --method propagate|static --init mask|click --json OUT.json
     napari-lit train-model RUN_DIR [--steps N]
+    napari-lit embed IMAGE [--model NAME] [--session FOLDER]
     napari-lit models
 
 Bad input (missing file, wrong dimensions, empty or out-of-bounds prompts, unknown model)
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-__all__ = ["main", "segment", "UsageError"]
+__all__ = ["main", "segment", "embed", "UsageError"]
 
 if TYPE_CHECKING:  # for the annotation of segment() only
     from .core.store import LabelStore
@@ -86,6 +87,7 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
     """
     import numpy as np
 
+    from .core.features import folder_features
     from .core.frames import FrameSource
     from .core.store import LabelStore
     from .core.tracker import Tracker
@@ -157,8 +159,8 @@ def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prom
         except (FileExistsError, PermissionError, OSError) as exc:
             raise UsageError(str(exc)) from None
         tracker, store = lit, lit.store  # prompts and frames go through the session: logged
-    else:
-        tracker = Tracker(predictor, source, zoom=zoom)
+    else:  # features kept in memory, and read from `napari-lit embed`'s folder when it filled one
+        tracker = Tracker(predictor, source, zoom=zoom, features=folder_features(predictor, source))
     for p in click_prompts:
         tracker.add_points(p.frame, p.obj_id, p.points, p.labels)
     if mask is not None:
@@ -281,6 +283,98 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
     finally:
         session.close()
     return session
+
+
+def embed(image, model: Optional[str] = None, config=None, device: str = "auto", session=None,
+          dtype: Optional[str] = None, progress: bool = True) -> Path:
+    """Precompute the image encoder's features of a stack, so that propagations (in napari,
+    ``segment``, ``resume``) do not encode its frames again (:mod:`napari_lit.core.features`).
+
+    Resumable: features already stored are skipped, a run killed midway loses at most the
+    frame in progress.
+
+    Parameters
+    ----------
+    image : str or Path
+        TIFF, zarr array, OME-Zarr or folder of frames, (N, Y, X[, C]).
+    model : str, optional
+        ``lit-tiny`` by default; with ``session``, the session's.
+    config, device
+        See :func:`napari_lit.models.load_predictor`.
+    session : str or Path, optional
+        A session folder on that image: its ``features/`` folder is filled, with the windows
+        its objects are seen through (object-centred zoom) as well as the whole frames. Not
+        while the session is open elsewhere. Without it, the features go into the user
+        cache (:func:`napari_lit.core.features.shared_folder`), which every later session
+        on this image with this model reads.
+    dtype : {"float32", "float16", "bfloat16"}, optional
+        How a new user-cache folder stores features: float32 (default, exact) or in half the
+        disk. A session's folder is float32 (a resumed session predicts exactly the same).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    Path
+        The feature folder.
+
+    Raises
+    ------
+    UsageError
+        If the image or the session is missing or does not match, the model is unavailable,
+        or the feature folder cannot be used.
+    """
+    from .core.features import DiskFeatures, FeatureCache, FeatureCacheError, feature_identity, shared_folder
+    from .core.frames import FrameSource
+    from .core.tracker import Tracker
+    from .io.ngff import frames_of, is_ome_zarr, levels_of, open_ome_zarr
+    from .io.readers import open_image
+    from .models import ModelUnavailableError, load_predictor
+    from .models.build import CheckpointError
+
+    if session is not None:
+        if dtype not in (None, "float32"):
+            raise UsageError("a session folder stores its features as float32 (so that a resumed session predicts "
+                             "exactly the same masks); --dtype is for the user cache (no --session)")
+        lit = resume(session, image=image, model=model, config=config, device=device, learn_pending=False,
+                     progress=False, finish=False)
+        tracker, folder = lit.tracker, Path(session) / "features"
+    else:
+        lit = None
+        try:
+            ome = open_ome_zarr(image) if is_ome_zarr(image) else None
+            stack = frames_of(ome, 0)[0] if ome is not None else open_image(image)
+            predictor = load_predictor(model or "lit-tiny", config=config, device=device)
+            lowres, levels = (frames_of(ome, predictor.image_size)[1], levels_of(ome)) if ome is not None else (None, ())
+            source = FrameSource(stack, image_size=predictor.image_size, lowres=lowres, levels=levels)
+            identity = feature_identity(predictor, source)
+            folder = shared_folder(identity)
+            cache = FeatureCache(disk=DiskFeatures(folder, identity, dtype=dtype, budget_bytes=None))
+        except (FileNotFoundError, TypeError, ValueError, ModelUnavailableError, CheckpointError) as exc:
+            raise UsageError(str(exc)) from None
+        except FeatureCacheError as exc:
+            raise UsageError(str(exc)) from None
+        tracker = Tracker(predictor, source, zoom="off", features=cache)
+    try:
+        plan = tracker.precompute_plan()
+        bar = _progress(len(plan), "embed") if progress else None
+        try:
+            for _ in tracker.precompute(plan):
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        (lit if lit is not None else tracker).close()
+    return folder
+
+
+def _cmd_embed(args) -> int:
+    folder = embed(args.image, model=args.model, config=args.config, device=args.device,
+                   session=args.session, dtype=args.dtype, progress=not args.quiet)
+    print(folder)
+    return 0
 
 
 def _read_mask(path):
@@ -633,6 +727,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "each label store (napari-lit export --format ctc|geff reads it)")
     b2.add_argument("--quiet", action="store_true", help="no progress bar")
     b2.set_defaults(func=_cmd_batch)
+
+    em = sub.add_parser("embed", help="precompute the image features of a stack (propagations then skip the "
+                                      "image encoder; resumable)")
+    em.add_argument("image", help="TIFF file, frame folder, zarr array or OME-Zarr, (N, Y, X[, C])")
+    em.add_argument("--model", help="lit-tiny (default), sam2.1_hiera_tiny|small|base_plus|large, or a .pt file; "
+                                    "with --session: the session's")
+    em.add_argument("--config", help="Hydra config for a custom .pt checkpoint")
+    em.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    em.add_argument("--session", help="a session folder on this image: fill its features/ (with its objects' "
+                                      "zoom windows); default: the user cache, read by every session on this image")
+    em.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                    help="how a new feature folder stores features (default float32: exact; the others: half "
+                         "the disk)")
+    em.add_argument("--quiet", action="store_true", help="no progress bar")
+    em.set_defaults(func=_cmd_embed)
 
     m = sub.add_parser("models", help="list the model catalogue")
     m.set_defaults(func=_cmd_models)

@@ -417,6 +417,7 @@ class SessionMixin:
         self._update_status()
         self.update_review(now=True)  # the full draw here, while no model call runs
         self.update_tracks()
+        self._start_precompute()
 
     def close_session(self):
         """Cancel running work and close the session (layers stay in the viewer).
@@ -424,23 +425,30 @@ class SessionMixin:
         A model call in progress stops after its frame or step, and the session (its log
         file, label store) is closed only then, from the worker's ``finished`` signal: the
         GUI never waits, and nothing is written to a closed session."""
-        session, worker = self.session, self.worker
+        session = self.session
+        workers = [w for w in (self.worker, self.precompute_worker) if w is not None]
         self.cancel()
+        self._stop_precompute()
         self.session = None
         self.view = None
         self.tracks_layer = None  # stays in the viewer; a new session makes its own
         self._set_session_controls(False)
         if session is None:
             return
-        if worker is not None:
-            self._closing.append(session)  # shutdown() closes it if the signal cannot come
+        if workers:
+            self._closing.append(session)  # shutdown() closes it if the signals cannot come
+            running = set(map(id, workers))
 
-            def close_later():
+            def close_later(worker_id):
+                running.discard(worker_id)
+                if running:
+                    return
                 session.close()
                 if session in self._closing:
                     self._closing.remove(session)
 
-            worker.finished.connect(close_later)
+            for w in workers:
+                w.finished.connect(lambda w_id=id(w): close_later(w_id))
         else:
             session.close()
 

@@ -60,6 +60,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._flagging import FlagMixin
+from ._precompute import PrecomputeMixin
 from ._review import ReviewMixin
 from ._sessions import NEGATIVE_COLOR, POSITIVE_COLOR, SessionMixin, default_session_dir
 
@@ -112,7 +113,7 @@ def _guarded(gen_func: Callable):
         raise _WorkerFailed(exc) from exc
 
 
-class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
+class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
     """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
 
     Parameters
@@ -203,6 +204,13 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
         self.zoom_check.setToolTip("object-centred zoom: a small object is seen through its own window of the "
                                    "frame, which follows it, instead of the whole frame shrunk to the model's input")
         form.addRow(self.zoom_check)
+        self.precompute_check = QCheckBox("precompute image features while idle")
+        self.precompute_check.setChecked(True)
+        self.precompute_check.setToolTip("while no model call runs, encode the frames the next propagation will read "
+                                         "(from the displayed frame on), so that it skips the image encoder; they "
+                                         "are kept in memory and in the session folder")
+        self.precompute_check.toggled.connect(self._on_precompute_toggled)
+        form.addRow(self.precompute_check)
         from superqt import QCollapsible
 
         self.advanced = QCollapsible("Advanced adapter settings")
@@ -406,8 +414,10 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
 
         ``on_error(exc)`` replaces the default error message; ``on_cancel()`` is called
         (on the GUI thread) when the user cancels while this call runs, for work that does
-        not yield often (a download). A new call is a new action: the last notice goes."""
+        not yield often (a download). A new call is a new action: the last notice goes, and
+        the background precompute stops (after its frame in progress)."""
         self._notice = None
+        self._stop_precompute()
         self._queue.append((name, gen_func, dict(total=total, on_yield=on_yield, on_done=on_done,
                                                  on_error=on_error, on_cancel=on_cancel,
                                                  session=self.session)))
@@ -421,6 +431,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, QWidget):
             self.worker = None
             self._running_name = None
             self.update_review()  # now: the plot rescales (no model call competes for the cores)
+            self._start_precompute()
             return
         name, gen_func, opts = self._queue.popleft()
         # errors are ours to show (errored below); napari would also re-raise them on the GUI thread

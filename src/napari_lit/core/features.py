@@ -44,6 +44,7 @@ DEFAULT_FEATURE_BUDGET = 512 * 2**20
 #: Disk a cache folder may take by default (float16: ~500 frames of sam2.1 at 1024 px).
 DEFAULT_DISK_BUDGET = 4 * 2**30
 FORMAT = 1
+DTYPES = ("float32", "float16", "bfloat16")
 
 Window = Optional[Tuple[int, int, int, int]]
 
@@ -125,10 +126,10 @@ class DiskFeatures:
         :func:`feature_identity` of the frames and model. A folder written with another
         identity is emptied and started again (logged); a folder that is not a feature cache
         is never touched.
-    dtype : {"float16", "float32", "bfloat16"}
-        How the features are stored: float16 halves the disk of float32 (masks then differ
-        from an uncached run within a small tolerance, see ``docs/benchmarks.md``); float32
-        stores them exactly.
+    dtype : {"float32", "float16", "bfloat16"}, optional
+        How new features are stored: float32 (default) exactly; float16 or bfloat16 in half
+        the disk (masks then differ from an uncached run within a small tolerance, see
+        ``docs/benchmarks.md``). A folder that exists keeps the dtype it was made with.
     budget_bytes : int, optional
         Disk the folder may take; past it, new features are not written (logged once).
     read_only : bool
@@ -140,15 +141,15 @@ class DiskFeatures:
         If ``path`` exists and is not a feature cache, or ``dtype`` is not one of the above.
     """
 
-    def __init__(self, path: Union[str, Path], identity: dict, dtype: str = "float16",
+    def __init__(self, path: Union[str, Path], identity: dict, dtype: Optional[str] = None,
                  budget_bytes: Optional[int] = DEFAULT_DISK_BUDGET, read_only: bool = False):
         import zarr
 
-        if dtype not in ("float16", "float32", "bfloat16"):
-            raise FeatureCacheError(f"feature dtype must be float16, float32 or bfloat16; got {dtype!r}")
+        if dtype is not None and dtype not in DTYPES:
+            raise FeatureCacheError(f"feature dtype must be float32, float16 or bfloat16; got {dtype!r}")
         self.path = Path(path)
         self.identity = dict(identity)
-        self.dtype = dtype
+        self.dtype = dtype = dtype or "float32"
         self.budget_bytes = budget_bytes
         self.read_only = bool(read_only)
         self._lock = threading.RLock()
@@ -165,7 +166,12 @@ class DiskFeatures:
             if attrs.get("napari_lit_features") != FORMAT:
                 raise FeatureCacheError(f"{self.path} exists and is not a napari-lit feature cache (no "
                                         f"'napari_lit_features' attribute); choose another folder")
-            if attrs.get("identity") != _jsonable(self.identity) or attrs.get("dtype") != dtype:
+            stored = attrs.get("dtype")
+            if stored in DTYPES:
+                if dtype is not None and dtype != stored:
+                    logger.info("%s stores its features as %s (not %s)", self.path, stored, dtype)
+                self.dtype = dtype = stored
+            if attrs.get("identity") != _jsonable(self.identity) or stored not in DTYPES:
                 self.refused = True
                 what = _difference(attrs.get("identity") or {}, _jsonable(self.identity))
                 if self.read_only:
@@ -515,21 +521,22 @@ def shared_folder(identity: dict) -> Path:
     return cache_dir() / "features" / digest
 
 
-def folder_features(predictor, frames, path: Union[str, Path], dtype: str = "float32",
+def folder_features(predictor, frames, path: Union[str, Path, None] = None, dtype: Optional[str] = None,
                     budget_bytes: int = DEFAULT_FEATURE_BUDGET,
                     disk_budget_bytes: Optional[int] = DEFAULT_DISK_BUDGET) -> FeatureCache:
     """The feature cache of a session folder: in memory, written to ``path``, and read from
-    the image's :func:`shared_folder` too when ``napari-lit embed`` filled it.
+    the image's :func:`shared_folder` too when ``napari-lit embed`` filled it (with ``path``
+    None: in memory and read from that folder).
 
     Parameters
     ----------
     predictor : SAM2VideoPredictor
     frames : FrameSource
-    path : str or Path
+    path : str or Path, optional
         The folder (e.g. ``<session>/features``).
-    dtype : {"float32", "float16", "bfloat16"}
-        How features are stored. float32 (the model's dtype) by default: a resumed session
-        then gives exactly the masks of an uninterrupted one.
+    dtype : {"float32", "float16", "bfloat16"}, optional
+        How a new folder stores features (:class:`DiskFeatures`). float32 (the model's dtype)
+        by default: a resumed session then gives exactly the masks of an uninterrupted one.
     budget_bytes, disk_budget_bytes : int
         Memory and disk the features may take.
 
@@ -539,16 +546,15 @@ def folder_features(predictor, frames, path: Union[str, Path], dtype: str = "flo
         If ``path`` exists and is not a feature cache.
     """
     identity = feature_identity(predictor, frames)
-    disk = DiskFeatures(path, identity, dtype=dtype, budget_bytes=disk_budget_bytes)
+    disk = None if path is None else DiskFeatures(path, identity, dtype=dtype, budget_bytes=disk_budget_bytes)
     extra = []
     shared = shared_folder(identity)
-    if shared.exists() and shared.resolve() != Path(path).resolve():
-        for stored in ("float32", "float16", "bfloat16"):
-            try:
-                candidate = DiskFeatures(shared, identity, dtype=stored, read_only=True)
-            except FeatureCacheError:
-                break
+    if shared.exists() and (path is None or shared.resolve() != Path(path).resolve()):
+        try:
+            candidate = DiskFeatures(shared, identity, read_only=True)
+        except FeatureCacheError as exc:
+            logger.warning("%s", exc)
+        else:
             if candidate.usable and not candidate.refused:
                 extra.append(candidate)
-                break
     return FeatureCache(budget_bytes, disk=disk, extra=extra)

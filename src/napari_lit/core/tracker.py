@@ -1008,6 +1008,63 @@ class Tracker:
         for key in [k for k in self._clicks if k[1] == obj_id]:
             del self._clicks[key]
 
+    def precompute_plan(self, frames: Optional[List[int]] = None) -> List[Tuple[int, Optional[Window]]]:
+        """What a propagation over ``frames`` would encode, as far as it can be foreseen:
+        (frame, window) pairs, window None for the whole frame.
+
+        Each windowed object's window on a frame is the one it was seen through there, else
+        the nearest one, moved on by the object's box (the window follows with hysteresis, so
+        it is usually the one a propagation uses); the whole frame when an object sees it,
+        when zoom is off, or when no object is prompted yet (then a first click's largest
+        candidate and large objects use it). Frames in the order given (default all).
+        """
+        frames = list(range(self.n_frames)) if frames is None else [self._check_frame(f) for f in frames]
+        views = [v for v in self._views if v.obj_ids]
+        whole = not views or any(not v.windowed for v in views)
+        plan = []
+        for f in frames:
+            if whole:
+                plan.append((f, None))
+            plan.extend((f, v.nearest_window(f)) for v in views if v.windowed)
+        return plan
+
+    def precompute(self, plan: Optional[List[Tuple[int, Optional[Window]]]] = None) -> Iterator[Tuple[int, Optional[Window]]]:
+        """Fill the feature cache ahead of propagation (a generator): encode each (frame,
+        window) of ``plan`` (default :meth:`precompute_plan`) that the cache does not hold.
+
+        It uses inference states of its own, so it may run while the user works (another
+        thread); the encoder's outputs are exactly those a propagation computes.
+
+        Yields
+        ------
+        (int, window or None)
+            Each entry of the plan once it is cached (entries already cached too).
+
+        Raises
+        ------
+        ValueError
+            If the tracker has no feature cache, or a window is not inside the frame.
+        """
+        if self.features is None:
+            raise ValueError("this tracker keeps no features (features=None): nothing to precompute")
+        plan = self.precompute_plan() if plan is None else [
+            (self._check_frame(f), None if w is None else check_window(w, self.frame_shape)) for f, w in plan]
+        scratch: Dict[bool, _View] = {}
+        try:
+            for f, w in plan:
+                if (f, w) not in self.features:
+                    view = scratch.get(w is not None)
+                    if view is None:
+                        view = scratch[w is not None] = _View(self, windowed=w is not None)
+                    if w is not None:
+                        view.set_window(f, w)
+                    _sam2.encoded_frames(self.predictor, view.state, f)
+                    _sam2.forget_cached_features(view.state, f)  # the cache holds it; sam2's copy goes
+                yield f, w
+        finally:
+            for view in scratch.values():
+                view.close()
+
     def reset(self) -> None:
         """Forget all objects, prompts and tracking results (keeps cached frames)."""
         for view in list(self._views):
