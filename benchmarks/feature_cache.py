@@ -7,7 +7,8 @@ embedded ``lit-tiny``), in a child process of its own so that its peak memory is
 1. an uncached run (``features=None``: sam2's own one-frame cache) propagates one object,
    prompted by its mask on frame 0, through ``--frames`` frames of a generated 1024 x 1024
    nuclei time-lapse: the reference masks and the uncached time;
-2. a tracker with the feature cache (in memory, and written to a float32 folder on disk, as a
+2. a tracker with the feature cache and the memory attention's precision (``--attention``;
+   the tracker's default ``auto``: bfloat16 on a CPU that has it) (in memory, and written to a float32 folder on disk, as a
    session does) propagates twice: the first and the second time, and the **speed-up**
    (first / second);
 3. a fresh tracker reads the features from that float32 folder, and from a float16 copy of
@@ -15,7 +16,10 @@ embedded ``lit-tiny``), in a child process of its own so that its peak memory is
 
 and reports disk per frame for both, and the process's peak resident memory. The largest
 mask difference is the most pixels of any frame whose mask differs from the uncached run's,
-and the largest absolute logit difference.
+the lowest IoU of a frame's mask with the uncached run's, and the largest absolute logit
+difference. (With random weights sam2.1's logits lie near 0 over large areas, so small
+numerical differences flip many pixels: its mask differences overstate what trained weights
+would show; ``lit-tiny``'s are on trained weights.)
 
     python benchmarks/feature_cache.py [--frames 20] [--size 1024] [--threads 2]
         [--models sam2.1_hiera_tiny lit-tiny] [--out benchmarks/results/feature_cache.json]
@@ -79,12 +83,15 @@ def _run(tracker, mask):
 def _difference(a: dict, b: dict) -> dict:
     pixels = max(int(np.count_nonzero((a[f] > 0) != (b[f] > 0))) for f in a)
     logit = max(float(np.max(np.abs(a[f] - b[f]))) for f in a)
-    return {"max_mask_pixels_different": pixels, "max_abs_logit_difference": logit}
+    ious = [np.count_nonzero((a[f] > 0) & (b[f] > 0)) / max(np.count_nonzero((a[f] > 0) | (b[f] > 0)), 1) for f in a]
+    return {"max_mask_pixels_different": pixels, "max_abs_logit_difference": logit, "min_iou": float(min(ious)),
+            "mean_mask_pixels": float(np.mean([np.count_nonzero(b[f] > 0) for f in b]))}
 
 
-def child(name: str, n_frames: int, size: int, threads: int) -> dict:
+def child(name: str, n_frames: int, size: int, threads: int, attention: str) -> dict:
     import torch
 
+    from napari_lit.core._sam2 import set_attention_precision
     from napari_lit.core.features import DiskFeatures, FeatureCache, feature_identity
     from napari_lit.core.frames import FrameSource
     from napari_lit.core.tracker import Tracker
@@ -95,15 +102,17 @@ def child(name: str, n_frames: int, size: int, threads: int) -> dict:
     source = FrameSource(frames, image_size=predictor.image_size)
     encodes = [0]
     predictor.image_encoder.register_forward_hook(lambda *a: encodes.__setitem__(0, encodes[0] + 1))
-    plain = Tracker(predictor, source, zoom="off", features=None)
+    # the reference: no cache, float32 attention
+    plain = Tracker(predictor, source, zoom="off", features=None, attention="float32")
     t_plain, reference = _run(plain, mask)
     plain.close()
+    attention = set_attention_precision(predictor, attention)
 
     with tempfile.TemporaryDirectory() as tmp:
         identity = feature_identity(predictor, source)
         disk32 = DiskFeatures(Path(tmp) / "f32", identity, dtype="float32", budget_bytes=None)
         cache = FeatureCache(disk=disk32)
-        tracker = Tracker(predictor, source, zoom="off", features=cache)
+        tracker = Tracker(predictor, source, zoom="off", features=cache, attention=attention)
         encodes[0] = 0
         t_first, first = _run(tracker, mask)
         first_encodes = encodes[0]
@@ -119,7 +128,7 @@ def child(name: str, n_frames: int, size: int, threads: int) -> dict:
         for label, disk in (("float32", disk32), ("float16", disk16)):
             n = len(disk.frames())
             size_bytes = sum(p.stat().st_size for p in disk.path.rglob("*") if p.is_file())
-            reader = Tracker(predictor, source, zoom="off",
+            reader = Tracker(predictor, source, zoom="off", attention=attention,
                              features=FeatureCache(budget_bytes=0, disk=DiskFeatures(disk.path, identity)))
             encodes[0] = 0
             t_disk, from_disk = _run(reader, mask)
@@ -129,6 +138,7 @@ def child(name: str, n_frames: int, size: int, threads: int) -> dict:
                              **_difference(from_disk, reference)}
     return {
         "model": name,
+        "attention": attention,
         "image_size": int(predictor.image_size),
         "frame_size": size,
         "frames": n_frames,
@@ -153,11 +163,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="frame side (px)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--attention", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="the memory attention's precision in the cached runs (the uncached reference is "
+                             "float32); auto: as the tracker chooses (bfloat16 where the CPU has it)")
     parser.add_argument("--out", default="benchmarks/results/feature_cache.json")
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.frames, args.size, args.threads)))
+        print(json.dumps(child(args.child, args.frames, args.size, args.threads, args.attention)))
         return 0
 
     import torch
@@ -167,19 +180,21 @@ def main(argv=None) -> int:
     results = []
     for name in args.models:
         run = subprocess.run([sys.executable, __file__, "--child", name, "--frames", str(args.frames),
-                              "--size", str(args.size), "--threads", str(args.threads)],
+                              "--size", str(args.size), "--threads", str(args.threads),
+                              "--attention", args.attention],
                              capture_output=True, text=True, check=True)
         r = json.loads(run.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"{name:20s} first {r['first_s'] / r['frames']:6.2f} s/frame  second {r['second_s'] / r['frames']:6.2f}"
+        print(f"{name:20s} ({r['attention']} attention) first {r['first_s'] / r['frames']:6.2f} s/frame  second {r['second_s'] / r['frames']:6.2f}"
               f" s/frame  speed-up {r['speedup']:.2f}x (vs uncached {r['speedup_vs_uncached']:.2f}x)  "
               f"second-run encoder calls {r['second_encoder_calls']}  max mask diff "
-              f"{r['second_vs_uncached']['max_mask_pixels_different']} px  peak RSS {r['peak_rss_mb']:.0f} MB")
+              f"{r['second_vs_uncached']['max_mask_pixels_different']} px (min IoU "
+              f"{r['second_vs_uncached']['min_iou']:.4f})  peak RSS {r['peak_rss_mb']:.0f} MB")
         for label, d in r["disk"].items():
             print(f"{'':20s} disk {label}: {d['mb_per_frame']:.2f} MB/frame, from disk {d['propagation_s'] / r['frames']:.2f}"
                   f" s/frame, max mask diff {d['max_mask_pixels_different']} px, "
                   f"max |logit diff| {d['max_abs_logit_difference']:.3g}")
-    out = write_json({"frames": args.frames, "frame_size": args.size, "threads": args.threads,
+    out = write_json({"frames": args.frames, "attention": args.attention, "frame_size": args.size, "threads": args.threads,
                       "torch": torch.__version__, "machine": machine_info(), "results": results}, args.out)
     print(f"wrote {out}")
     return 0

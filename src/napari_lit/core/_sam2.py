@@ -17,7 +17,8 @@ from unittest import mock
 
 __all__ = ["SUPPORTED_SAM2", "NO_OBJ_SCORE", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
            "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs", "frame_low_res_masks",
-           "drop_frame_outputs", "forget_cached_features", "attach_features", "encoded_frames"]
+           "drop_frame_outputs", "forget_cached_features", "attach_features", "encoded_frames",
+           "set_attention_precision", "attention_precision", "native_bf16", "ATTENTION_PRECISIONS"]
 
 #: The mask logit sam2 gives where an object is not (its ``NO_OBJ_SCORE``).
 NO_OBJ_SCORE = -1024.0
@@ -257,6 +258,132 @@ def encoded_frames(predictor, state: dict, frame_idx: int):
     """sam2's features of ``frame_idx`` for ``state`` (through its cache, if attached),
     computing them if needed: fills the cache ahead of a propagation."""
     predictor._get_image_feature(state, int(frame_idx), 1)
+
+
+ATTENTION_PRECISIONS = ("auto", "float32", "bfloat16")
+_ATTENTION = "_napari_lit_attention"
+#: Queries per block of the bfloat16 attention: its (block x keys) score matrix stays small
+#: (512 x 28,736 keys of sam2.1's 7 memory frames: 29 MB).
+_QUERY_BLOCK = 512
+
+
+def _bf16_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v with bfloat16 matrix products (float32 accumulation inside
+    oneDNN), block by block of queries, each block's softmax computed in float32 and rounded
+    to bfloat16; float32 in and out, (..., L, d) each. On a CPU with avx512_bf16 this is
+    2.7x faster than torch's fused float32 kernel for sam2.1's memory attention, where that
+    kernel gains nothing in bfloat16 (``benchmarks/experiments/cpu_options.py``)."""
+    import torch
+
+    scale = q.shape[-1] ** -0.5
+    lead = q.shape[:-2]
+    q2, k2, v2 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    out = torch.empty(q2.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    for b in range(q2.shape[0]):
+        qb, kt, vb = (q2[b] * scale).bfloat16(), k2[b].bfloat16().t().contiguous(), v2[b].bfloat16()
+        for i in range(0, qb.shape[0], _QUERY_BLOCK):
+            out[b, i:i + _QUERY_BLOCK] = torch.softmax(torch.mm(qb[i:i + _QUERY_BLOCK], kt), dim=-1) @ vb
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def _attention_mode():
+    """A torch function mode (thread-local) that runs ``scaled_dot_product_attention`` of
+    float32 or bfloat16 CPU tensors without masks, dropout or gradients through
+    :func:`_bf16_attention`."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    class _Bf16Attention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.scaled_dot_product_attention and len(args) == 3 and not torch.is_grad_enabled() \
+                    and not kwargs.get("dropout_p") and set(kwargs) <= {"dropout_p"} \
+                    and all(a.device.type == "cpu" and a.dtype in (torch.float32, torch.bfloat16) for a in args):
+                return _bf16_attention(*args)
+            return func(*args, **kwargs)
+
+    return _Bf16Attention()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 products natively (x86 avx512_bf16 or AMX); where it
+    does not, bfloat16 products are emulated and no faster than float32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def set_attention_precision(predictor, precision: str = "auto") -> str:
+    """Choose how sam2's memory attention computes its attention on a CPU.
+
+    The memory attention (every tracked frame attends to the memory bank: for sam2.1 at
+    1024 px, 4,096 queries against ~28,700 keys in each of 4 layers) is, once image features
+    are cached, most of a propagated frame's time on a CPU. ``bfloat16`` runs it under
+    bfloat16 autocast (its linear layers in bfloat16, the residual stream and layer norms in
+    float32) with its ``scaled_dot_product_attention`` calls through :func:`_bf16_attention`
+    (torch's fused CPU kernel gains nothing in bfloat16); the masks then differ from float32
+    within the tolerance measured in ``docs/benchmarks.md``. Other modules, GPU tensors, and
+    calls with gradients (learning) keep float32.
+
+    Parameters
+    ----------
+    predictor : SAM2VideoPredictor
+    precision : {"auto", "float32", "bfloat16"}
+        ``auto``: bfloat16 when the CPU has native bfloat16 support (avx512_bf16 / AMX,
+        :func:`native_bf16`) and the memory attention is large (input of 512 px or more:
+        1,024 or more tokens per frame), else float32 (for ``lit-tiny``'s 256 tokens the
+        conversions cost more than bfloat16 saves: measured).
+
+    Returns
+    -------
+    str
+        The precision now in use: "float32" or "bfloat16".
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not one of the above.
+    """
+    import torch
+
+    if precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"attention precision must be one of {ATTENTION_PRECISIONS}; got {precision!r}")
+    if precision == "auto":
+        large = int(getattr(predictor, "image_size", 0)) >= 512
+        precision = "bfloat16" if native_bf16() and large else "float32"
+    module = predictor.memory_attention
+    if hasattr(module, "get_base_model"):
+        module = module.get_base_model()
+    if precision == "bfloat16" and "forward" not in vars(module):
+        forward = module.forward
+
+        def forward_bf16(*args, **kwargs):
+            if torch.is_grad_enabled() or not _on_cpu(args, kwargs):  # learning, or a GPU: as sam2 does
+                return forward(*args, **kwargs)
+            with torch.autocast("cpu", dtype=torch.bfloat16), _attention_mode():
+                return forward(*args, **kwargs).float()
+
+        module.forward = forward_bf16
+    elif precision == "float32" and "forward" in vars(module):
+        del module.forward
+    setattr(predictor, _ATTENTION, precision)
+    return precision
+
+
+def _on_cpu(args, kwargs) -> bool:
+    import torch
+
+    tensors = [v for v in list(args) + list(kwargs.values()) for v in (v if isinstance(v, (list, tuple)) else [v])
+               if isinstance(v, torch.Tensor)]
+    return all(t.device.type == "cpu" for t in tensors)
+
+
+def attention_precision(predictor) -> str:
+    """The memory attention's precision (:func:`set_attention_precision`); float32 if never set."""
+    return getattr(predictor, _ATTENTION, "float32")
 
 
 def memory_reach(predictor) -> int:

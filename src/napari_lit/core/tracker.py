@@ -273,11 +273,18 @@ class Tracker:
         (:data:`~napari_lit.core.features.DEFAULT_FEATURE_BUDGET`); a :class:`FeatureCache`
         (e.g. with a disk folder, or shared by trackers of the same frames and model); None,
         sam2's own (the latest frame only: every propagation encodes every frame again).
+    attention : {"auto", "float32", "bfloat16"}
+        Precision of the memory attention's attention products on a CPU
+        (:func:`napari_lit.core._sam2.set_attention_precision`; it is the predictor's
+        setting, so the last tracker made on a predictor sets it): ``auto``, bfloat16 where the
+        CPU computes it natively (avx512_bf16, AMX; 2.7x faster there, masks within the
+        tolerance in ``docs/benchmarks.md``), else float32; GPU runs are unchanged.
 
     Raises
     ------
     TypeError, ValueError
-        If ``frames`` is not a valid stack (see :class:`FrameSource`), or ``zoom`` is unknown.
+        If ``frames`` is not a valid stack (see :class:`FrameSource`), or ``zoom`` or ``attention``
+        is unknown.
     napari_lit.core.features.FeatureCacheError
         If ``features`` holds features of another image, model or input size.
 
@@ -292,7 +299,8 @@ class Tracker:
 
     def __init__(self, predictor, frames, offload_state_to_cpu: bool = False,
                  record_decoder_inputs: bool = False, state_budget_bytes: Optional[int] = DEFAULT_STATE_BUDGET,
-                 zoom: str = "auto", zoom_config: Optional[ZoomConfig] = None, features="auto"):
+                 zoom: str = "auto", zoom_config: Optional[ZoomConfig] = None, features="auto",
+                 attention: str = "auto"):
         if zoom not in ZOOM_MODES:
             raise ValueError(f"zoom must be one of {ZOOM_MODES}, got {zoom!r}")
         shared = isinstance(features, FeatureCache)
@@ -309,6 +317,8 @@ class Tracker:
             )
         if shared:
             features.bind(lambda: feature_identity(predictor, frames))
+        #: the memory attention's precision in use ("float32" or "bfloat16")
+        self.attention = _sam2.set_attention_precision(predictor, attention)
         self.predictor = predictor
         #: the image features kept for reuse (None: sam2's own, the latest frame)
         self.features: Optional[FeatureCache] = features
