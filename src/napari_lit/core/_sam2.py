@@ -357,7 +357,8 @@ def set_attention_precision(predictor, precision: str = "auto") -> str:
     module = predictor.memory_attention
     if hasattr(module, "get_base_model"):
         module = module.get_base_model()
-    if precision == "bfloat16" and "forward" not in vars(module):
+    ours = getattr(vars(module).get("forward"), "_napari_lit_bf16", False)
+    if precision == "bfloat16" and not ours:
         forward = module.forward
 
         def forward_bf16(*args, **kwargs):
@@ -366,9 +367,15 @@ def set_attention_precision(predictor, precision: str = "auto") -> str:
             with torch.autocast("cpu", dtype=torch.bfloat16), _attention_mode():
                 return forward(*args, **kwargs).float()
 
+        forward_bf16._napari_lit_bf16 = True
+        forward_bf16._napari_lit_before = vars(module).get("forward")  # someone else's wrapper, if any
         module.forward = forward_bf16
-    elif precision == "float32" and "forward" in vars(module):
-        del module.forward
+    elif precision == "float32" and ours:
+        original = getattr(vars(module)["forward"], "_napari_lit_before", None)
+        if original is None:
+            del module.forward
+        else:
+            module.forward = original
     setattr(predictor, _ATTENTION, precision)
     return precision
 
