@@ -36,9 +36,7 @@ class PrecomputeMixin:
         tracker = session.tracker
         start = min(max(int(self.current_frame), 0), tracker.n_frames - 1)
         order = list(range(start, tracker.n_frames)) + list(range(start - 1, -1, -1))
-        plan = [entry for entry in tracker.precompute_plan(order) if entry not in tracker.features]
-        if not plan:
-            return
+        plan = tracker.precompute_plan(order)  # what is cached already is skipped in the worker
         count = {"n": 0}
         self.precompute_progress = (0, len(plan))
 

@@ -12,12 +12,13 @@ Tested against sam2 1.1.0 (``tests/test_sam2_contract.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional, Tuple
 from unittest import mock
 
 __all__ = ["SUPPORTED_SAM2", "NO_OBJ_SCORE", "init_inference_state", "match_memory_dtype", "is_conditioning_frame",
            "propagate_in_video", "tracked_frames", "memory_reach", "prune_tracked_outputs", "frame_low_res_masks",
-           "drop_frame_outputs", "forget_cached_features", "attach_features", "encoded_frames",
+           "drop_frame_outputs", "forget_cached_features", "attach_features", "encode_frame",
            "set_attention_precision", "attention_precision", "native_bf16", "ATTENTION_PRECISIONS"]
 
 #: The mask logit sam2 gives where an object is not (its ``NO_OBJ_SCORE``).
@@ -254,7 +255,7 @@ def attach_features(predictor, state: dict, cache, window_of=None) -> None:
     setattr(predictor, _FEATURE_WRAPPED, True)
 
 
-def encoded_frames(predictor, state: dict, frame_idx: int):
+def encode_frame(predictor, state: dict, frame_idx: int) -> None:
     """sam2's features of ``frame_idx`` for ``state`` (through its cache, if attached),
     computing them if needed: fills the cache ahead of a propagation."""
     predictor._get_image_feature(state, int(frame_idx), 1)
@@ -270,7 +271,7 @@ _QUERY_BLOCK = 512
 def _bf16_attention(q, k, v):
     """softmax(q k^T / sqrt(d)) v with bfloat16 matrix products (float32 accumulation inside
     oneDNN), block by block of queries, each block's softmax computed in float32 and rounded
-    to bfloat16; float32 in and out, (..., L, d) each. On a CPU with avx512_bf16 this is
+    to bfloat16; q, k, v (..., L, d) float32 or bfloat16, the output in q's dtype. On a CPU with avx512_bf16 this is
     2.7x faster than torch's fused float32 kernel for sam2.1's memory attention, where that
     kernel gains nothing in bfloat16 (``benchmarks/experiments/cpu_options.py``)."""
     import torch
@@ -286,7 +287,8 @@ def _bf16_attention(q, k, v):
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def _attention_mode():
+@functools.lru_cache(maxsize=None)
+def _attention_mode_class():
     """A torch function mode (thread-local) that runs ``scaled_dot_product_attention`` of
     float32 or bfloat16 CPU tensors without masks, dropout or gradients through
     :func:`_bf16_attention`."""
@@ -303,7 +305,7 @@ def _attention_mode():
                 return _bf16_attention(*args)
             return func(*args, **kwargs)
 
-    return _Bf16Attention()
+    return _Bf16Attention
 
 
 def native_bf16() -> bool:
@@ -364,7 +366,7 @@ def set_attention_precision(predictor, precision: str = "auto") -> str:
         def forward_bf16(*args, **kwargs):
             if torch.is_grad_enabled() or not _on_cpu(args, kwargs):  # learning, or a GPU: as sam2 does
                 return forward(*args, **kwargs)
-            with torch.autocast("cpu", dtype=torch.bfloat16), _attention_mode():
+            with torch.autocast("cpu", dtype=torch.bfloat16), _attention_mode_class()():
                 return forward(*args, **kwargs).float()
 
         forward_bf16._napari_lit_bf16 = True
@@ -383,9 +385,9 @@ def set_attention_precision(predictor, precision: str = "auto") -> str:
 def _on_cpu(args, kwargs) -> bool:
     import torch
 
-    tensors = [v for v in list(args) + list(kwargs.values()) for v in (v if isinstance(v, (list, tuple)) else [v])
-               if isinstance(v, torch.Tensor)]
-    return all(t.device.type == "cpu" for t in tensors)
+    values = list(args) + list(kwargs.values())
+    items = [t for v in values for t in (v if isinstance(v, (list, tuple)) else [v])]
+    return all(t.device.type == "cpu" for t in items if isinstance(t, torch.Tensor))
 
 
 def attention_precision(predictor) -> str:

@@ -69,10 +69,12 @@ def model_checksum(predictor) -> str:
     cached = getattr(predictor, "_napari_lit_encoder_sha256", None)
     if cached:
         return cached
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in predictor.image_encoder.state_dict().items():
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     digest = "encoder:" + h.hexdigest()
     predictor._napari_lit_encoder_sha256 = digest
     return digest
@@ -222,6 +224,7 @@ class DiskFeatures:
         entry = {"levels": [group[k] for k in levels], "crc": group["crc"]}
         if not isinstance(entry["crc"], zarr.Array):
             return None
+        entry["written"] = set(int(f) for f in np.flatnonzero(np.asarray(entry["crc"][:, 0]) == 1))
         self._views[name] = entry
         return entry
 
@@ -229,7 +232,7 @@ class DiskFeatures:
         """Whether (frame, window) has been written completely (its flag is set)."""
         with self._lock:
             view = self._view(window)
-            return view is not None and int(view["crc"][int(frame_idx), 0]) == 1
+            return view is not None and int(frame_idx) in view["written"]
 
     def read(self, frame_idx: int, window: Window) -> Optional[List[np.ndarray]]:
         """The features of (frame, window) as float32 arrays (C, H, W) per level, or None when
@@ -239,6 +242,8 @@ class DiskFeatures:
             if view is None:
                 return None
             f = int(frame_idx)
+            if f not in view["written"]:
+                return None
             try:
                 crc = np.asarray(view["crc"][f])
                 if int(crc[0]) != 1:
@@ -257,6 +262,7 @@ class DiskFeatures:
             return [_from_stored(a, self.dtype) for a in arrays]
 
     def _clear_flag(self, view, f: int) -> None:
+        view["written"].discard(f)
         if self.read_only:
             return
         try:
@@ -283,9 +289,11 @@ class DiskFeatures:
                 return False
             f = int(frame_idx)
             view["crc"][f] = 0
+            view["written"].discard(f)
             for level, a in zip(view["levels"], stored):
                 level[f] = a
             view["crc"][f] = np.array([1] + [_crc(a) for a in stored], dtype=np.uint32)
+            view["written"].add(f)
             self._bytes += size
             return True
 
@@ -293,10 +301,7 @@ class DiskFeatures:
         """The frames written completely for ``window`` (None: the whole frames)."""
         with self._lock:
             view = self._view(window)
-            if view is None:
-                return []
-            flags = np.asarray(view["crc"][:, 0])
-            return [int(f) for f in np.flatnonzero(flags == 1)]
+            return [] if view is None else sorted(view["written"])
 
     @property
     def nbytes(self) -> int:

@@ -1068,7 +1068,7 @@ class Tracker:
                         view = scratch[w is not None] = _View(self, windowed=w is not None)
                     if w is not None:
                         view.set_window(f, w)
-                    _sam2.encoded_frames(self.predictor, view.state, f)
+                    _sam2.encode_frame(self.predictor, view.state, f)
                     _sam2.forget_cached_features(view.state, f)  # the cache holds it; sam2's copy goes
                 yield f, w
         finally:
