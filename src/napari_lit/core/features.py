@@ -54,9 +54,10 @@ class FeatureCacheError(ValueError):
 
 
 def model_checksum(predictor) -> str:
-    """What identifies the model's image encoder: the SHA-256 of its checkpoint when it was
-    loaded from one (``predictor.napari_lit_checksum``), else of the encoder's parameters and
-    buffers (computed once per predictor).
+    """What identifies the model's image features: the SHA-256 of its checkpoint when it was
+    loaded from one (``predictor.napari_lit_checksum``), else of the parameters and buffers of
+    the image encoder and of the decoder's ``conv_s0``/``conv_s1`` (which sam2 applies to the
+    encoder's output), computed once per predictor.
 
     Returns
     -------
@@ -72,7 +73,12 @@ def model_checksum(predictor) -> str:
     import torch
 
     h = hashlib.sha256()
-    for name, tensor in predictor.image_encoder.state_dict().items():
+    state = dict(predictor.image_encoder.state_dict())
+    for conv in ("conv_s0", "conv_s1"):  # sam2 applies these to the encoder's output (forward_image)
+        module = getattr(predictor.sam_mask_decoder, conv, None)
+        if module is not None:
+            state.update({f"{conv}.{k}": v for k, v in module.state_dict().items()})
+    for name, tensor in state.items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     digest = "encoder:" + h.hexdigest()
