@@ -94,6 +94,31 @@ def test_geff_export_reads_back_as_the_same_graph(dividing, tmp_path):
     assert axes["t"].type == "time" and axes["y"].unit == "micrometer" and axes["x"].scale == 0.5
 
 
+def test_napari_geff_opens_our_geff_as_a_tracks_layer_with_the_lineage(dividing, tmp_path):
+    """napari-geff (the napari reader the field uses for GEFF) accepts the export and gives a
+    Tracks layer: one point per object per frame, the division in its graph."""
+    reader_module = pytest.importorskip("napari_geff._reader")
+
+    labels, parents = dividing
+    g = track_graph(labels, parents)
+    out = write_geff(labels, tmp_path / "tracks.geff", graph=g, scale=[5.0, 0.5, 0.5],
+                     units=["minute", "micrometer", "micrometer"])
+    reader = reader_module.get_geff_reader(str(out))
+    assert reader is not None
+    layers = reader(str(out))
+    tracks = [layer for layer in layers if layer[2] == "tracks"]
+    assert len(tracks) == 1
+    data, kwargs, _ = tracks[0]
+    data = np.asarray(data)
+    assert len(data) == len(g.nodes)
+    by_frame = np.bincount(data[:, 1].astype(int))
+    expected = np.bincount([n["t"] for n in g.nodes])
+    assert list(by_frame) == list(expected)
+    graph = kwargs.get("graph") or {}
+    assert len(graph) == 2 and len({tuple(v) for v in graph.values()}) == 1  # two daughters, one mother
+    assert kwargs.get("scale") is not None and list(kwargs["scale"])[-2:] == [0.5, 0.5]
+
+
 def test_large_ids_are_relabelled_to_segments(tmp_path):
     import tifffile
 
