@@ -396,3 +396,31 @@ def test_j_at_k_is_the_mean_j_after_k_corrections(tmp_path, predictor, clip, cap
                    "--json", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--ctc-metrics" in err[0] and "propagate or flow" in err[0]
+
+
+def test_a_feature_cache_shared_by_the_runs_changes_no_result(predictor, clip):
+    """The benchmark shares one feature cache between the runs of a sequence (objects, J@k's
+    reruns): the second run encodes nothing and scores exactly as an uncached one."""
+    from napari_lit.core.features import FeatureCache
+
+    frames, labels = clip
+    obj = int(np.bincount(labels[0].ravel())[1:].argmax() + 1)
+    gt = labels == obj
+    source = FrameSource(frames, image_size=predictor.image_size)
+    encodes = [0]
+    hook = predictor.image_encoder.register_forward_hook(lambda *a: encodes.__setitem__(0, encodes[0] + 1))
+    shared = FeatureCache()
+    results = []
+    try:
+        for features in (None, shared, shared):
+            encodes[0] = 0
+            with object_session(predictor, source, "lit", zoom="auto", features=features) as session:
+                session.adapter.config.seed = 7
+                results.append((simulate_object(gt, session, "lit", "mask", tau=0.95, max_corrections=3), encodes[0]))
+    finally:
+        hook.remove()
+    (plain, n_plain), (first, n_first), (second, n_second) = results
+    assert n_plain > 0 and n_second == 0 and plain["corrections"] > 0
+    for res in (first, second):
+        assert res["corrections"] == plain["corrections"] and res["events"] == plain["events"]
+        assert res["j"] == plain["j"]

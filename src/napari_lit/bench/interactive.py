@@ -153,7 +153,8 @@ def workload(prompt_frames: Sequence[Sequence[int]], n_frames: Sequence[int]) ->
 
 
 @contextlib.contextmanager
-def object_session(predictor, frames, method: str = "lit", adapter_config=None, zoom: str = "auto"):
+def object_session(predictor, frames, method: str = "lit", adapter_config=None, zoom: str = "auto",
+                   features="auto"):
     """A fresh :class:`~napari_lit.core.session.LitSession` for one simulated object: the
     session a user drives from the widget or the CLI (learning on for the learning methods),
     with its label store in a temporary folder that goes when the block ends.
@@ -167,6 +168,9 @@ def object_session(predictor, frames, method: str = "lit", adapter_config=None, 
         One of :data:`INTERACTIVE_METHODS`.
     adapter_config : AdapterConfig, optional
     zoom : {"auto", "off"}
+    features : "auto", FeatureCache or None
+        The tracker's image-feature cache; one shared by the objects of a sequence encodes
+        each frame (and window) once for all their runs (the masks are the same).
 
     Yields
     ------
@@ -176,7 +180,7 @@ def object_session(predictor, frames, method: str = "lit", adapter_config=None, 
 
     with tempfile.TemporaryDirectory(prefix="napari-lit-bench-") as tmp:
         session = LitSession(predictor, frames, Path(tmp) / "labels.zarr", learn=method in LEARNING_METHODS,
-                             adapter_config=adapter_config, zoom=zoom)
+                             adapter_config=adapter_config, zoom=zoom, features=features)
         try:
             yield session
         finally:

@@ -519,9 +519,12 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     logger.warning("%s: object %d is absent from every frame; skipped", seq.name, obj)
                 else:
                     present.append(int(obj))
-            source = None
+            source = features = None
             if needs_model and present and interactive:  # one session per object, on one frame source
+                from ..core.features import FeatureCache
+
                 source = _make_source(predictor, seq)
+                features = FeatureCache()  # and one feature cache: every run encodes each frame/window once
             elif needs_model and present:
                 tracker = _make_tracker(predictor, seq, zoom=zoom)
             joint_scores = None
@@ -544,7 +547,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                     elif interactive:
                         def run(budget, carried_in=carried):
                             return _run_object(predictor, source, method, adapter_config, zoom, seq, obj,
-                                               carried_in, gt, init, tau, budget, tau_u, tau_m)
+                                               carried_in, gt, init, tau, budget, tau_u, tau_m, features)
 
                         scores, shared = run(max_corrections)
                         if j_at_k is not None:
@@ -630,11 +633,12 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
 
 
 def _run_object(predictor, source, method, adapter_config, zoom, seq, obj, carried, gt, init, tau, budget,
-                tau_u, tau_m):
+                tau_u, tau_m, features="auto"):
     """One object's simulated run in a fresh session, seeded as in :func:`run_benchmark`,
-    starting from ``carried`` (a shared adapter's :meth:`shared_snapshot`, or None); returns
-    its scores and what its shared adapter then knows (None without one)."""
-    with object_session(predictor, source, method, adapter_config, zoom) as session:
+    starting from ``carried`` (a shared adapter's :meth:`shared_snapshot`, or None), its image
+    features from ``features`` (the sequence's cache); returns its scores and what its shared
+    adapter then knows (None without one)."""
+    with object_session(predictor, source, method, adapter_config, zoom, features) as session:
         _seed(seq.name, obj, session.adapter)
         if carried is not None:
             session.adapter.restore(carried)
