@@ -397,9 +397,10 @@ class FeatureCache:
         self.stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
 
     def bind(self, identity_of) -> None:
-        """Check (or set) what this cache's features are of. ``identity_of`` is a callable
-        giving :func:`feature_identity` of the caller's frames and model (only called when
-        needed: when a disk folder recorded one, or for the first caller of a shared cache).
+        """Check (or set) what this cache's features are of: each tracker given this cache
+        calls it. ``identity_of`` is a callable giving :func:`feature_identity` of the
+        caller's frames and model; the first caller sets the identity of a cache without a
+        disk folder (a folder's is the one it records).
 
         Raises
         ------
