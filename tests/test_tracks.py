@@ -280,12 +280,17 @@ def test_division_rule_divides_a_mask_that_splits_while_propagating(dividing, pr
     assert split_daughters(two, min_share=0.5) is None or a.sum() == b.sum()
     with pytest.raises(ValueError, match="min_share"):
         split_daughters(two, 0.7)
+    # the growth bound: daughters share the mother's area; a mask doubled onto a neighbour does not
+    mother = int((gt[4] == 1).sum())
+    assert two.sum() < 1.2 * mother and split_daughters(two, 0.2, mother, max_growth=1.2) is not None
+    assert split_daughters(two, 0.2, two.sum() / 2, max_growth=1.5) is None
+    assert split_daughters(two, 0.2, None, max_growth=1.5) is not None  # no area known: not checked
     rng = np.random.default_rng(0)
     frames = np.where(gt > 0, 200, 30).astype(np.float32) + rng.normal(0, 5, gt.shape).astype(np.float32)
     s = LitSession.create_in(tmp_path / "rule.litsession", predictor, frames, zoom="off")
     s.add_mask(0, 1, gt[0] == 1)
     s.add_mask(0, 4, gt[0] == 4)
-    written = [r.frame_idx for r in s.propagate(direction="forward", divisions=0.2)]
+    written = [r.frame_idx for r in s.propagate(direction="forward", divisions=0.2, division_growth=1.5)]
     (t,) = set(s.track_end.values())
     t += 1  # the division frame
     assert s.lineage() == {5: 1, 6: 1} and 5 <= t <= 8 and written == list(range(10))  # each frame once

@@ -358,7 +358,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                   tau: float = 0.5, max_corrections: Optional[int] = None,
                   adapter_config=None, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M,
                   joint: bool = False, entropy_norm: str = "area", zoom: str = "auto",
-                  j_at_k: Optional[int] = None, ctc_metrics: bool = False) -> Dict:
+                  j_at_k: Optional[int] = None, ctc_metrics: bool = False,
+                  division_share: float = 0.2, division_growth: Optional[float] = None) -> Dict:
     """Benchmark a method on the evaluation sequences under ``data_dir``.
 
     Each object's run is seeded from its sequence name and id (LoRA initialisation and
@@ -417,6 +418,10 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         masks of those clicks) with the division rule and score
         TRA, DET, SEG and CHOTA (:mod:`napari_lit.bench.tracking`), in ``ctc`` (sequence ->
         scores).
+    division_share, division_growth : float
+        The division rule of ``ctc_metrics`` (the smaller daughter's share; the pair's
+        largest size relative to the mother, None: not checked; see
+        :func:`~napari_lit.core.session.split_daughters`).
 
     Returns
     -------
@@ -601,8 +606,10 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         result["ctc"] = {}
         for seq in seqs:
             if has_lineage(seq) and seq.axes.startswith("T"):
-                labels, parents = track_cells(predictor, seq, zoom=zoom, method=method)
+                labels, parents = track_cells(predictor, seq, zoom=zoom, method=method, min_share=division_share,
+                                              max_growth=division_growth)
                 result["ctc"][seq.name] = ctc_scores(labels, parents, seq)
+        result["division_rule"] = {"share": division_share, "growth": division_growth}
         result["seconds"] = round(time.perf_counter() - t0, 3)
     if interactive and j_at_k is not None:
         result["j_at_k"] = ([float(np.mean([e["j_at_k"][k] for e in entries])) for k in range(j_at_k + 1)]
@@ -730,6 +737,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="propagate, flow: on time-lapses with a CTC lineage (man_track.txt), also track every "
                         "cell of the first frame from one click with the division rule and report TRA, DET, SEG, "
                         "CHOTA")
+    p.add_argument("--division-share", type=float, default=0.2, metavar="SHARE",
+                   help="--ctc-metrics: the division rule's smaller daughter's share of the two parts (default 0.2)")
+    p.add_argument("--division-growth", type=float, metavar="G",
+                   help="--ctc-metrics: a split divides only if its two parts hold at most G times the cell's area "
+                        "on the frame before (default: not checked)")
     p.add_argument("--j-at-k", type=int, metavar="K",
                    help="interactive methods: also measure J@k, the mean J after k corrections per object, "
                         "for k = 0..K (one more run per k, up to the corrections the object needs)")
@@ -820,7 +832,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            tau=args.tau, max_corrections=args.max_corrections, tau_u=args.tau_u, tau_m=args.tau_m,
                            adapter_config=adapter_config_from_args(args), joint=args.joint,
                            entropy_norm=args.entropy_norm, zoom=args.zoom, j_at_k=args.j_at_k,
-                           ctc_metrics=args.ctc_metrics)
+                           ctc_metrics=args.ctc_metrics, division_share=args.division_share,
+                           division_growth=args.division_growth)
     out.write_text(json.dumps(result, indent=1))
     md, png = write_reports(result, out, report_dir=args.report_dir)
     if result["sequences"]:

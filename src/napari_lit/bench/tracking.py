@@ -82,7 +82,7 @@ def ctc_ground_truth(seq, out: Union[str, Path]) -> Path:
 
 
 def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
-                method: str = "propagate") -> Tuple[np.ndarray, Dict[int, int]]:
+                method: str = "propagate", max_growth: Optional[float] = None) -> Tuple[np.ndarray, Dict[int, int]]:
     """Track every cell of the sequence's first frame from one click each, with the
     division rule.
 
@@ -99,6 +99,8 @@ def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
         model's masks of the clicks on the first frame warped along DIS optical flow
         (:class:`~napari_lit.bench.flow.FlowTracker`) frame by frame, with the same
         division rule on the warped masks.
+    max_growth : float, optional
+        The division rule's growth bound (:func:`~napari_lit.core.session.split_daughters`).
 
     Returns
     -------
@@ -131,15 +133,17 @@ def track_cells(predictor, seq, zoom: str = "auto", min_share: float = 0.2,
                 y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
                 session.add_points(0, k, [[y, x]], [1])
             if method == "flow":
-                return _flow_with_divisions(seq.image, session.store.read_frame(0), min_share)
-            for _ in session.propagate(start_frame=0, direction="forward", divisions=min_share):
+                return _flow_with_divisions(seq.image, session.store.read_frame(0), min_share, max_growth)
+            for _ in session.propagate(start_frame=0, direction="forward", divisions=min_share,
+                                       division_growth=max_growth):
                 pass
             return np.asarray(session.store.array[:]).copy(), session.lineage()
         finally:
             session.close()
 
 
-def _flow_with_divisions(image, first: np.ndarray, min_share: float) -> Tuple[np.ndarray, Dict[int, int]]:
+def _flow_with_divisions(image, first: np.ndarray, min_share: float,
+                         max_growth: Optional[float] = None) -> Tuple[np.ndarray, Dict[int, int]]:
     """The flow peer: ``first``'s objects warped frame to frame, an object whose warped mask
     has split divided into its two parts (new ids), overlaps going to the later id."""
     from ..core.session import split_daughters
@@ -152,10 +156,11 @@ def _flow_with_divisions(image, first: np.ndarray, min_share: float) -> Tuple[np
     ids = [int(i) for i in np.unique(first) if i]
     masks = np.stack([first == k for k in ids]) if ids else np.zeros((0,) + flow.frame_shape, bool)
     for t in range(1, flow.n_frames):
+        before = masks.reshape(len(masks), -1).sum(axis=1)
         masks = flow.warp(masks, flow.flow(t, t - 1))
         new_ids, new_masks = [], []
-        for k, m in zip(ids, masks):
-            parts = split_daughters(m, min_share) if m.any() else None
+        for k, m, area in zip(ids, masks, before):
+            parts = split_daughters(m, min_share, float(area), max_growth) if m.any() else None
             if parts is None:
                 new_ids.append(k)
                 new_masks.append(m)

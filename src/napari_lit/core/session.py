@@ -95,9 +95,11 @@ def self_applied_prediction(tracker: Tracker, adapter: DecoderAdapter, frame_idx
     return None
 
 
-def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+def split_daughters(mask, min_share: float = 0.2, mother_area: Optional[float] = None,
+                    max_growth: Optional[float] = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """The two daughters of a dividing object, when its mask has split: the two largest
-    connected parts of ``mask``, if each holds at least ``min_share`` of the pair's area.
+    connected parts of ``mask``, if each holds at least ``min_share`` of the pair's area
+    (and, with ``max_growth``, if the pair is not much larger than the mother was).
 
     Parameters
     ----------
@@ -105,6 +107,12 @@ def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, 
         The object's mask on the frame where it divided.
     min_share : float
         In [0, 0.5]: the smaller part's share of the two parts' area, at least.
+    mother_area : float, optional
+        The object's area (px) on the frame before.
+    max_growth : float, optional
+        With ``mother_area``: the two parts together hold at most this many times the
+        mother's area. Daughters share their mother's area; a mask that spread onto a
+        neighbouring cell has split into two cell-sized parts too, but doubled.
 
     Returns
     -------
@@ -127,6 +135,8 @@ def split_daughters(mask, min_share: float = 0.2) -> Optional[Tuple[np.ndarray, 
     a, b = (np.argsort(areas)[::-1][:2] + 1).tolist()
     if areas[b - 1] < min_share * (areas[a - 1] + areas[b - 1]):
         return None
+    if max_growth is not None and mother_area and areas[a - 1] + areas[b - 1] > max_growth * mother_area:
+        return None
     return parts == a, parts == b
 
 
@@ -145,7 +155,8 @@ def outside_tracks_dropped(result: FrameResult, starts: Dict[int, int], ends: Di
                        windows={k: v for k, v in result.windows.items() if k not in gone})
 
 
-def find_division(result: FrameResult, prompt_frames, min_share: float):
+def find_division(result: FrameResult, prompt_frames, min_share: float, mother_area=None,
+                  max_growth: Optional[float] = None):
     """The division rule on one propagated frame: the first object of ``result`` that was
     not prompted on this frame or later and whose mask has split (:func:`split_daughters`).
 
@@ -155,6 +166,10 @@ def find_division(result: FrameResult, prompt_frames, min_share: float):
     prompt_frames : callable
         Object id -> its prompted frames (e.g. ``Tracker.prompt_frames``).
     min_share : float
+    mother_area : callable, optional
+        Object id -> its area (px) on the frame before (or None); with ``max_growth``.
+    max_growth : float, optional
+        See :func:`split_daughters`.
 
     Returns
     -------
@@ -165,7 +180,9 @@ def find_division(result: FrameResult, prompt_frames, min_share: float):
         frames = prompt_frames(int(k))
         if not frames or max(frames) >= f:  # prompted there or later: the user's say
             continue
-        parts = split_daughters(result.mask(k), min_share)
+        mask = result.mask(k)
+        area = mother_area(int(k)) if (mother_area is not None and max_growth is not None) else None
+        parts = split_daughters(mask, min_share, area, max_growth)
         if parts is not None:
             return int(k), parts
     return None
@@ -1005,7 +1022,8 @@ class LitSession:
     # -------------------------------------------------------------- propagation
     def propagate(self, start_frame: Optional[int] = None, direction: str = "forward",
                   tau_u: Optional[float] = None, tau_m: Optional[float] = None,
-                  divisions: Optional[float] = None) -> Iterator[FrameResult]:
+                  divisions: Optional[float] = None, division_growth: Optional[float] = None
+                  ) -> Iterator[FrameResult]:
         """Propagate all objects from ``start_frame`` in ``direction`` (forward, backward,
         both), writing each frame to the store before yielding it. Closing the generator
         stops after the frame in progress; every yielded frame is already on disk.
@@ -1031,6 +1049,10 @@ class LitSession:
             (:func:`split_daughters`), the object divides there (:meth:`divide`) into two new
             objects prompted with those parts, and propagation resumes from that frame.
             None: off.
+        division_growth : float, optional
+            With ``divisions``: a split counts only if the two parts together hold at most
+            this many times the object's area on the frame before (a mask that spread onto a
+            neighbour has split into two cell-sized parts, but doubled). None: not checked.
 
         Yields
         ------
@@ -1061,7 +1083,7 @@ class LitSession:
                     skip_start = False
                     result = self._ended_dropped(result)
                     if divisions is not None and d == "forward":
-                        split = self._division_at(result, divisions)
+                        split = self._division_at(result, divisions, division_growth)
                         if split is not None:  # divided: the daughters' prompts wrote the frame
                             yield split
                             resume = f
@@ -1089,11 +1111,19 @@ class LitSession:
                     break
                 start, skip_start = resume, True
 
-    def _division_at(self, result: FrameResult, min_share: float) -> Optional[FrameResult]:
+    def _division_at(self, result: FrameResult, min_share: float,
+                     max_growth: Optional[float] = None) -> Optional[FrameResult]:
         """The division rule on one propagated frame: the first object (not prompted there)
         whose mask has split divides, its daughters prompted with the two parts; returns
         the frame's result after their prompts, or None when no object split."""
-        found = find_division(result, self.tracker.prompt_frames, min_share)
+        f = result.frame_idx
+
+        def mother_area(k):  # on the frame before (forward): from the labels written there
+            if f == 0 or (f - 1) not in self.store.frames_done:
+                return None
+            return int(np.count_nonzero(self.store.read_frame(f - 1) == k))
+
+        found = find_division(result, self.tracker.prompt_frames, min_share, mother_area, max_growth)
         if found is None:
             return None
         f, (k, parts) = result.frame_idx, found
