@@ -857,7 +857,8 @@ def test_features_are_precomputed_while_idle_and_propagation_then_skips_the_enco
     assert len(seen) == tracker.n_frames
     moved = sum(1 for f, w in seen.items() if f != 0 and w != plan[f])
     assert encodes[0] == moved < tracker.n_frames // 2  # only where the window moved otherwise than foreseen
-    widget.precompute_check.setChecked(False)
+    widget.precompute_check.setChecked(False)  # stops a precompute the idle moment started, after its frame
+    qtbot.waitUntil(lambda: widget.precompute_worker is None, timeout=60_000)
     tracker.features.clear()
     widget._start_precompute()  # what an idle moment does: off, it starts nothing
     assert widget.precompute_worker is None

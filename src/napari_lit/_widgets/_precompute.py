@@ -36,7 +36,9 @@ class PrecomputeMixin:
         tracker = session.tracker
         start = min(max(int(self.current_frame), 0), tracker.n_frames - 1)
         order = list(range(start, tracker.n_frames)) + list(range(start - 1, -1, -1))
-        plan = tracker.precompute_plan(order)  # what is cached already is skipped in the worker
+        plan = tracker.precompute_plan(order)
+        if all(entry in tracker.features for entry in plan):  # memory or written flags: no chunk is read
+            return
         count = {"n": 0}
         self.precompute_progress = (0, len(plan))
 

@@ -162,6 +162,7 @@ class DiskFeatures:
         self.read_only = bool(read_only)
         self._lock = threading.RLock()
         self._views: Dict[str, dict] = {}
+        self._missing: set = set()  # views known not to be in the folder
         self._full_warned = False
         self.refused = False  #: the folder held features of something else (emptied, or unused if read-only)
         if self.path.exists() and any(self.path.iterdir()):
@@ -212,13 +213,17 @@ class DiskFeatures:
             return None
         import zarr
 
+        if name in self._missing and not create:
+            return None
         try:
             group = self._root[name]
         except KeyError:
             group = None
         if group is None:
             if not create or shapes is None:
+                self._missing.add(name)  # not looked up on disk again until written here
                 return None
+            self._missing.discard(name)
             n = int(self.identity["image"]["shape"][0])
             group = self._root.create_group(name)
             for i, shape in enumerate(shapes):
