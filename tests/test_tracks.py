@@ -354,3 +354,18 @@ def test_ctc_metrics_of_a_tracked_division(dividing, predictor, tmp_path):
     flow_res = run_benchmark(tmp_path / "data", "flow", "click", predictor=predictor, progress=False,
                              zoom="off", ctc_metrics=True)
     assert flow_res["ctc"]["ctc-div"] == ctc_scores(flow_labels, flow_parents, seq)
+
+
+def test_ground_truth_lineage_of_a_sequence_cut_from_a_longer_one():
+    """A training folder may hold frames t024..t047 of a CTC sequence; its man_track.txt counts
+    frames of the whole sequence: the rows are cut to the folder's frames and renumbered."""
+    from types import SimpleNamespace
+
+    from napari_lit.bench.tracking import _clipped_lineage, _first_source_frame
+
+    rows = [(1, 0, 26, 0), (2, 28, 47, 0), (3, 0, 20, 0), (4, 27, 30, 1), (5, 27, 47, 1), (6, 50, 60, 0)]
+    assert _clipped_lineage(rows, 24, first=24) == [(1, 0, 2, 0), (2, 4, 23, 0), (4, 3, 6, 1), (5, 3, 23, 1)]
+    assert _clipped_lineage(rows, 24) == [(1, 0, 23, 0), (3, 0, 20, 0)]  # the first 24 frames
+    assert _clipped_lineage([(7, 10, 30, 3)], 10, first=20) == [(7, 0, 9, 0)]  # begun before: no parent here
+    assert _first_source_frame(SimpleNamespace(meta={"source_frames": "t024..t047 of 48"})) == 24
+    assert _first_source_frame(SimpleNamespace(meta={})) == 0

@@ -29,11 +29,24 @@ def has_lineage(seq) -> bool:
     return seq.folder is not None and (Path(seq.folder) / "man_track.txt").is_file()
 
 
-def _clipped_lineage(rows: List[Tuple[int, int, int, int]], n_frames: int) -> List[Tuple[int, int, int, int]]:
-    """``L B E P`` rows cut to frames 0..n_frames-1 (a sequence may hold the first frames of
-    a longer CTC sequence): later tracks go, their parents stay."""
-    kept = {L for L, B, _, _ in rows if B < n_frames}
-    return [(L, B, min(E, n_frames - 1), P if P in kept else 0) for L, B, E, P in rows if L in kept]
+def _clipped_lineage(rows: List[Tuple[int, int, int, int]], n_frames: int,
+                     first: int = 0) -> List[Tuple[int, int, int, int]]:
+    """``L B E P`` rows of a CTC sequence cut to its frames ``first .. first + n_frames - 1``
+    (a sequence may hold part of a longer CTC sequence), renumbered from 0: tracks outside
+    go, a track begun before ``first`` begins at 0 and loses its parent (gone too)."""
+    last = first + n_frames - 1
+    kept = {L for L, B, E, _ in rows if B <= last and E >= first}
+    return [(L, max(B, first) - first, min(E, last) - first, P if (P in kept and B >= first) else 0)
+            for L, B, E, P in rows if L in kept]
+
+
+def _first_source_frame(seq) -> int:
+    """The first frame of the CTC sequence the folder holds: ``meta.json``'s
+    ``source_frames`` ("t024..t047 of 48"), else 0."""
+    import re
+
+    found = re.match(r"\s*t?(\d+)", str((seq.meta or {}).get("source_frames", "")))
+    return int(found.group(1)) if found else 0
 
 
 def ctc_ground_truth(seq, out: Union[str, Path]) -> Path:
@@ -42,8 +55,10 @@ def ctc_ground_truth(seq, out: Union[str, Path]) -> Path:
     Parameters
     ----------
     seq : napari_lit.io.dataset.EvalSequence
-        With ``man_track.txt`` in its folder; ``tra_markers.tif`` there gives the TRA
-        masks (else the labels do), the labels give the SEG masks (every frame).
+        With ``man_track.txt`` in its folder (numbered as the CTC sequence: ``meta.json``'s
+        ``source_frames`` says where the folder's frames begin); ``tra_markers.tif`` there
+        gives the TRA masks (else the labels do), the labels the SEG masks (on the
+        ``annotated_frames`` of ``meta.json``, else every frame).
     out : str or Path
         The folder to create: ``TRA/man_track.txt``, ``TRA/man_trackTTT.tif``,
         ``SEG/man_segTTT.tif``.
@@ -71,12 +86,15 @@ def ctc_ground_truth(seq, out: Union[str, Path]) -> Path:
     markers_path = folder / "tra_markers.tif"
     markers = tifffile.imread(markers_path) if markers_path.is_file() else seq.labels
     digits = 3 if n <= 1000 else 4
+    annotated = (seq.meta or {}).get("annotated_frames")  # SEG only where someone segmented ("all": every frame)
+    annotated = set(range(n)) if not isinstance(annotated, list) else {int(t) for t in annotated}
     for t in range(n):
         tifffile.imwrite(out / "TRA" / f"man_track{t:0{digits}d}.tif", np.asarray(markers[t]).astype(np.uint16),
                          photometric="minisblack")
-        tifffile.imwrite(out / "SEG" / f"man_seg{t:0{digits}d}.tif", np.asarray(seq.labels[t]).astype(np.uint16),
-                         photometric="minisblack")
-    rows = _clipped_lineage(read_ctc_tracks(folder / "man_track.txt"), n)
+        if t in annotated:
+            tifffile.imwrite(out / "SEG" / f"man_seg{t:0{digits}d}.tif", np.asarray(seq.labels[t]).astype(np.uint16),
+                             photometric="minisblack")
+    rows = _clipped_lineage(read_ctc_tracks(folder / "man_track.txt"), n, _first_source_frame(seq))
     (out / "TRA" / "man_track.txt").write_text("".join(f"{L} {B} {E} {P}\n" for L, B, E, P in rows))
     return out
 
