@@ -28,6 +28,17 @@ def _two_nuclei(clip):
     return frames, labels, [int(i) for i in ids[np.argsort(-counts)][:2]]
 
 
+def _track_with_folder(predictor, frames, labels, ids, path, **kw):
+    """Track through a tracker whose features go to (and come from) the folder ``path``;
+    returns its masks and the cache."""
+    cache = folder_features(predictor, FrameSource(frames, 256), path, **kw)
+    t = Tracker(predictor, frames, zoom="off", features=cache)
+    try:
+        return _track(t, labels, ids), cache
+    finally:
+        t.close()
+
+
 def _track(tracker, labels, ids, direction="forward", start=0):
     for i in ids:
         if not tracker.prompt_frames(i):
@@ -134,9 +145,7 @@ def test_a_cache_of_another_model_or_image_is_refused_and_recomputed(predictor, 
 
     frames, labels, ids = _two_nuclei(clip)
     path = tmp_path / "features"
-    t = Tracker(predictor, frames, zoom="off", features=folder_features(predictor, FrameSource(frames, 256), path))
-    expected = _track(t, labels, ids)
-    t.close()
+    expected, _ = _track_with_folder(predictor, frames, labels, ids, path)
     assert len(DiskFeatures(path, feature_identity(predictor, FrameSource(frames, 256))).frames()) == len(frames)
 
     other_model = build_sam2_model(LIT_TINY_CONFIG, target="video")  # the same architecture, fresh weights
@@ -151,20 +160,16 @@ def test_a_cache_of_another_model_or_image_is_refused_and_recomputed(predictor, 
 
     # the folder now belongs to the other image; the first one's features are computed again
     encodes[0] = 0
-    t = Tracker(predictor, frames, zoom="off", features=folder_features(predictor, FrameSource(frames, 256), path))
-    again = _track(t, labels, ids)
+    again, _ = _track_with_folder(predictor, frames, labels, ids, path)
     assert encodes[0] >= len(frames)
     for f in expected:
         np.testing.assert_array_equal(again[f], expected[f])
-    t.close()
 
 
 def test_a_corrupt_entry_is_recomputed_never_used(predictor, clip, encodes, tmp_path):
     frames, labels, ids = _two_nuclei(clip)
     path = tmp_path / "features"
-    t = Tracker(predictor, frames, zoom="off", features=folder_features(predictor, FrameSource(frames, 256), path))
-    expected = _track(t, labels, ids)
-    t.close()
+    expected, _ = _track_with_folder(predictor, frames, labels, ids, path)
     chunk = path / "frame" / "level2" / "c" / "4" / "0" / "0" / "0"
     assert chunk.exists()
     chunk.write_bytes(chunk.read_bytes()[:-7])  # cut short: does not decode
@@ -174,14 +179,11 @@ def test_a_corrupt_entry_is_recomputed_never_used(predictor, clip, encodes, tmp_
     other.write_bytes(bytes(raw))
 
     encodes[0] = 0
-    cache = folder_features(predictor, FrameSource(frames, 256), path, budget_bytes=0)
-    t = Tracker(predictor, frames, zoom="off", features=cache)
-    again = _track(t, labels, ids)
+    again, cache = _track_with_folder(predictor, frames, labels, ids, path, budget_bytes=0)
     assert encodes[0] == 2  # frames 4 and 5
     for f in expected:
         np.testing.assert_array_equal(again[f], expected[f])
     assert sorted(DiskFeatures(path, cache.identity).frames()) == list(range(len(frames)))  # rewritten
-    t.close()
 
 
 def test_a_folder_that_is_not_a_feature_cache_is_never_touched(predictor, clip, tmp_path):
@@ -284,3 +286,24 @@ def test_embed_a_session_fills_its_windows_and_the_resumed_session_encodes_nothi
     assert encodes[0] == 0
     r.close()
     assert main(["embed", str(path), "--session", str(tmp_path / "s"), "--dtype", "float16", "--quiet"]) == 2
+
+
+def test_the_identity_is_computed_once_per_frames_and_model(predictor, clip, tmp_path, monkeypatch):
+    """Binding reads frames (the image fingerprint): a cache made for a frame source, or
+    already bound to it, does not read them again for a tracker on the same source."""
+    import napari_lit.core.features as features_module
+
+    frames, _, _ = _two_nuclei(clip)
+    calls = []
+    original = features_module.feature_identity
+    monkeypatch.setattr(features_module, "feature_identity", lambda p, f: calls.append(f) or original(p, f))
+    source = FrameSource(frames, 256)
+    cache = folder_features(predictor, source, tmp_path / "f")
+    Tracker(predictor, source, zoom="off", features=cache).close()
+    assert len(calls) == 1
+    shared = FeatureCache()
+    for _ in range(2):
+        Tracker(predictor, source, zoom="off", features=shared).close()
+    assert len(calls) == 2
+    Tracker(predictor, FrameSource(frames, 256), zoom="off", features=shared).close()  # another source: checked
+    assert len(calls) == 3

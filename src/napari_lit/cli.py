@@ -38,6 +38,19 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
+def _drain(items, total: int, desc: str, progress: bool = True) -> None:
+    """Run through ``items`` (a generator of work done one frame at a time), with a progress
+    bar on stderr when ``progress`` and there is something to do."""
+    bar = _progress(total, desc) if progress and total else None
+    try:
+        for _ in items:
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def segment(image, prompts, out=None, model: str = "lit-tiny", config=None, prompt_mask=None,
             prompt_frame: Optional[int] = None, mask_obj_id: int = 1, device: str = "auto",
             overwrite: bool = False, progress: bool = True, session=None,
@@ -272,14 +285,7 @@ def resume(folder, image=None, model: Optional[str] = None, config=None, device:
         return session
     try:
         missing = session.n_frames - len(session.store.frames_done)
-        bar = _progress(missing, "resume") if progress and missing else None
-        try:
-            for _ in session.continue_propagation() if session.tracker.prompt_frames() else ():
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        _drain(session.continue_propagation() if session.tracker.prompt_frames() else (), missing, "resume", progress)
     finally:
         session.close()
     return session
@@ -357,14 +363,7 @@ def embed(image, model: Optional[str] = None, config=None, device: str = "auto",
         tracker = Tracker(predictor, source, zoom="off", features=cache)
     try:
         plan = tracker.precompute_plan()
-        bar = _progress(len(plan), "embed") if progress else None
-        try:
-            for _ in tracker.precompute(plan):
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        _drain(tracker.precompute(plan), len(plan), "embed", progress)
     finally:
         (lit if lit is not None else tracker).close()
     return folder

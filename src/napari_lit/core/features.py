@@ -400,12 +400,13 @@ class FeatureCache:
         self._pos: Dict[tuple, list] = {}  # feature shapes -> positional encodings (per level)
         self._lock = threading.RLock()
         self.stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
+        self._checked: list = []  # (predictor, frames) pairs whose identity is this cache's
 
-    def bind(self, identity_of) -> None:
+    def bind(self, predictor, frames) -> None:
         """Check (or set) what this cache's features are of: each tracker given this cache
-        calls it. ``identity_of`` is a callable giving :func:`feature_identity` of the
-        caller's frames and model; the first caller sets the identity of a cache without a
-        disk folder (a folder's is the one it records).
+        calls it with its model and frames. The first caller sets the identity
+        (:func:`feature_identity`) of a cache without a disk folder (a folder's is the one it
+        records); a (model, frames) pair already checked is not read again.
 
         Raises
         ------
@@ -413,13 +414,16 @@ class FeatureCache:
             If the cache holds features of another image, model or input size.
         """
         with self._lock:
-            mine = _jsonable(identity_of())
+            if any(p is predictor and f is frames for p, f in self._checked):
+                return
+            mine = _jsonable(feature_identity(predictor, frames))
             if self.identity is None:
                 self.identity = mine
             elif _jsonable(self.identity) != mine:
                 raise FeatureCacheError(
                     f"this feature cache holds features of another {_difference(_jsonable(self.identity), mine)}; "
                     f"give each image and model its own cache")
+            self._checked.append((predictor, frames))
 
     @property
     def nbytes(self) -> int:
@@ -574,4 +578,7 @@ def folder_features(predictor, frames, path: Union[str, Path, None] = None, dtyp
         else:
             if candidate.usable and not candidate.refused:
                 extra.append(candidate)
-    return FeatureCache(budget_bytes, disk=disk, extra=extra)
+    cache = FeatureCache(budget_bytes, disk=disk, extra=extra)
+    cache.identity = identity  # computed above: a tracker given these frames does not read them again
+    cache._checked.append((predictor, frames))
+    return cache

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _sam2
 from ._sam2 import NO_OBJ_SCORE, init_inference_state
-from .features import FeatureCache, feature_identity
+from .features import FeatureCache
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
 from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
@@ -316,7 +316,7 @@ class Tracker:
                 f"{predictor.image_size} px"
             )
         if shared:
-            features.bind(lambda: feature_identity(predictor, frames))
+            features.bind(predictor, frames)
         #: the memory attention's precision in use ("float32" or "bfloat16")
         self.attention = _sam2.set_attention_precision(predictor, attention)
         self.predictor = predictor
