@@ -11,7 +11,9 @@ embedded ``lit-tiny``), in a child process of its own so that its peak memory is
    the tracker's default ``auto``: bfloat16 on a CPU that has it) (in memory, and written to a float32 folder on disk, as a
    session does) propagates twice: the first and the second time, and the **speed-up**
    (first / second);
-3. a fresh tracker reads the features from that float32 folder, and from a float16 copy of
+3. a tracker with the memory cache alone (no folder, as outside a session) propagates twice:
+   its speed-up too (``memory_only``);
+4. a fresh tracker reads the features from that float32 folder, and from a float16 copy of
    it (memory cache off): time and the largest mask difference to the uncached run;
 
 and reports disk per frame for both, and the process's peak resident memory. The largest
@@ -120,6 +122,11 @@ def child(name: str, n_frames: int, size: int, threads: int, attention: str) -> 
         t_second, second = _run(tracker, mask)
         second_encodes = encodes[0]
         tracker.close()
+        # the same with the memory cache alone (a tracker outside a session writes no folder)
+        alone = Tracker(predictor, source, zoom="off", features=FeatureCache(), attention=attention)
+        t_first_memory, _ = _run(alone, mask)
+        t_second_memory, _ = _run(alone, mask)
+        alone.close()
 
         disk16 = DiskFeatures(Path(tmp) / "f16", identity, dtype="float16", budget_bytes=None)
         for f in disk32.frames():
@@ -147,6 +154,8 @@ def child(name: str, n_frames: int, size: int, threads: int, attention: str) -> 
         "second_s": t_second,
         "speedup": t_first / t_second,
         "speedup_vs_uncached": t_plain / t_second,
+        "memory_only": {"first_s": t_first_memory, "second_s": t_second_memory,
+                        "speedup": t_first_memory / t_second_memory},
         "first_encoder_calls": first_encodes,
         "second_encoder_calls": second_encodes,
         "memory_mb_per_frame": cache.nbytes / max(len(cache), 1) / 2**20,
@@ -190,6 +199,9 @@ def main(argv=None) -> int:
               f"second-run encoder calls {r['second_encoder_calls']}  max mask diff "
               f"{r['second_vs_uncached']['max_mask_pixels_different']} px (min IoU "
               f"{r['second_vs_uncached']['min_iou']:.4f})  peak RSS {r['peak_rss_mb']:.0f} MB")
+        m = r["memory_only"]
+        print(f"{'':20s} memory cache alone: first {m['first_s'] / r['frames']:.2f} s/frame  second "
+              f"{m['second_s'] / r['frames']:.2f} s/frame  speed-up {m['speedup']:.2f}x")
         for label, d in r["disk"].items():
             print(f"{'':20s} disk {label}: {d['mb_per_frame']:.2f} MB/frame, from disk {d['propagation_s'] / r['frames']:.2f}"
                   f" s/frame, max mask diff {d['max_mask_pixels_different']} px, "

@@ -10,7 +10,8 @@ from napari_lit.core import _sam2
 from napari_lit.core.tracker import Tracker
 
 
-@pytest.mark.parametrize("shape_q, shape_k", [((1, 1, 1100, 64), (1, 1, 3000, 64)), ((2, 3, 70, 32), (2, 3, 900, 32))])
+@pytest.mark.parametrize("shape_q, shape_k", [((1, 1, 1100, 64), (1, 1, 3000, 64)), ((2, 3, 70, 32), (2, 3, 900, 32)),
+                                                   ((1, 1, 600, 64), (1, 1, 1024, 64))])
 def test_bf16_attention_is_sdpa_within_bfloat16_rounding(shape_q, shape_k):
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(shape_q, generator=g), torch.randn(shape_k, generator=g)

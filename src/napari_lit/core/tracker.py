@@ -22,6 +22,7 @@ import numpy as np
 from . import _sam2
 from ._sam2 import NO_OBJ_SCORE, init_inference_state
 from .features import FeatureCache
+from .cpu import tune_allocator
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
 from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
@@ -317,6 +318,8 @@ class Tracker:
             )
         if shared:
             features.bind(predictor, frames)
+        if getattr(getattr(predictor, "device", None), "type", "cpu") == "cpu":
+            tune_allocator()  # reuse freed heap for the forward passes' temporaries (measured)
         #: the memory attention's precision in use ("float32" or "bfloat16")
         self.attention = _sam2.set_attention_precision(predictor, attention)
         self.predictor = predictor
