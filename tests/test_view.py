@@ -76,9 +76,11 @@ def test_stack_view_holds_the_other_axes_at_the_viewer_position(tmp_path):
     coords = np.array([[3, 0, 5.2, 6.7], [1.4, 0, 2, 3]])
     assert view.frame(coords).tolist() == [3, 1] and view.yx(coords).tolist() == [[5.2, 6.7], [2, 3]]
     assert view.coords(3, (5.2, 6.7)).tolist() == [3, 0, 5.2, 6.7]
+    assert view.expand_points([[3, 5.2, 6.7], [1, 2, 3]]).tolist() == [[3, 0, 5.2, 6.7], [1, 0, 2, 3]]
     # along C instead: T is held; out-of-range positions are clipped into the stack
     view_c = StackView.from_layer(layer, 1, point=(99, 10, 0, 0))
     assert view_c.fixed == {0: 3}
+    assert view_c.expand_points([[2, 5, 6]]).tolist() == [[0, 2, 5, 6]]  # frames along C, T held
     with pytest.raises(ValueError, match="not a non-spatial axis"):
         StackView.from_layer(layer, 2, point=(0, 0, 0, 0))
     with pytest.raises(ValueError, match="single 2D image"):

@@ -166,6 +166,16 @@ def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napa
     assert np.mean(ious) > 0.5, ious
     np.testing.assert_array_equal(np.asarray(labels.data[3, 1]), store.read_frame(3))
     assert not np.asarray(labels.data[:, 0]).any()  # nothing on the other channel
+    # the Tracks layer in the image's 4 axes: the object's centroid per frame, on the held channel
+    widget.tracks_check.setChecked(True)
+    tracks = widget.tracks_layer
+    assert tracks is not None and tracks.data.shape == (len(image), 5)
+    assert tracks.data[:, 1].tolist() == list(range(len(image))) and not tracks.data[:, 2].any()
+    assert tracks.translate[1] == 1 and tuple(tracks.scale) == tuple(layer.scale)
+    ys3, xs3 = np.nonzero(store.read_frame(3) == obj)
+    np.testing.assert_allclose(tracks.data[3, 3:], [ys3.mean(), xs3.mean()], atol=1e-6)
+    widget.tracks_check.setChecked(False)
+    assert widget.tracks_layer is None
     # painting the 4D labels layer writes through to the store and is a correction of frame 3
     viewer.dims.set_current_step(0, 3)
     assert widget.current_frame == 3

@@ -197,6 +197,14 @@ class StackView:
         """(..., 2) y, x of session-layer data coordinates."""
         return np.asarray(coords)[..., -2:]
 
+    def expand_points(self, points) -> np.ndarray:
+        """(M, ndim) session-layer data coordinates of (M, 3) ``[frame, y, x]`` rows (0 on
+        the held axes, as :meth:`coords`)."""
+        points = np.asarray(points, float).reshape(-1, 3)
+        out = np.zeros((len(points), self.ndim))
+        out[:, self.axis], out[:, -2:] = points[:, 0], points[:, 1:]
+        return out
+
     def coords(self, frame: int, yx) -> np.ndarray:
         """(ndim,) session-layer data coordinates of pixel ``yx`` on ``frame`` (the inverse
         of :meth:`frame` and :meth:`yx`; 0 on the held axes)."""

@@ -828,7 +828,9 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
     def update_tracks(self):
         """Show (or update, or with "Show tracks" off remove) the Tracks layer: each
         object's centroid on every written frame and the divisions as its graph
-        (:func:`~napari_lit.io.tracks.track_graph` of the label store)."""
+        (:func:`~napari_lit.io.tracks.track_graph` of the session's stack of the label store),
+        in the image layer's axes and scale (an image with more axes: the session's frames
+        along its axis, on the held slice)."""
         from ..io.tracks import TrackExportError, track_graph, tracks_layer_data
 
         layer = getattr(self, "tracks_layer", None)
@@ -837,20 +839,20 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
                 self.viewer.layers.remove(layer)
             self.tracks_layer = None
             return
-        session = self.session
-        if self.view.ndim != 3:
-            self._notify("Show tracks is for (T, Y, X) images; export the tracks of this one (napari-lit export "
-                         "--format geff) and open them with napari-geff")
-            return
+        session, view = self.session, self.view
+        store = session.store.array
+        stack = view.select(store) if store.ndim == view.ndim else store  # the session's (N, Y, X) labels
         try:
-            graph = track_graph(session.store.array, session.lineage(), missing="drop")
+            graph = track_graph(stack, session.lineage(), missing="drop")
         except TrackExportError:  # nothing written yet
             return
         data, tracks_graph = tracks_layer_data(graph)
-        scale = self._session_scale
+        # in the image layer's axes: the session's frames along its axis, the held axes at their
+        # index (the session layers' translate); napari reads the first axis as the tracks' time
+        data = np.column_stack([data[:, :1], view.expand_points(data[:, 1:])])
         if layer is None or layer not in self.viewer.layers:
             self.tracks_layer = self.viewer.add_tracks(data, graph=tracks_graph, name=f"{self._session_image.name} LIT tracks",
-                                                       scale=scale, translate=self._session_translate,
+                                                       scale=self._session_scale, translate=self._session_translate,
                                                        tail_length=min(30, session.n_frames), blending="translucent")
         else:
             layer.data, layer.graph = data, tracks_graph
