@@ -169,3 +169,14 @@ def test_resume_a_4d_widget_style_session_from_the_cli(tmp_path, clip, predictor
     assert full.shape == tzyx.shape and not full[:, 0].any()
     assert all((full[t, 1] == obj).any() for t in range(len(frames)))
     assert json.loads((folder / "session.json").read_text())["view"]["fixed"] == {"1": 1}
+    # its tracks are those of the slice: (t, y, x), the image's scale on those axes
+    import geff
+
+    assert main(["export", str(folder), str(tmp_path / "t.geff"), "--format", "geff", "--scale", "5", "2", "0.5",
+                 "0.5", "--units", "minute", "micrometer", "micrometer", "micrometer"]) == 0
+    graph, meta = geff.read(str(tmp_path / "t.geff"))
+    assert [a.name for a in meta.axes] == ["t", "y", "x"] and [a.scale for a in meta.axes] == [5, 0.5, 0.5]
+    assert graph.number_of_nodes() == len(frames) and graph.number_of_edges() == len(frames) - 1
+    assert main(["export", str(folder), str(tmp_path / "RES"), "--format", "ctc"]) == 0
+    mask = tifffile.imread(tmp_path / "RES" / "mask003.tif")
+    assert mask.shape == frames.shape[1:] and (mask > 0).sum() == (full[3, 1] == obj).sum()

@@ -135,3 +135,19 @@ def test_label_store_at_the_full_shape_of_a_4d_image(tmp_path):
         LabelStore.create(tmp_path / "bad.zarr", (3, 5, 8, 9), frame_axis=1)  # T not held
     with pytest.raises(ValueError, match="frame axis and an index"):
         LabelStore.create(tmp_path / "bad2.zarr", (3, 5, 8, 9), frame_axis=1, fixed={0: 7})  # out of range
+
+
+def test_a_slice_store_reads_as_its_frames(tmp_path):
+    """A store on one slice of a (T, C, Y, X) image reads as its (N, Y, X) frames."""
+    store = LabelStore.create(tmp_path / "s.zarr", (3, 2, 4, 5), frame_axis=0, fixed={1: 1})
+    lab = np.zeros((4, 5), np.uint32)
+    lab[1:3, 2:4] = 9
+    store.write_frame(2, lab)
+    assert store.shape == (3, 4, 5) and store.slice_axes() == (0, 2, 3)
+    np.testing.assert_array_equal(store[2], lab)
+    np.testing.assert_array_equal(store[-1], lab)
+    assert not np.asarray(store.array[2, 0]).any()  # the other channel untouched
+    with pytest.raises(IndexError, match="out of range for 3 frames"):
+        store[3]
+    with pytest.raises(TypeError, match="one frame at a time"):
+        store[0:2]

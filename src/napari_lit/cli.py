@@ -503,13 +503,16 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
         (Y, X) or (Z, Y, X). Each object id is one track (an object that leaves and comes
         back: segments joined as CTC and GEFF join them); a session's divisions
         (:meth:`~napari_lit.core.session.LitSession.divide`), or a batch output's
-        (``napari_lit.lineage`` in its attributes), are the lineage.
+        (``napari_lit.lineage`` in its attributes), are the lineage. A session on one slice
+        of a larger image (a (T, C, Y, X) image along T at one channel, say): the tracks of
+        its (N, Y, X) frames.
     out : str or Path
         The folder to create.
     fmt : {"ctc", "geff"}
     overwrite : bool
     scale, units : sequence, optional
-        GEFF: each axis' step and unit (t, [z,] y, x).
+        GEFF: each axis' step and unit (t, [z,] y, x); for a session on a slice, also one per
+        axis of the whole image (those of its frames are kept).
     progress : bool
         A progress bar on stderr.
 
@@ -541,6 +544,15 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
             parents = folder.lineage()
         finally:
             folder.close()
+    sl = dict(node.attrs.get("napari_lit", {})).get("slice")
+    if node.ndim > 3 and sl:  # a session on one slice of a larger image: the tracks of its (N, Y, X) frames
+        from .core.store import LabelStore
+
+        store = LabelStore(node, Path(labels), sl["frame_axis"], {int(k): v for k, v in sl["fixed"].items()})
+        axes = store.slice_axes()
+        scale = [scale[a] for a in axes] if scale is not None and len(scale) == node.ndim else scale
+        units = [units[a] for a in axes] if units is not None and len(units) == node.ndim else units
+        node = store
     bar = _progress(node.shape[0] * (2 if fmt == "ctc" else 1), f"export {fmt}") if progress else None
     step = (lambda done, total: bar.update(1)) if bar is not None else None
     try:

@@ -781,7 +781,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
                   on_yield=lambda r: self._refresh_labels(r.frame_idx, force=True), on_done=done)
 
     def export_tracks(self, out=None, fmt: Optional[str] = None):
-        """Write the session's tracks and divisions (in a worker): ``fmt`` ``"geff"`` (axis
+        """Write the session's tracks and divisions (in a worker; for an image with more axes,
+        those of the session's frames, on its slice): ``fmt`` ``"geff"`` (axis
         scales and units from the image layer) or ``"ctc"`` (the CTC result format), to
         ``out`` (a save dialog when None; a name ending in ``.geff`` or ``.zarr`` is GEFF,
         anything else a CTC folder). An existing target is replaced only after a dialog's
@@ -803,20 +804,20 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
         out = Path(out)
         fmt = fmt or ("geff" if out.suffix in (".geff", ".zarr") else "ctc")
         session, layer = self.session, self._session_image
-        scale = list(self._session_scale)
+        axes = (self.view.axis, -2, -1)  # the tracks of the session's (N, Y, X) frames: their layer axes
+        scale = [self._session_scale[a] for a in axes]
         units = [str(u) for u in getattr(layer, "units", ())] or None
-        if units is not None and len(units) != len(scale):
-            units = None
+        units = [units[a] for a in axes] if units is not None and len(units) == len(self._session_scale) else None
 
         written = []
 
         def export():
-            graph = track_graph(session.store.array, session.lineage(), missing="drop")
+            graph = track_graph(session.store, session.lineage(), missing="drop")
             if fmt == "geff":
-                written.append(write_geff(session.store.array, out, graph=graph, scale=scale, units=units,
+                written.append(write_geff(session.store, out, graph=graph, scale=scale, units=units,
                                           overwrite=overwrite))
             else:
-                written.append(write_ctc(session.store.array, out, graph=graph, overwrite=overwrite))
+                written.append(write_ctc(session.store, out, graph=graph, overwrite=overwrite))
             yield written[-1]
 
         def done():  # also called after an error, which then stays in the status line
@@ -840,10 +841,8 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
             self.tracks_layer = None
             return
         session, view = self.session, self.view
-        store = session.store.array
-        stack = view.select(store) if store.ndim == view.ndim else store  # the session's (N, Y, X) labels
-        try:
-            graph = track_graph(stack, session.lineage(), missing="drop")
+        try:  # the store reads as the session's (N, Y, X) frames
+            graph = track_graph(session.store, session.lineage(), missing="drop")
         except TrackExportError:  # nothing written yet
             return
         data, tracks_graph = tracks_layer_data(graph)

@@ -213,6 +213,20 @@ class LabelStore:
             meta["frames_done"] = sorted(set(meta.get("frames_done", [])) - {int(frame_idx)})
             self.array.attrs["napari_lit"] = meta
 
+    def __getitem__(self, frame_idx: int) -> np.ndarray:
+        """The store reads as its (N, Y, X) frames (a slice of a 4D+ array): ``store[t]`` is
+        :meth:`read_frame` (for :func:`napari_lit.io.tracks.track_graph` and the exports)."""
+        if not isinstance(frame_idx, (int, np.integer)):
+            raise TypeError(f"a label store is read one frame at a time (an int); got {frame_idx!r}")
+        if not -self.shape[0] <= frame_idx < self.shape[0]:
+            raise IndexError(f"frame {frame_idx} is out of range for {self.shape[0]} frames")
+        return self.read_frame(int(frame_idx) % self.shape[0])
+
+    def slice_axes(self) -> Tuple[int, int, int]:
+        """The array axes of the store's (N, Y, X) frames: (frame axis, Y, X)."""
+        n = self.array.ndim
+        return (self.frame_axis if n > 3 else 0, n - 2, n - 1)
+
     def read_frame(self, frame_idx: int) -> np.ndarray:
         """(Y, X) uint32 labels of frame ``frame_idx``."""
         return np.asarray(self.array[self._key(frame_idx)])
