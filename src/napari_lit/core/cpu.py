@@ -4,8 +4,9 @@ SAM2.1's memory attention and MLPs at 1024 px allocate and free tens of temporar
 16-32 MB per propagated frame. glibc's ``malloc`` gives the top of its heap back to the system
 whenever more than its trim threshold (by default twice the largest chunk freed lately, at
 most 64 MB) lies free there, so each frame's temporaries come back as fresh pages that the
-kernel must map and zero again: on this CPU 10-40 % of a cached frame's memory attention
-(``benchmarks/experiments/README.md``, "Allocator"). :func:`tune_allocator` keeps up to
+kernel must map and zero again: on this CPU a fifth of a cached frame's memory attention and
+of the image encoder (``benchmarks/experiments/allocator.py``: medians 1.53 -> 1.23 s and
+2.80 -> 2.32 s). :func:`tune_allocator` keeps up to
 :data:`TRIM_THRESHOLD` of freed heap for reuse and serves allocations below
 :data:`MMAP_THRESHOLD` from the heap; larger blocks (image stacks, caches) are still mapped
 on their own and given back when freed.

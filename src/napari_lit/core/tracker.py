@@ -21,8 +21,8 @@ import numpy as np
 
 from . import _sam2
 from ._sam2 import NO_OBJ_SCORE, init_inference_state
-from .features import FeatureCache
 from .cpu import tune_allocator
+from .features import FeatureCache
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
 from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
