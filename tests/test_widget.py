@@ -855,6 +855,9 @@ def test_features_are_precomputed_while_idle_and_propagation_then_skips_the_enco
     qtbot.waitUntil(lambda: widget.precompute_worker is None, timeout=120_000)
     plan = dict(tracker.precompute_plan())  # frame -> the window foreseen for the object
     assert all(entry in tracker.features for entry in plan.items())
+    n = widget.precompute_progress[1]
+    assert widget.precompute_progress == (n, n) and n >= tracker.n_frames
+    assert widget.precompute_check.text().endswith(f"({n}/{n})")
     encodes = [0]
     hook = tracker.predictor.image_encoder.register_forward_hook(lambda *a: encodes.__setitem__(0, encodes[0] + 1))
     seen = {}

@@ -5,7 +5,8 @@ While no model call runs, a thread worker encodes what the next propagation will
 end, then back to the first) into the session's feature cache (memory and its folder). Any
 model call the user starts stops it after the frame in progress; it starts again, skipping
 what is cached, when the widget is idle again. It never blocks the GUI and never shows an
-error dialog (a failure is logged and it stops until the next idle moment).
+error dialog (a failure is logged and it stops until the next idle moment). Its check box
+shows how far it got ("(12/40)": entries of the plan cached, a frame or an object's window of one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class PrecomputeMixin:
     precompute_worker = None  #: the running background precompute, or None
     #: (entries cached, entries planned) of the last background precompute
     precompute_progress = (0, 0)
+    PRECOMPUTE_LABEL = "precompute image features while idle"
 
     def _start_precompute(self):
         """Start the background precompute if the widget is idle and there is work."""
@@ -39,8 +41,8 @@ class PrecomputeMixin:
         plan = tracker.precompute_plan(order)
         if all(entry in tracker.features for entry in plan):  # memory or written flags: no chunk is read
             return
-        count = {"n": 0}
-        self.precompute_progress = (0, len(plan))
+        count = {"n": 0}  # the plan's entries yielded so far (cached ones pass at once)
+        self._show_precompute_progress(count["n"], len(plan))
 
         def run():
             yield from tracker.precompute(plan)
@@ -49,7 +51,7 @@ class PrecomputeMixin:
 
         def yielded(_value):
             count["n"] += 1
-            self.precompute_progress = (count["n"], len(plan))
+            self._show_precompute_progress(count["n"], len(plan))
 
         def errored(exc):
             logger.warning("background precompute stopped: %s", exc)
@@ -63,6 +65,12 @@ class PrecomputeMixin:
         worker.finished.connect(finished)
         self.precompute_worker = worker
         worker.start()
+
+    def _show_precompute_progress(self, done: int, total: int):
+        """Record and show (on the check box) how many planned entries are cached."""
+        done = min(int(done), int(total))
+        self.precompute_progress = (done, int(total))
+        self.precompute_check.setText(f"{self.PRECOMPUTE_LABEL} ({done}/{total})")
 
     def _stop_precompute(self):
         """Ask the background precompute to stop after the frame in progress (returns at once)."""

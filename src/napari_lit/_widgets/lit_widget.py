@@ -204,7 +204,7 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
         self.zoom_check.setToolTip("object-centred zoom: a small object is seen through its own window of the "
                                    "frame, which follows it, instead of the whole frame shrunk to the model's input")
         form.addRow(self.zoom_check)
-        self.precompute_check = QCheckBox("precompute image features while idle")
+        self.precompute_check = QCheckBox(self.PRECOMPUTE_LABEL)
         self.precompute_check.setChecked(True)
         self.precompute_check.setToolTip("while no model call runs, encode the frames the next propagation will read "
                                          "(from the displayed frame on), so that it skips the image encoder; they "
