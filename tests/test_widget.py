@@ -168,6 +168,7 @@ def test_4d_stack_propagates_along_the_chosen_axis_on_the_held_channel(make_napa
     assert not np.asarray(labels.data[:, 0]).any()  # nothing on the other channel
     # the Tracks layer in the image's 4 axes: the object's centroid per frame, on the held channel
     widget.tracks_check.setChecked(True)
+    _wait_tracks(qtbot, widget)
     tracks = widget.tracks_layer
     assert tracks is not None and tracks.data.shape == (len(image), 5)
     assert tracks.data[:, 1].tolist() == list(range(len(image))) and not tracks.data[:, 2].any()
@@ -741,8 +742,13 @@ def test_click_shows_the_models_confidence_and_warns_when_it_is_low(loop, qtbot)
     assert 40 not in s.tracker.obj_ids
 
 
+def _wait_tracks(qtbot, widget):
+    """Wait until the Tracks layer's worker (and any rerun it queued) is done."""
+    qtbot.waitUntil(lambda: widget.tracks_worker is None, timeout=60_000)
+
+
 def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_lineage(make_napari_viewer, qtbot,
-                                                                                       tmp_path):
+                                                                                       tmp_path, monkeypatch):
     """A dividing cell (daughters apart from frame 7): one click on frame 0, propagate, "Divide
     here" on frame 7 (the mask has split: its two parts become the daughters), propagate on;
     "Show tracks" draws the mother's track to frame 6 and the daughters' from frame 7, joined
@@ -794,7 +800,10 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
     assert not np.isin(labels[:7], [5, 6]).any()
     daughters_gt = {int(np.bincount(gt[10][labels[10] == d]).argmax()) for d in (5, 6)}
     assert daughters_gt == {2, 3}  # each daughter follows one of the two cells
+    assert widget.tracks_layer is None  # off until asked for
     widget.tracks_check.setChecked(True)
+    assert widget.tracks_worker is not None  # computed off the GUI thread
+    _wait_tracks(qtbot, widget)
     tracks = widget.tracks_layer
     assert tracks is not None and tracks in viewer.layers
     ids = {int(i) for i in tracks.data[:, 0]}
@@ -813,11 +822,20 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
         Image.fromarray(shot).save(Path(out) / "tracks.png")
     for _ in range(3):  # the daughters' masks, then the division
         widget.undo()
+    _wait_tracks(qtbot, widget)
     assert s.lineage() == {} and len(widget.tracks_layer.graph) == 0
     widget.divide_check.setChecked(True)  # the rule: the split mask divides by itself while propagating
+    from napari_lit._widgets import _tracks
+
+    monkeypatch.setattr(_tracks, "TRACKS_EVERY_S", 0.0)  # refreshed as frames are written, not only at the end
+    started = []
+    monkeypatch.setattr(widget, "update_tracks", lambda f=widget.update_tracks: (started.append(1), f()))
     widget.propagate("forward")
     _wait(qtbot, widget)
+    assert len(started) >= 3  # during the propagation, and once at its end
+    monkeypatch.undo()
     assert sorted(s.lineage().values()) == [1, 1] and 5 <= s.track_end[1] + 1 <= 8
+    _wait_tracks(qtbot, widget)
     assert len(widget.tracks_layer.graph) == 2
     # Export tracks: GEFF with the lineage, CTC with its parents; an existing target is refused
     import geff

@@ -70,7 +70,10 @@ class PrecomputeMixin:
         """Record and show (on the check box) how many planned entries are cached."""
         done = min(int(done), int(total))
         self.precompute_progress = (done, int(total))
-        self.precompute_check.setText(f"{self.PRECOMPUTE_LABEL} ({done}/{total})")
+        try:
+            self.precompute_check.setText(f"{self.PRECOMPUTE_LABEL} ({done}/{total})")
+        except RuntimeError:  # the widget is gone (napari closed) and a last frame reports in
+            pass
 
     def _stop_precompute(self):
         """Ask the background precompute to stop after the frame in progress (returns at once)."""

@@ -426,7 +426,7 @@ class SessionMixin:
         file, label store) is closed only then, from the worker's ``finished`` signal: the
         GUI never waits, and nothing is written to a closed session."""
         session = self.session
-        workers = [w for w in (self.worker, self.precompute_worker) if w is not None]
+        workers = [w for w in (self.worker, self.precompute_worker, self.tracks_worker) if w is not None]
         self.cancel()
         self._stop_precompute()
         self.session = None

@@ -63,6 +63,7 @@ from ._flagging import FlagMixin
 from ._precompute import PrecomputeMixin
 from ._review import ReviewMixin
 from ._sessions import NEGATIVE_COLOR, POSITIVE_COLOR, SessionMixin, default_session_dir
+from ._tracks import TracksMixin
 
 __all__ = ["LitWidget", "SHORTCUTS"]
 
@@ -113,7 +114,7 @@ def _guarded(gen_func: Callable):
         raise _WorkerFailed(exc) from exc
 
 
-class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
+class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, TracksMixin, QWidget):
     """Dock widget: prompt, propagate, correct and learn, without freezing the viewer.
 
     Parameters
@@ -826,36 +827,6 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
 
         self._run(f"exporting tracks to {out.name}", export, total=1, on_done=done)
 
-    def update_tracks(self):
-        """Show (or update, or with "Show tracks" off remove) the Tracks layer: each
-        object's centroid on every written frame and the divisions as its graph
-        (:func:`~napari_lit.io.tracks.track_graph` of the session's stack of the label store),
-        in the image layer's axes and scale (an image with more axes: the session's frames
-        along its axis, on the held slice)."""
-        from ..io.tracks import TrackExportError, track_graph, tracks_layer_data
-
-        layer = getattr(self, "tracks_layer", None)
-        if self.session is None or not self.tracks_check.isChecked():
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-            self.tracks_layer = None
-            return
-        session, view = self.session, self.view
-        try:  # the store reads as the session's (N, Y, X) frames
-            graph = track_graph(session.store, session.lineage(), missing="drop")
-        except TrackExportError:  # nothing written yet
-            return
-        data, tracks_graph = tracks_layer_data(graph)
-        # in the image layer's axes: the session's frames along its axis, the held axes at their
-        # index (the session layers' translate); napari reads the first axis as the tracks' time
-        data = np.column_stack([data[:, :1], view.expand_points(data[:, 1:])])
-        if layer is None or layer not in self.viewer.layers:
-            self.tracks_layer = self.viewer.add_tracks(data, graph=tracks_graph, name=f"{self._session_image.name} LIT tracks",
-                                                       scale=self._session_scale, translate=self._session_translate,
-                                                       tail_length=min(30, session.n_frames), blending="translucent")
-        else:
-            layer.data, layer.graph = data, tracks_graph
-
     # ---------------------------------------------------------- propagation
     def _refresh_labels(self, frame: int, force: bool = False):
         if self.labels_layer is not None and (force or frame == self.current_frame):
@@ -906,8 +877,11 @@ class LitWidget(SessionMixin, ReviewMixin, FlagMixin, PrecomputeMixin, QWidget):
             self.update_tracks()
             self._last_auto = session.auto_applied[n_auto:]  # shown in the status line
 
-        self._run(f"propagating {direction}", run, total=total,
-                  on_yield=lambda r: self._refresh_labels(r.frame_idx), on_done=done)
+        def written(r):
+            self._refresh_labels(r.frame_idx)
+            self._tracks_frame_written()
+
+        self._run(f"propagating {direction}", run, total=total, on_yield=written, on_done=done)
 
     def _update_status(self):
         if self.session is None:  # why the last session closed, if it was not the user's doing
