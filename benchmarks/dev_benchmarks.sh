@@ -106,6 +106,15 @@ fi
 if [ "$what" = all ] || [ "$what" = uncertainty ]; then
   .venv/bin/python benchmarks/uncertainty_calibration.py --clips 60 --out $OUT/uncertainty_calibration.json
   .venv/bin/python benchmarks/auto_thresholds.py --clips 16 --out $OUT/auto_thresholds.json
+  # issue 26 (b): the masked entropy per area (eq. 4) or per boundary length is chosen on the generated
+  # clips above and on the held-back time-lapses and videos of ../shared/train (never on dev)
+  TRAIN=${TRAIN:-../shared/train}
+  HELD_BACK=$(.venv/bin/python -c "from napari_lit.training.real import scan_train_data, split_train_data as s; \
+print(' '.join(q.name for q in s(scan_train_data('$TRAIN'))[1] if q.n_frames > 1))")
+  for norm in area length; do
+    $BENCH "$TRAIN" --sequences $HELD_BACK --method propagate --init mask --entropy-norm $norm \
+      --json $OUT/entropy-held-back-$norm.json --quiet
+  done
 fi
 if [ "$what" = all ] || [ "$what" = speed ]; then
   .venv/bin/python benchmarks/propagation_speed.py --frames 500 --size 512 --objects 1 --out $OUT/propagation_speed.json
