@@ -837,6 +837,13 @@ def test_divide_splits_the_mask_into_daughters_and_the_tracks_layer_shows_the_li
     assert sorted(s.lineage().values()) == [1, 1] and 5 <= s.track_end[1] + 1 <= 8
     _wait_tracks(qtbot, widget)
     assert len(widget.tracks_layer.graph) == 2
+    # a lineage the tracks cannot draw is said once in the status line (no retry loop), the layer kept
+    daughters = sorted(s.lineage())
+    monkeypatch.setattr(s, "lineage", lambda: {daughters[0]: daughters[1]})
+    widget.update_tracks()
+    _wait_tracks(qtbot, widget)
+    assert "tracks not shown" in widget.status_label.text() and len(widget.tracks_layer.graph) == 2
+    monkeypatch.undo()
     # Export tracks: GEFF with the lineage, CTC with its parents; an existing target is refused
     import geff
 

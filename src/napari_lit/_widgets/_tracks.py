@@ -24,8 +24,8 @@ TRACKS_EVERY_S = 2.0
 
 class TracksMixin:
     """Mixed into :class:`~napari_lit._widgets.lit_widget.LitWidget` (which provides
-    ``session``, ``view``, ``viewer``, ``tracks_check``, ``_session_image``,
-    ``_session_scale``, ``_session_translate`` and ``_shut_down``)."""
+    ``session``, ``view``, ``viewer``, ``worker``, ``tracks_check``, ``_session_image``,
+    ``_session_scale``, ``_session_translate``, ``_notify`` and ``_shut_down``)."""
 
     tracks_layer = None  #: the session's napari Tracks layer, or None
     tracks_worker = None  #: the worker computing the tracks, or None
@@ -59,8 +59,10 @@ class TracksMixin:
         def compute():
             try:  # the store reads as the session's (N, Y, X) frames
                 graph = track_graph(session.store, lineage, missing="drop")
-            except TrackExportError:  # nothing written yet
-                return None
+            except TrackExportError:
+                if not lineage:  # without a lineage its only refusal: no object in any frame (yet)
+                    return None
+                raise  # a lineage it cannot draw: said in the status line
             data, tracks_graph = tracks_layer_data(graph)
             # in the image layer's axes: the session's frames along its axis, the held axes at
             # their index (the session layers' translate); napari reads axis 0 as the tracks' time
@@ -86,9 +88,14 @@ class TracksMixin:
             else:
                 layer.data, layer.graph = data, tracks_graph
 
-        def errored(exc):  # e.g. a frame read while it was being written: the next update reads it again
+        def errored(exc):
+            if isinstance(exc, TrackExportError):  # e.g. no object in any frame, or a lineage it cannot draw
+                if self.session is session:
+                    self._notify(f"tracks not shown: {exc}")
+                return
             logger.warning("tracks not updated: %s", exc)
-            self._tracks_stale = True
+            if self.worker is not None:  # a frame read while a propagation wrote it: read again after
+                self._tracks_stale = True
 
         def finished():
             if self.tracks_worker is worker:
