@@ -900,3 +900,28 @@ def test_features_are_precomputed_while_idle_and_propagation_then_skips_the_enco
     tracker.features.clear()
     widget._start_precompute()  # what an idle moment does: off, it starts nothing
     assert widget.precompute_worker is None
+
+
+def test_tracks_layer_appears_while_propagating_and_goes_when_no_object_is_left(loop, qtbot, monkeypatch):
+    from napari_lit._widgets import _tracks
+
+    viewer, widget, gt = loop
+    widget.tracks_check.setChecked(True)  # on before anything is written: no layer yet, no error
+    _wait_tracks(qtbot, widget)
+    assert widget.tracks_layer is None
+    _click_object(widget, qtbot, gt)
+    monkeypatch.setattr(_tracks, "TRACKS_EVERY_S", 0.0)
+    sizes = []
+    widget.propagate("forward")
+    widget.worker.yielded.connect(lambda r: sizes.append(0 if widget.tracks_layer is None else len(widget.tracks_layer.data)))
+    _wait(qtbot, widget)
+    _wait_tracks(qtbot, widget)
+    n = widget.session.n_frames
+    assert any(0 < k < n for k in sizes)  # shown part-way, before the propagation ended
+    assert len(widget.tracks_layer.data) == n and set(widget.tracks_layer.data[:, 0]) == {1}
+    store = widget.session.store
+    for t in store.frames_done:  # every object gone (as undoing everything leaves it)
+        store.clear_frame(t)
+    widget.update_tracks()
+    _wait_tracks(qtbot, widget)
+    assert widget.tracks_layer is None and not [l for l in viewer.layers if "tracks" in l.name]

@@ -74,9 +74,12 @@ class TracksMixin:
             if self.session is not session or not self.tracks_check.isChecked():
                 return  # closed, or switched off, meanwhile
             if result is None:
-                if self.tracks_layer is not None:  # e.g. everything undone
-                    self.tracks_layer.data = np.zeros((0, view.ndim + 1))
-                    self.tracks_layer.graph = {}
+                # no object in any frame (e.g. everything undone): no layer, as napari refuses a
+                # Tracks layer without points; it comes back with the next tracks
+                layer = self.tracks_layer
+                if layer is not None and layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+                self.tracks_layer = None
                 return
             data, tracks_graph = result
             layer = self.tracks_layer
@@ -112,5 +115,6 @@ class TracksMixin:
     def _tracks_frame_written(self):
         """A propagation wrote a frame: refresh the shown tracks if the last refresh is
         older than :data:`TRACKS_EVERY_S`."""
-        if self.tracks_layer is not None and time.monotonic() - self._tracks_at >= TRACKS_EVERY_S:
+        if self.session is not None and self.tracks_check.isChecked() \
+                and time.monotonic() - self._tracks_at >= TRACKS_EVERY_S:
             self.update_tracks()
