@@ -103,8 +103,8 @@ class TracksMixin:
         def finished():
             if self.tracks_worker is worker:
                 self.tracks_worker = None
-            if self._tracks_stale and not self._shut_down and self.session is session:
-                self.update_tracks()
+            if self._tracks_stale and not self._shut_down and self.session is not None:
+                self.update_tracks()  # also a session opened meanwhile, whose request waited
 
         worker.returned.connect(show)
         worker.errored.connect(errored)
