@@ -544,11 +544,10 @@ def export_tracks(labels, out, fmt: str, overwrite: bool = False, scale=None, un
             parents = folder.lineage()
         finally:
             folder.close()
-    sl = dict(node.attrs.get("napari_lit", {})).get("slice")
-    if node.ndim > 3 and sl:  # a session on one slice of a larger image: the tracks of its (N, Y, X) frames
-        from .core.store import LabelStore
+    from .core.store import LabelStore
 
-        store = LabelStore(node, Path(labels), sl["frame_axis"], {int(k): v for k, v in sl["fixed"].items()})
+    store = LabelStore.from_array(node, labels)
+    if node.ndim > 3 and store.fixed:  # a session on one slice of a larger image: the tracks of its (N, Y, X) frames
         axes = store.slice_axes()
         scale = [scale[a] for a in axes] if scale is not None and len(scale) == node.ndim else scale
         units = [units[a] for a in axes] if units is not None and len(units) == node.ndim else units

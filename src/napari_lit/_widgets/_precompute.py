@@ -40,6 +40,7 @@ class PrecomputeMixin:
         order = list(range(start, tracker.n_frames)) + list(range(start - 1, -1, -1))
         plan = tracker.precompute_plan(order)
         if all(entry in tracker.features for entry in plan):  # memory or written flags: no chunk is read
+            self._show_precompute_progress(len(plan), len(plan))  # the plan may have grown, all cached
             return
         count = {"n": 0}  # the plan's entries yielded so far (cached ones pass at once)
         self._show_precompute_progress(count["n"], len(plan))

@@ -143,13 +143,21 @@ class LabelStore:
         if not path.exists():
             raise FileNotFoundError(f"no label store at {path}")
         array = zarr.open_array(str(path), mode=mode)
-        sl = dict(array.attrs.get("napari_lit", {})).get("slice")
-        if array.dtype != np.uint32 or array.ndim < 3 or (array.ndim > 3 and not sl):
+        store = cls.from_array(array, path)
+        if array.dtype != np.uint32 or array.ndim < 3 or (array.ndim > 3 and not store.fixed):
             raise ValueError(f"{path} is not a label store: expected (N, Y, X) uint32 (or a 4D+ one with its "
                              f"slice recorded), got {array.shape} {array.dtype}")
+        return store
+
+    @classmethod
+    def from_array(cls, array, path: Union[str, Path]) -> "LabelStore":
+        """The store of an open zarr ``array`` (at ``path``): on the slice its attributes
+        record (:meth:`create` with ``frame_axis``/``fixed``), else frames along axis 0. Not
+        validated (:meth:`open` validates)."""
+        sl = dict(array.attrs.get("napari_lit", {})).get("slice")
         if sl:
-            return cls(array, path, sl["frame_axis"], {int(k): v for k, v in sl["fixed"].items()})
-        return cls(array, path)
+            return cls(array, Path(path), sl["frame_axis"], {int(k): v for k, v in sl["fixed"].items()})
+        return cls(array, Path(path))
 
     # ------------------------------------------------------------------ access
     @property
