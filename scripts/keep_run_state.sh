@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# Keep a training run's resume state (last.pt, best.pt, config.json, log.jsonl) in this
-# clone's git objects, on the branch run-state/<name> (one commit, replaced each time), so a
-# run survives a fresh checkout of the working tree; `restore` writes it back.
-#   bash scripts/keep_run_state.sh save RUN_DIR NAME
-#   bash scripts/keep_run_state.sh restore RUN_DIR NAME
+# Keep what a training run needs to go on in a later session, in files git tracks:
+# docs/training-runs/<NAME>/ gets the run's config.json and log.jsonl and, from its best.pt,
+# the weights alone (float16, as the package ships them: best-weights.pt, ~8.5 MB).
+#
+# Why tracked files: a new session's checkout holds only what has landed on main. The run
+# folder (runs/, ignored), branches other than main and objects kept in the clone's .git did
+# not survive between sessions (runs R and R2 lost their checkpoints that way). The optimizer
+# state (last.pt, ~51 MB) is not kept: a later session goes on with a new run warm-started
+# from the kept weights (--init-weights docs/training-runs/<NAME>/best-weights.pt), a chain of
+# warm restarts as the shipped weights were made.
+#
+#   bash scripts/keep_run_state.sh RUN_DIR NAME
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=$1 dir=$2 name=$3
-ref=refs/heads/run-state/$name
-if [ "$what" = save ]; then
-  entries=""
-  for f in last.pt best.pt config.json log.jsonl; do
-    [ -f "$dir/$f" ] || continue
-    entries+="100644 blob $(git hash-object -w "$dir/$f")"$'\t'"$f"$'\n'
-  done
-  tree=$(printf '%s' "$entries" | git mktree)
-  commit=$(git commit-tree "$tree" -m "run state of $name, $(date -u +%FT%TZ)")
-  git update-ref "$ref" "$commit"
-  git reflog expire --expire=now --all && git gc -q --prune=now
-  echo "saved $dir as $ref ($commit)"
-else
-  mkdir -p "$dir"
-  for f in $(git ls-tree --name-only "$ref"); do
-    git cat-file blob "$ref:$f" > "$dir/$f"
-  done
-  echo "restored $ref into $dir"
+dir=$1 name=$2
+out=docs/training-runs/$name
+mkdir -p "$out"
+for f in config.json log.jsonl; do
+  [ -f "$dir/$f" ] && cp "$dir/$f" "$out/$f"
+done
+if [ -f "$dir/best.pt" ]; then
+  .venv/bin/python -c "
+import sys
+from pathlib import Path
+from napari_lit.training.recipe import export_weights
+export_weights(Path(sys.argv[1]), Path(sys.argv[2]))
+" "$dir/best.pt" "$out/best-weights.pt"
 fi
+ls -l "$out"

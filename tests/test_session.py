@@ -234,3 +234,31 @@ def test_a_mask_prompt_stands_as_given_in_the_labels(session):
     assert not np.array_equal(sam2_own, painted)  # what sam2 itself returns
     list(s.propagate(direction="forward"))
     assert np.array_equal(s.store.read_frame(0) == obj, painted)
+
+
+def test_restarting_propagation_restarts_once_per_request_and_never_repeats_a_frame():
+    from types import SimpleNamespace
+
+    from napari_lit.core.session import restarting_propagation
+
+    calls = []
+
+    def propagate(start, d):  # frames 0..9 from start, one step per frame
+        calls.append((start, d))
+        frames = range(start, 10) if d == "forward" else range(start, -1, -1)
+        return (SimpleNamespace(frame_idx=f) for f in frames)
+
+    fresh_at, restarted = [], set()
+
+    def visit(result, d, fresh):  # asks for a restart on forward frames 6 and 8, once each
+        if fresh:
+            fresh_at.append((result.frame_idx, d))
+        restart = d == "forward" and result.frame_idx in (6, 8) and result.frame_idx not in restarted
+        if restart:
+            restarted.add(result.frame_idx)
+        return result, restart
+
+    frames = [r.frame_idx for r in restarting_propagation(propagate, 4, "both", visit)]
+    assert calls == [(4, "forward"), (6, "forward"), (8, "forward"), (4, "backward")]
+    assert frames == [4, 5, 6, 7, 8, 9, 3, 2, 1, 0]  # each frame once, the restart frames too
+    assert fresh_at == [(4, "forward"), (7, "forward"), (9, "forward"), (3, "backward")]

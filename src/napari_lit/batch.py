@@ -392,43 +392,29 @@ def _propagate_dividing(tracker, min_share: float, lineage: Dict[int, int]):
     frame, her daughters before their first, and propagation resumes from the division.
     ``lineage`` (daughter -> mother) is filled in. Frames before the earliest prompt are
     propagated backward after, without divisions."""
-    from .core.session import find_division, outside_tracks_dropped
+    from .core.session import find_division, outside_tracks_dropped, restarting_propagation
 
     ends: Dict[int, int] = {}
     starts: Dict[int, int] = {}
 
-    def kept(result):
-        return outside_tracks_dropped(result, starts, ends)
+    def visit(result, d, fresh):
+        result = outside_tracks_dropped(result, starts, ends)
+        found = find_division(result, tracker.prompt_frames, min_share) if d == "forward" else None
+        if found is None:
+            return result, False
+        f, (mother, parts) = result.frame_idx, found
+        a = max(set(tracker.obj_ids) | set(lineage) | {0}) + 1
+        ends[mother] = f - 1
+        for daughter, part in zip((a, a + 1), parts):
+            lineage[daughter], starts[daughter] = mother, f
+            result = tracker.add_mask(f, daughter, part)
+        return outside_tracks_dropped(result, starts, ends), True
+
+    def run(start, d):
+        return tracker.propagate(start_frame=start, direction=d)
 
     first = min(tracker.prompt_frames())
-    start, skip = first, False
-    while True:
-        resume = None
-        for result in tracker.propagate(start_frame=start, direction="forward"):
-            f = result.frame_idx
-            if skip and f == start:
-                continue
-            skip = False
-            result = kept(result)
-            found = find_division(result, tracker.prompt_frames, min_share)
-            if found is not None:
-                mother, parts = found
-                a = max(set(tracker.obj_ids) | set(lineage) | {0}) + 1
-                ends[mother] = f - 1
-                for d, part in zip((a, a + 1), parts):
-                    lineage[d], starts[d] = mother, f
-                    result = tracker.add_mask(f, d, part)
-                yield kept(result)
-                resume = f
-                break
-            yield result
-        if resume is None:
-            break
-        start, skip = resume, True
-    if first > 0:
-        for result in tracker.propagate(start_frame=first, direction="backward"):
-            if result.frame_idx != first:
-                yield kept(result)
+    return restarting_propagation(run, first, "both" if first > 0 else "forward", visit)
 
 
 def run_batch(inputs: Sequence[Union[str, Path]], recipe_dir: Union[str, Path], out_dir: Union[str, Path],

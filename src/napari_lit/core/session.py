@@ -188,6 +188,52 @@ def find_division(result: FrameResult, prompt_frames, min_share: float, mother_a
     return None
 
 
+
+def restarting_propagation(propagate, start_frame: int, direction: str, visit) -> Iterator[FrameResult]:
+    """Propagate and start again from a frame where ``visit`` changed the prompts.
+
+    The loop behind the division rule and self-applied learning: each result of
+    ``propagate(start_frame, d)`` goes through ``visit``; when it asks for a restart (a new
+    prompt on that frame, so SAM2's later frames are stale) propagation starts again from
+    that frame in the same direction, which is not yielded twice. ``direction="both"`` runs
+    forward, then backward from ``start_frame`` (whose frame is not yielded again).
+
+    Parameters
+    ----------
+    propagate : callable
+        ``(start_frame, direction) -> Iterator[FrameResult]``, e.g. a bound
+        :meth:`Tracker.propagate` with its other arguments fixed.
+    start_frame : int
+    direction : {"forward", "backward", "both"}
+    visit : callable
+        ``(result, direction, fresh) -> (result_to_yield, restart)``; ``fresh`` is True for the
+        first result of each call of ``propagate`` (state measured along a run, such as
+        entropy jumps, starts again there).
+
+    Yields
+    ------
+    FrameResult
+        What ``visit`` returned, one per frame and run.
+    """
+    for d in (["forward", "backward"] if direction == "both" else [direction]):
+        start, skip_start = int(start_frame), d == "backward" and direction == "both"
+        while True:
+            resume, fresh = None, True
+            for result in propagate(start, d):
+                if skip_start and result.frame_idx == start:  # yielded already
+                    continue
+                skip_start = False
+                result, restart = visit(result, d, fresh)
+                fresh = False
+                yield result
+                if restart:
+                    resume = result.frame_idx
+                    break
+            if resume is None:
+                break
+            start, skip_start = resume, True
+
+
 #: Frames re-run before the first missing frame when propagation resumes in a new process
 #: without the session folder's memory mirror, so SAM2's memory (its last 6 frames and the
 #: object pointers) is rebuilt first (approximately).
@@ -1071,45 +1117,37 @@ class LitSession:
             if not prompted:
                 raise ValueError("no object has a prompt yet: add points, a box or a mask first")
             start_frame = prompted[0]
-        for d in (["forward", "backward"] if direction == "both" else [direction]):
-            start, skip_start = int(start_frame), d == "backward" and direction == "both"
-            while True:
-                previous: Dict[int, float] = {}  # entropy jumps are measured from the restart on
-                resume = None
-                for result in self.tracker.propagate(start_frame=start, direction=d, memory_gate=tau_m):
-                    f = result.frame_idx
-                    if skip_start and f == start:  # written already
-                        continue
-                    skip_start = False
-                    result = self._ended_dropped(result)
-                    if divisions is not None and d == "forward":
-                        split = self._division_at(result, divisions, division_growth)
-                        if split is not None:  # divided: the daughters' prompts wrote the frame
-                            yield split
-                            resume = f
-                            break
-                    for k, h in zip(result.obj_ids, result.masked_entropy()):
-                        k, h = int(k), float(h)
-                        if tau_u is None:
-                            break
-                        if k in previous and h - previous[k] >= tau_u:
-                            adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
-                            if adapted is not None:
-                                own = result.mask(k)
-                                prompt = {"kind": "mask", "mask": adapted}
-                                result = self._apply_prompt(f, k, prompt)
-                                result.replaced = {k: own}
-                                self._log_prompt(f, k, prompt, None, auto=True)
-                                self.auto_applied.append((f, k))
-                                resume = f
-                                break
-                        previous[k] = h
-                    yield self._write(result)
-                    if resume is not None:
-                        break
-                if resume is None:
-                    break
-                start, skip_start = resume, True
+        previous: Dict[int, float] = {}  # entropy jumps are measured from each (re)start on
+
+        def visit(result, d, fresh):
+            if fresh:
+                previous.clear()
+            f = result.frame_idx
+            result = self._ended_dropped(result)
+            if divisions is not None and d == "forward":
+                split = self._division_at(result, divisions, division_growth)
+                if split is not None:  # divided: the daughters' prompts wrote the frame
+                    return split, True
+            if tau_u is not None:
+                for k, h in zip(result.obj_ids, result.masked_entropy()):
+                    k, h = int(k), float(h)
+                    if k in previous and h - previous[k] >= tau_u:
+                        adapted = self_applied_prediction(self.tracker, self.adapter, f, k, h)
+                        if adapted is not None:
+                            own = result.mask(k)
+                            prompt = {"kind": "mask", "mask": adapted}
+                            result = self._apply_prompt(f, k, prompt)
+                            result.replaced = {k: own}
+                            self._log_prompt(f, k, prompt, None, auto=True)
+                            self.auto_applied.append((f, k))
+                            return self._write(result), True
+                    previous[k] = h
+            return self._write(result), False
+
+        def run(start, d):
+            return self.tracker.propagate(start_frame=start, direction=d, memory_gate=tau_m)
+
+        yield from restarting_propagation(run, start_frame, direction, visit)
 
     def _division_at(self, result: FrameResult, min_share: float,
                      max_growth: Optional[float] = None) -> Optional[FrameResult]:
