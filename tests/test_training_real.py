@@ -658,7 +658,7 @@ def test_real_schedule_trains_three_steps_and_selects_on_real_validation(tiny_ro
 
     cfg = _real_cfg(tiny_root, steps=3, image_size=256, val_every=3, val_clips=4, log_every=1,
                     select="val_real_mix", lr=1e-3, warmup=0, skip_image_stage=True, threads=1)
-    records = list(train(tmp_path / "run", cfg, init_weights=LIT_TINY_WEIGHTS))
+    records = list(train(tmp_path / "run", cfg, init_weights=LIT_TINY_WEIGHTS, keep_dir=tmp_path / "kept"))
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["core_loss"]) for r in records)
     val = records[-1]
@@ -671,6 +671,14 @@ def test_real_schedule_trains_three_steps_and_selects_on_real_validation(tiny_ro
     after = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)["model"]
     key = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
     assert not torch.allclose(before[key].float(), after[key].float())
+    # what a later session goes on from: the log, the config and best.pt's weights in float16
+    kept = tmp_path / "kept"
+    assert (kept / "log.jsonl").read_text() == (tmp_path / "run" / "log.jsonl").read_text()
+    assert json.loads((kept / "config.json").read_text()) == saved
+    weights = torch.load(kept / "best-weights.pt", map_location="cpu", weights_only=False)
+    assert weights["meta"]["step"] == 3 and set(weights["model"]) == set(after)
+    assert weights["model"][key].dtype == torch.float16
+    assert torch.allclose(weights["model"][key].float(), after[key].float(), atol=1e-3, rtol=1e-3)
 
 
 def test_train_model_cli_takes_train_data_and_data(tiny_root, tmp_path, monkeypatch):
@@ -679,12 +687,13 @@ def test_train_model_cli_takes_train_data_and_data(tiny_root, tmp_path, monkeypa
     seen = {}
 
     def fake_train(run_dir, cfg, **kwargs):
-        seen["cfg"] = cfg
+        seen["cfg"], seen["keep_dir"] = cfg, kwargs.get("keep_dir")
         return iter(())
 
     monkeypatch.setattr(recipe, "train", fake_train)
     assert recipe.main([str(tmp_path / "run"), "--schedule", "real", "--train-data", str(tiny_root),
-                        "--data", "commercial-ok", "--select", "val_real_mix"]) == 0
+                        "--data", "commercial-ok", "--select", "val_real_mix", "--keep", str(tmp_path / "k")]) == 0
+    assert seen["keep_dir"] == str(tmp_path / "k")
     cfg = seen["cfg"]
     assert (cfg.schedule, cfg.train_data, cfg.data, cfg.select) == ("real", str(tiny_root), "commercial-ok",
                                                                    "val_real_mix")

@@ -654,8 +654,37 @@ def export_weights(checkpoint: Path, out: Path, half: bool = True) -> Path:
     return out
 
 
+
+def keep_run(run_dir: Path, keep_dir: Path) -> Path:
+    """Copy what a run needs to go on in a later session into ``keep_dir``, a folder git tracks.
+
+    ``config.json`` and ``log.jsonl`` as they are, and ``best.pt``'s weights alone as
+    ``best-weights.pt`` (:func:`export_weights`: float16, the optimizer state left out). A new
+    session's checkout holds only what has landed (``runs/`` is ignored), so a run goes on
+    from there as a new run warm-started from ``best-weights.pt`` (``--init-weights``).
+
+    Returns
+    -------
+    Path
+        ``keep_dir``.
+    """
+    import shutil
+
+    run_dir, keep_dir = Path(run_dir), Path(keep_dir)
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "log.jsonl"):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, keep_dir / name)
+    best = run_dir / "best.pt"
+    if best.exists():
+        out = keep_dir / "best-weights.pt"
+        if not out.exists() or out.stat().st_mtime < best.stat().st_mtime:
+            export_weights(best, out)
+    return keep_dir
+
 def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device: str = "cpu",
-          init_weights=None, max_minutes: Optional[float] = None) -> Iterator[Dict[str, float]]:
+          init_weights=None, max_minutes: Optional[float] = None,
+          keep_dir=None) -> Iterator[Dict[str, float]]:
     """Train (or resume) a run; a generator yielding one log record per logged step.
 
     Parameters
@@ -673,6 +702,9 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
         Weights (``{"model": ...}``) to start a new run from, e.g. the shipped lit-tiny.
     max_minutes : float, optional
         Stop (after saving) when this much wall time has passed.
+    keep_dir : path, optional
+        After each validation and at the end, :func:`keep_run` copies the run's log, config and
+        best weights here (a folder git tracks, so that the run outlives the session's checkout).
 
     Yields
     ------
@@ -861,12 +893,16 @@ def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device:
             if record is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if val is not None and keep_dir is not None:
+                    keep_run(run_dir, keep_dir)
                 yield record
             if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
                 break
     finally:
         save()
         log.close()
+        if keep_dir is not None:
+            keep_run(run_dir, keep_dir)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -904,6 +940,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--export", default=None, help="after training, write best weights here (fp16)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="after each validation, copy log, config and best weights (fp16) to DIR, a folder "
+                        "git tracks (e.g. docs/training-runs/NAME), so the run outlives this checkout")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import signal
@@ -918,7 +957,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        select=args.select, warmup=args.warmup, data_workers=args.data_workers,
                        clips_scale=args.clips_scale, train_data=args.train_data, data=args.data)
     for rec in train(args.run_dir, cfg, device=args.device, init_weights=args.init_weights,
-                     max_minutes=args.max_minutes):
+                     max_minutes=args.max_minutes, keep_dir=args.keep):
         logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
     if args.export:
         src = Path(args.run_dir) / "best.pt"
