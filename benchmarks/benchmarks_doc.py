@@ -180,6 +180,7 @@ def corrections_section(results: Path, docs: Path) -> str:
             f"lit {lit['mean_j']:.3f}; adaptation per correction median {lit['median_adapt_ms'] or 0:.0f} ms, "
             f"p95 {lit['p95_adapt_ms'] or 0:.0f} ms. Robustness R@tau of the model's own predictions "
             f"(Lazy-XMem eq. 7): frozen {_fmt_r(frozen)}; lit {_fmt_r(lit)}.\n")
+        parts.append(time_ratio_part(lit))
         kinds = []
         for label, r in (("frozen", frozen), ("lit", lit)):
             by = {}
@@ -205,6 +206,25 @@ def corrections_section(results: Path, docs: Path) -> str:
         plot_corrections([frozen, lit], seq, png, labels=["frozen SAM2", "LIT-LoRA"])
         parts.append(f"\n![per-frame IoU and corrections, {seq}, tau {tau}]({png.name})\n")
     return "\n".join(p for p in parts if p)  # a part without its results adds no blank line
+
+
+
+def time_ratio_part(lit: dict) -> str:
+    """Issue 26 (c): median adaptation per correction against tracking 10 frames, per sequence,
+    both timed in the lit run itself (absent from results written before it was recorded)."""
+    ratios = lit.get("adapt_vs_10_frames")
+    if not ratios or not ratios.get("all"):
+        return ""
+    worst = max(((r["ratio"], name) for name, r in ratios.items() if name != "all" and r), default=None)
+    a = ratios["all"]
+    machine = lit.get("machine", {})
+    text = (f"\nAdaptation time against tracking time, in this run ({machine.get('cpu', 'this machine')}, "
+            f"{machine.get('torch_threads', '?')} torch threads): median {a['median_adapt_ms']:.0f} ms per "
+            f"correction, {a['median_frame_ms']:.0f} ms per tracked frame, so one correction costs the time of "
+            f"{a['ratio'] * 10:.1f} frames (issue 26's target: at most 10; LIT: about 45 on an A100)")
+    if worst is not None:
+        text += f"; per sequence at most {worst[0] * 10:.1f} frames ({worst[1]})"
+    return text + ".\n"
 
 
 def ceiling_part(results: Path, tau: float) -> str:

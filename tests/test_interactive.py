@@ -98,6 +98,8 @@ def test_unreachable_tau_corrects_every_frame_up_to_budget(setup, method):
         assert res["j"][e["frame"]] == pytest.approx(1.0)
         assert res["model_j"][e["frame"]] == pytest.approx(e["iou_before"])  # before the correction
     assert len(res["adapt_ms"]) == (0 if method == "frozen" else 3)
+    # each tracked frame timed once (the prompt and the corrected frames are not tracked again)
+    assert len(res["frame_ms"]) == len(res["j"]) - 1 - res["prompt_frame"] and min(res["frame_ms"]) > 0
     # diagnostics: how well the adapter learned each correction, and what the adapted
     # prediction tried first scored (lit only, from the second event: an adapter exists)
     if method == "frozen":
@@ -240,6 +242,12 @@ def test_benchmark_json_for_interactive_methods(tmp_path, predictor, clip):
         assert len(e["adapt_ms"]) == e["corrections"]
         assert len(e["j"]) == len(labels)
     assert res["median_adapt_ms"] > 0
+    # issue 26 (c): adaptation per correction against tracking 10 frames, from the same run
+    ratio = res["adapt_vs_10_frames"]
+    assert set(ratio) == {"synth-zstack", "all"}
+    assert ratio["all"]["median_adapt_ms"] == pytest.approx(res["median_adapt_ms"])
+    assert ratio["all"]["median_frame_ms"] == pytest.approx(res["median_frame_ms"]) and res["median_frame_ms"] > 0
+    assert ratio["all"]["ratio"] == pytest.approx(res["median_adapt_ms"] / (10 * res["median_frame_ms"]))
 
 
 def test_correction_reports(tmp_path, predictor, clip):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -207,6 +208,18 @@ def _oracle_choice(session, frame_idx: int, obj_id: int, own, truth):
     return adapted if adapted.any() and jaccard(adapted, truth) > jaccard(own, truth) else None
 
 
+
+def _timed(results):
+    """``(result, ms)`` for each item of the generator ``results``: the wall time spent
+    inside it to produce the item (what the caller does between items is not counted)."""
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(results)
+        except StopIteration:
+            return
+        yield item, 1000 * (time.perf_counter() - t)
+
 def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
                     backward: bool = False, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:
@@ -244,7 +257,8 @@ def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: f
     dict
         ``prompt_frame``, ``corrections``, ``clicks`` (correction clicks plus the initial
         click for ``init="click"``), ``adapter_accepts``, ``adapt_ms`` (list, one per
-        training), ``events`` (list of ``{frame, kind, iou_before, iou_after}``; a correction
+        training), ``frame_ms`` (list: wall time in ms the session took to track and write
+        each propagated frame, the simulated user's scoring left out), ``events`` (list of ``{frame, kind, iou_before, iou_after}``; a correction
         also has ``iou_adapted``, the IoU of the adapted prediction tried first and not
         accepted, when the object had an adapter, and ``adapter_fit``, the best IoU with
         which the adapter reproduced it at the decoder's resolution, when it learned
@@ -282,6 +296,7 @@ def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: f
     model_j = np.full(len(gt), np.nan)
     clicks, final[t0] = _prompt(session, t0, obj_id, gt[t0], init)
     corrections, accepts, adapt_ms, events, auto = 0, 0, [], [], 0
+    frame_ms = []
     gate = tau_m if method in AUTO_METHODS else None
     self_applied = tau_u if method == "lit-auto" else None  # the session's own rule
     out_of_memory = set()
@@ -309,8 +324,10 @@ def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: f
             stopped_at, oracle = None, None
             gen = session.propagate(start_frame=start, direction=direction, tau_u=self_applied, tau_m=gate)
             try:
-                for result in gen:
+                for result, ms in _timed(gen):
                     f = result.frame_idx
+                    if f != start:  # the time the session took to track (and write) this frame
+                        frame_ms.append(ms)
                     if f == start:  # the prompt or corrected frame: keep what the user gave
                         continue
                     if obj_id in result.out_of_memory:
@@ -396,6 +413,7 @@ def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: f
         "clicks": clicks,
         "adapter_accepts": accepts,
         "adapt_ms": adapt_ms,
+        "frame_ms": frame_ms,
         "events": events,
         "j": j.tolist(),
         "f": fm.tolist(),

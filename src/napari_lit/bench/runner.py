@@ -351,6 +351,42 @@ def machine_info() -> Dict[str, object]:
             "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
+
+def adaptation_ratio(entries: Sequence[Dict]) -> Dict[str, Optional[Dict[str, float]]]:
+    """Median adaptation time per correction over the time to propagate 10 frames, per sequence.
+
+    Issue 26 (c), after LIT's "about 45 frames" (~0.5 s per correction against SAM2.1's
+    ~11 ms per frame): both times come from the same run on the same machine.
+
+    Parameters
+    ----------
+    entries : sequence of dict
+        Per-object results of an interactive method, with ``name``, ``adapt_ms`` and
+        ``frame_ms`` (lists, ms).
+
+    Returns
+    -------
+    dict
+        Sequence name -> ``{"median_adapt_ms", "median_frame_ms", "ratio"}`` (ratio: median
+        adaptation / (10 x median frame time); <= 1 meets the target), and ``"all"`` over
+        every entry; a value is None where the sequence had no adaptation or no tracked frame.
+    """
+    groups: Dict[str, List[Dict]] = {}
+    for e in entries:
+        groups.setdefault(e["name"], []).append(e)
+
+    def ratio(es):
+        a = [ms for e in es for ms in e.get("adapt_ms", ())]
+        f = [ms for e in es for ms in e.get("frame_ms", ())]
+        if not a or not f:
+            return None
+        ma, mf = float(np.median(a)), float(np.median(f))
+        return {"median_adapt_ms": ma, "median_frame_ms": mf, "ratio": ma / (10 * mf)}
+
+    out = {name: ratio(es) for name, es in groups.items()}
+    out["all"] = ratio(list(entries))
+    return out
+
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
                   model: str = "lit-tiny", config=None, device: str = "auto",
                   sequences: Optional[Sequence[str]] = None, predictor=None,
@@ -436,12 +472,13 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
         :func:`score_object`). Objects absent
         from every frame are skipped with a warning. Interactive methods add ``tau``,
         ``max_corrections``, ``total_corrections``, ``total_clicks``, ``adapter_accepts``,
-        ``median_adapt_ms``, ``p95_adapt_ms``, ``robustness`` (R@0.1, R@0.25, R@0.5 of the
+        ``median_adapt_ms``, ``p95_adapt_ms``, ``median_frame_ms`` and ``adapt_vs_10_frames``
+        (:func:`adaptation_ratio`), ``robustness`` (R@0.1, R@0.25, R@0.5 of the
         model's own predictions), ``adapter`` (its settings; None for ``frozen``),
         ``workload`` (NoC, IDI in frames, ACI of Lazy-XMem sec. 4.2; user prompts only),
         ``auto_applied``, ``tau_u``, ``tau_m`` and ``out_of_memory`` (``-auto`` methods) at the
-        top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` (list) and
-        ``events`` per entry; with ``j_at_k``, ``j_at_k`` (list of k + 1 floats) per entry
+        top level and ``corrections``, ``clicks``, ``adapter_accepts``, ``adapt_ms`` and
+        ``frame_ms`` (lists) and ``events`` per entry; with ``j_at_k``, ``j_at_k`` (list of k + 1 floats) per entry
         and its mean over the entries at the top level.
 
     Raises
@@ -616,6 +653,7 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
                             if entries else None)
     if interactive:
         adapt_ms = [ms for e in entries for ms in e["adapt_ms"]]
+        frame_ms = [ms for e in entries for ms in e["frame_ms"]]
         result.update({
             "tau": tau,
             "max_corrections": max_corrections,
@@ -624,6 +662,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
             "adapter_accepts": int(sum(e["adapter_accepts"] for e in entries)),
             "median_adapt_ms": float(np.median(adapt_ms)) if adapt_ms else None,
             "p95_adapt_ms": float(np.percentile(adapt_ms, 95)) if adapt_ms else None,
+            # issue 26 (c): adaptation per correction against propagating 10 frames, same run
+            "median_frame_ms": float(np.median(frame_ms)) if frame_ms else None,
+            "adapt_vs_10_frames": adaptation_ratio(entries),
             # R@tau of the model's own predictions (the final masks are >= tau by construction)
             "robustness": robustness([e["model_j"] for e in entries], presence),
             "adapter": dataclasses.asdict(adapter_config) if method in LEARNING_METHODS else None,
