@@ -208,7 +208,6 @@ def corrections_section(results: Path, docs: Path) -> str:
     return "\n".join(p for p in parts if p)  # a part without its results adds no blank line
 
 
-
 def time_ratio_part(lit: dict) -> str:
     """Issue 26 (c): median adaptation per correction against tracking 10 frames, per sequence,
     both timed in the lit run itself (absent from results written before it was recorded)."""

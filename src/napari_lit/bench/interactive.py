@@ -208,7 +208,6 @@ def _oracle_choice(session, frame_idx: int, obj_id: int, own, truth):
     return adapted if adapted.any() and jaccard(adapted, truth) > jaccard(own, truth) else None
 
 
-
 def _timed(results):
     """``(result, ms)`` for each item of the generator ``results``: the wall time spent
     inside it to produce the item (what the caller does between items is not counted)."""

@@ -351,7 +351,6 @@ def machine_info() -> Dict[str, object]:
             "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
-
 def adaptation_ratio(entries: Sequence[Dict]) -> Dict[str, Optional[Dict[str, float]]]:
     """Median adaptation time per correction over the time to propagate 10 frames, per sequence.
 

@@ -188,7 +188,6 @@ def find_division(result: FrameResult, prompt_frames, min_share: float, mother_a
     return None
 
 
-
 def restarting_propagation(propagate, start_frame: int, direction: str, visit) -> Iterator[FrameResult]:
     """Propagate and start again from a frame where ``visit`` changed the prompts.
 

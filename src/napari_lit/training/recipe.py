@@ -654,7 +654,6 @@ def export_weights(checkpoint: Path, out: Path, half: bool = True) -> Path:
     return out
 
 
-
 def keep_run(run_dir: Path, keep_dir: Path) -> Path:
     """Copy what a run needs to go on in a later session into ``keep_dir``, a folder git tracks.
 
