@@ -41,8 +41,14 @@ def main(argv=None) -> int:
     ax1.plot(steps, [r["val_track_j"] for r in val], "o-", label="tracking from a mask (lit-tiny)")
     ax1.plot(steps, [r["val_static_j"] for r in val], "--", label="static baseline (repeat the mask)")
     ax1.plot(steps, [r["val_click2_j"] for r in val], "s-", label="2 clicks, single frame")
-    ax1.set(xlabel="step", ylabel="mean J on held-back generated clips", ylim=(0, 1),
-            title="validation")
+    real = [r for r in val if "val_real_track_j" in r]
+    if real:  # the held-back real clips (the `real` schedule), and the selection score
+        rs = [r["step"] for r in real]
+        ax1.plot(rs, [r["val_real_track_j"] for r in real], "o-", label="real clips: tracking from a mask")
+        ax1.plot(rs, [r["val_real_static_j"] for r in real], "--", label="real clips: static baseline")
+        ax1.plot(rs, [r["val_real_mix"] for r in real], "^-", label="val_real_mix (selects best.pt)")
+    ax1.set(xlabel="step", ylabel="mean J on held-back clips", ylim=(0, 1),
+            title="validation (generated; real where logged)")
     ax1.legend(fontsize=8)
     ax2.plot([r["step"] for r in train], [r["loss_dice"] for r in train], label="dice")
     ax2.plot([r["step"] for r in train], [r["loss_mask"] for r in train], label="focal")
