@@ -219,6 +219,7 @@ def _timed(results):
             return
         yield item, 1000 * (time.perf_counter() - t)
 
+
 def simulate_object(gt, session, method: str = "lit", init: str = "mask", tau: float = 0.5,
                     max_corrections: Optional[int] = None, obj_id: int = 1,
                     backward: bool = False, tau_u: float = DEFAULT_TAU_U, tau_m: float = DEFAULT_TAU_M) -> Dict:

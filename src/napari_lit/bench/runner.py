@@ -386,6 +386,7 @@ def adaptation_ratio(entries: Sequence[Dict]) -> Dict[str, Optional[Dict[str, fl
     out["all"] = ratio(list(entries))
     return out
 
+
 def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: str = "mask",
                   model: str = "lit-tiny", config=None, device: str = "auto",
                   sequences: Optional[Sequence[str]] = None, predictor=None,

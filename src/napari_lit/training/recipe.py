@@ -681,6 +681,7 @@ def keep_run(run_dir: Path, keep_dir: Path) -> Path:
             export_weights(best, out)
     return keep_dir
 
+
 def train(run_dir, cfg: Optional[RecipeConfig] = None, config_path=None, device: str = "cpu",
           init_weights=None, max_minutes: Optional[float] = None,
           keep_dir=None) -> Iterator[Dict[str, float]]:
