@@ -27,9 +27,7 @@ def main(argv=None) -> int:
     import torch
 
     from _generated import calibration_parser, hard_clips
-    from napari_lit.bench.interactive import simulate_object
-    from napari_lit.core import Tracker
-    from napari_lit.core.adaptation import DecoderAdapter
+    from napari_lit.bench.interactive import object_session, simulate_object
     from napari_lit.models import load_predictor
 
     args = calibration_parser(__doc__, clips=16, seed=4321,
@@ -37,17 +35,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     predictor = load_predictor("lit-tiny", device="cpu")
-    adapter = DecoderAdapter(predictor)
     clips = hard_clips(args.seed, args.clips, args.frames, kinds=args.kinds)
 
     def total(method, **kw):
         corrections, j = 0, []
         for frames, gt in clips:
-            tracker = Tracker(predictor, frames, record_decoder_inputs=True)
-            torch.manual_seed(0)
-            res = simulate_object(gt, tracker, adapter if method == "lit-auto" else None, method, "mask",
-                                  tau=0.5, **kw)
-            tracker.close()
+            # a fresh session per clip, as the benchmark runs each object (learning on for lit-auto)
+            with object_session(predictor, frames, method) as session:
+                torch.manual_seed(0)
+                res = simulate_object(gt, session, method, "mask", tau=0.5, **kw)
             corrections += res["corrections"]
             j.append(res["mean_j"])
         return {"corrections": corrections, "mean_j": float(np.mean(j))}

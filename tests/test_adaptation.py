@@ -52,7 +52,10 @@ def test_record_budget_evicts_oldest(predictor, clip):
 def test_training_learns_the_correction_and_leaves_sam2_frozen(session, predictor):
     tracker, adapter, obj, labels, frozen = session
     base_before = {k: v.clone() for k, v in predictor.sam_mask_decoder.state_dict().items()}
-    target = labels[3] == obj
+    # a correction the frozen model does not give: the user paints the nucleus 3 px wider (its
+    # halo included); the frozen lit-tiny already tracks the bare nucleus at IoU ~0.97 here
+    from scipy import ndimage
+    target = ndimage.binary_dilation(labels[3] == obj, iterations=3)
     inputs = tracker.decoder_inputs(3, obj)
     steps = list(adapter.train(obj, inputs, target))
     assert 1 <= len(steps) <= 40 and [s.step for s in steps] == list(range(1, len(steps) + 1))
@@ -266,8 +269,11 @@ def test_training_with_the_loss_on_resized_logits(session):
     tracker, adapter, obj, labels, frozen = session
     side = max(labels.shape[1:]) // 2
     adapter.config.loss_side = side
-    adapter.config.target_iou = 1.0  # SAM2's own mask is already close: train all steps
-    inputs, target = tracker.decoder_inputs(3, obj), labels[3] == obj
+    adapter.config.target_iou = 1.0  # train all steps
+    from scipy import ndimage
+    # a correction the frozen model does not give (the nucleus with its halo, as above)
+    inputs = tracker.decoder_inputs(3, obj)
+    target = ndimage.binary_dilation(labels[3] == obj, iterations=3)
     grid = DecoderAdapter.target_tensor(inputs, target, side)
     assert max(grid.shape[-2:]) == side and grid.shape[-2:] != inputs["image_embeddings"].shape[-2:]
     low, _, _ = adapter.predict_frozen(inputs)

@@ -345,6 +345,9 @@ def test_ctc_metrics_of_a_tracked_division(dividing, predictor, tmp_path):
     tracked = ctc_scores(labels, parents, seq)
     assert tracked["valid"] and tracked["TRA"] > 0.9 and tracked["DET"] > 0.9 and tracked["SEG"] > 0.7
     assert ctc_scores(gt, {}, seq)["TRA"] < 1.0  # the true masks without the lineage: TRA counts the links
+    # a daughter the overlap resolution left in no frame (object 100): scored, not refused
+    lost = ctc_scores(gt, {2: 1, 3: 1, 100: 4}, seq)
+    assert lost["valid"] and lost["TRA"] == pytest.approx(perfect["TRA"]) and lost["divisions"] == 1
     flow_labels, flow_parents = track_cells(predictor, seq, zoom="off", method="flow")
     assert flow_labels.shape == gt.shape and (flow_labels[9] > 0).any()
     assert set(flow_parents.values()) <= {1}  # the rule on warped masks: at most the one division

@@ -226,10 +226,14 @@ def ctc_scores(labels, parents: Dict[int, int], seq, metrics=CTC_METRICS) -> Dic
 
     with tempfile.TemporaryDirectory(prefix="napari-lit-ctc-") as tmp:
         gt = ctc_ground_truth(seq, Path(tmp) / "GT")
-        graph = track_graph(labels, parents)
+        # a daughter whose mask the overlap resolution gave wholly to her neighbours is in no
+        # frame: she has no track (counted as missed by the metrics) rather than no result
+        graph = track_graph(labels, parents, missing="drop")
         res = write_ctc(labels, Path(tmp) / "RES", graph=graph)
         valid = validate_sequence(str(res), threads=1)
         scores = evaluate_sequence(str(res), str(gt), list(metrics), threads=1)
     out = {m: (None if scores.get(m) is None else float(scores[m])) for m in metrics}
-    out.update(valid=bool(valid.get("Valid", 0)), tracks=len(graph.segments), divisions=len(parents) // 2)
+    tracked = {n["label"] for n in graph.nodes}
+    out.update(valid=bool(valid.get("Valid", 0)), tracks=len(graph.segments),
+               divisions=len({m for k, m in parents.items() if k in tracked}))
     return out

@@ -33,14 +33,15 @@ __all__ = ["DEFAULT_DILATION", "model_temperature", "DEFAULT_TAU_U", "DEFAULT_TA
 DEFAULT_DILATION = 0.25
 """Dilation radius as a fraction of the object's equivalent radius sqrt(area / pi).
 Chosen on generated sequences by ``benchmarks/uncertainty_calibration.py`` at lit-tiny's fitted
-temperature (median Spearman correlation of -entropy with IoU over 60 objects: 0.53 with 0.25,
-0.53 with 0.1, 0.52 with 0.5, 0.48 with 0, 0.45 with 1.0)."""
+temperature (refit for the v2 weights; median Spearman correlation of -entropy with IoU over 60
+objects at T = 2.748: 0.34 with 0.25, 0.30 with 0, 0.29 with 0.1, 0.28 with 0.5, 0.24 with 1.0)."""
 
-DEFAULT_TAU_M = 0.6
+DEFAULT_TAU_M = 0.4
 """Masked entropy above which a tracked frame is kept out of SAM2's memory (Lazy-XMem's
 uncertainty-driven memory update; ``frozen-auto``, ``lit-auto``); chosen on generated
-sequences by ``benchmarks/auto_thresholds.py`` at lit-tiny's calibrated temperature (fewest
-corrections of 0.2 to 0.6 and no gate: 29 with 0.6, 30-31 with 0.2-0.5, 37 without a gate)."""
+sequences by ``benchmarks/auto_thresholds.py`` at lit-tiny's calibrated temperature, refit for
+the v2 weights (fewest corrections of 0.2 to 0.6 and no gate, ties to the gate that keeps out
+fewest frames: 33 with 0.2-0.4, 36 with 0.5-0.6, 35 without a gate; the v1 weights chose 0.6)."""
 
 DEFAULT_TAU_U = 0.05
 """Masked-entropy jump from the previous frame that makes self-applied learning (``lit-auto``)
