@@ -687,27 +687,17 @@ def length_norm_part(results: Path) -> str:
         worse = sum(b[k] < a[k] for k in both)
         parts.append(f"| {names[key]} | {area['median_spearman']:.2f} | {length['median_spearman']:.2f} | "
                      f"{better} / {worse} |")
-    f = results / "uncertainty_calibration_rerun.json"
-    rerun = json.loads(f.read_text()) if f.is_file() else None
-    if rerun is not None and rerun.get("per_length_at_best_ratio"):
-        best = str(rerun["best_ratio"])
+    f = results / "uncertainty_calibration.json"
+    cal = json.loads(f.read_text()) if f.is_file() else None
+    if cal is not None and cal.get("per_length_at_best_ratio"):
+        best = str(cal["best_ratio"])
+        area, length = cal["ratios"][best]["median_spearman"], cal["per_length_at_best_ratio"]["median_spearman"]
         parts.append(
-            f"\nOn {rerun['clips']} generated clips (`python benchmarks/uncertainty_calibration.py --clips "
-            f"{rerun['clips']} --out benchmarks/results/uncertainty_calibration_rerun.json`) the two tie: "
-            f"median Spearman {rerun['ratios'][best]['median_spearman']:.2f} per area, "
-            f"{rerun['per_length_at_best_ratio']['median_spearman']:.2f} per length (T = "
-            f"{rerun['temperature']}, dilation {best}). Per length lifts the mask-prompt, one-object figure "
-            "over issue 5's 0.5 but not the objects-together or click figures, and per object it "
-            "helps about two objects in three: a direction for the uncertainty, not a settled "
-            "improvement.\n")
-        parts.append(
-            f"That rerun also shows the calibration drifting: the generated clips behind the shipped "
-            f"temperature (2.61) and dilation (0.25) have changed since (the `photo` kind joined the "
-            f"cycle of scene kinds, and without it the clips still fit T = 2.70: the generator's own "
-            f"changes since then count too), and today's clips fit T = {rerun['temperature']} and "
-            f"dilation {best}. "
-            "A refit (with `benchmarks/auto_thresholds.py` and the dev reruns) belongs with the next "
-            "change of weights.\n")
+            f"\nOn the {cal['clips']} generated calibration clips (`benchmarks/uncertainty_calibration.py`, "
+            f"T = {cal['temperature']}, dilation {best}): median Spearman {area:.2f} per area, {length:.2f} "
+            f"per length: " + ("per area ranks frames better there." if area > length + 0.02 else
+                               "per length ranks frames better there." if length > area + 0.02 else
+                               "the two tie there.") + "\n")
     return "\n".join(parts)
 
 
@@ -1023,6 +1013,33 @@ def gpu_section(results: Path) -> str:
     return "\n".join(parts)
 
 
+def weights_part(results: Path) -> str:
+    """Which weights made which results: the shipped lit-tiny's SHA-256 against the one each
+    result records (``weights_sha256``; results written before it was recorded have none)."""
+    import hashlib
+
+    weights = Path(__file__).resolve().parents[1] / "src" / "napari_lit" / "models" / "weights" / "lit_tiny.pt"
+    shipped = hashlib.sha256(weights.read_bytes()).hexdigest()
+    now, other = [], []
+    for f in sorted(results.rglob("*.json")):
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or r.get("model") != "lit-tiny" or f.parent.name == "candidates":
+            continue  # (candidate weights are set beside the shipped ones in training.md)
+        (now if r.get("weights_sha256") == shipped else other).append(f.relative_to(results).as_posix())
+    if not now:
+        return ""
+    return (f"Weights: the shipped `lit-tiny` v2 (SHA-256 `{shipped[:8]}...{shipped[-8:]}`, run R3, "
+            f"[training.md](training.md)) made {len(now)} of the {len(now) + len(other)} lit-tiny results "
+            "below (each result records its weights' SHA-256): "
+            + ", ".join(f"`{n}`" for n in now)
+            + ". **Every other lit-tiny table was measured with earlier weights (v1, run E) and waits for "
+            "a rerun**; where this page compares a rerun figure with an older one, the two come from "
+            "different weights.\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default="benchmarks/results")
@@ -1036,8 +1053,9 @@ def main(argv=None) -> int:
             f"evaluation sequences in `{DATA}` (never used for training). `bash benchmarks/dev_benchmarks.sh` "
             "reruns everything and rewrites this page. Since issue 23 the model sees each small object "
             "through its own window (object-centred zoom, the default); results measured before it are "
-            "the whole-frame view, and their commands say `--zoom off`: the correction, self-applied "
-            "learning and ablation tables have not been rerun with the zoom yet.\n",
+            "the whole-frame view, and their commands say `--zoom off` (the ablation tables; the "
+            "correction, self-applied learning and scope tables were rerun with the zoom and v2).\n",
+            weights_part(results),
             tracking_section(results, docs), corrections_section(results, docs), scope_section(results, docs),
             auto_section(results),
             ablation_section(results),

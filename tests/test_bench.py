@@ -179,7 +179,7 @@ def test_static_mask_equals_repeated_gt_and_loads_no_model(data_dir, no_model):
     from PIL import Image
 
     res = run_benchmark(data_dir, "static", "mask", progress=False)
-    assert res["model"] is None
+    assert res["model"] is None and res["weights_sha256"] is None
     labels = {"cells-tiff": tifffile.imread(data_dir / "cells-tiff" / "labels.tif")}
     labels["davis-synth"] = np.stack([
         np.asarray(Image.open(p))
@@ -303,6 +303,8 @@ def test_propagate_scores_every_frame(data_dir, predictor, tmp_path):
                         progress=lambda i, n: done.append((i, n)))
     assert done == [(1, 2), (2, 2)]
     assert res["model"] == "lit-tiny"
+    from napari_lit.models.catalogue import LIT_TINY_WEIGHTS, sha256sum
+    assert res["weights_sha256"] == sha256sum(LIT_TINY_WEIGHTS)  # which weights made the figures
     e2 = res["sequences"][1]
     assert e2["object"] == 2 and e2["prompt_frame"] == 2  # propagated backward to frames 0-1 too
     for e in res["sequences"]:

@@ -48,7 +48,8 @@ class _Run:
             if self.temperature is not None:
                 session.tracker.temperature = self.temperature
             out = simulate_object(self.gt, session, method, init, **kw)
-            self.last = {"prompt_frames": session.tracker.prompt_frames(1)}
+            self.last = {"prompt_frames": session.tracker.prompt_frames(1),
+                         "memory_frames": set(session.tracker.memory_frames(1))}
         return out
 
 
@@ -195,9 +196,12 @@ def test_auto_methods_keep_unsure_frames_out_of_memory(setup):
     frozen = run("frozen", "mask", tau=0.0)
     never = run("frozen-auto", "mask", tau=0.0, tau_m=2.0)
     assert never["out_of_memory"] == 0 and never["j"] == pytest.approx(frozen["j"], abs=1e-6)
+    assert run.last["memory_frames"] == set(range(len(gt)))  # every frame in sam2's memory
     always = run("frozen-auto", "mask", tau=0.0, tau_m=-1.0)
     assert always["out_of_memory"] == len(gt) - 1 - always["prompt_frame"]
-    assert always["corrections"] == 0 and always["j"] != pytest.approx(frozen["j"], abs=1e-6)
+    assert always["corrections"] == 0
+    # sam2 holds only the prompt frame: every later frame was predicted from it alone
+    assert run.last["memory_frames"] == {always["prompt_frame"]}
 
 
 def test_bad_arguments(setup):
@@ -380,7 +384,10 @@ def test_j_at_k_is_the_mean_j_after_k_corrections(tmp_path, predictor, clip, cap
         assert e["j_at_k"][1] == pytest.approx(one["mean_j"])
         assert e["j_at_k"][3] < e["mean_j"]  # 3 corrections of the 7 it made
         assert e["corrections"] == len(e["j"]) - 1  # tau 1.01: every frame after the prompt
-        assert e["j_at_k"][1] > e["j_at_k"][0]
+        # on this clip no correction hurts (one on a frame the model had right gains
+        # nothing), and three of them help
+        assert e["j_at_k"][0] <= e["j_at_k"][1] <= e["j_at_k"][2] <= e["j_at_k"][3]
+        assert e["j_at_k"][3] > e["j_at_k"][0]
     assert res["frozen"]["j_at_k"][0] == pytest.approx(res["lit"]["j_at_k"][0])
     from napari_lit.bench.correction_report import j_at_k_table, plot_corrections_by_sequence, plot_j_at_k
 
@@ -424,7 +431,7 @@ def test_a_feature_cache_shared_by_the_runs_changes_no_result(predictor, clip):
             encodes[0] = 0
             with object_session(predictor, source, "lit", zoom="auto", features=features) as session:
                 session.adapter.config.seed = 7
-                results.append((simulate_object(gt, session, "lit", "mask", tau=0.95, max_corrections=3), encodes[0]))
+                results.append((simulate_object(gt, session, "lit", "mask", tau=1.01, max_corrections=3), encodes[0]))
     finally:
         hook.remove()
     (plain, n_plain), (first, n_first), (second, n_second) = results

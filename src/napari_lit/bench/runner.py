@@ -462,7 +462,9 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
     Returns
     -------
     dict
-        ``model`` (None for ``static`` or ``flow`` with ``mask``, which use no model), ``method``, ``init``,
+        ``model`` (None for ``static`` or ``flow`` with ``mask``, which use no model),
+        ``weights_sha256`` (the checkpoint's SHA-256 as :func:`~napari_lit.models.load_predictor`
+        recorded it; None without a model or for a predictor built otherwise), ``method``, ``init``,
         ``data_dir``, ``joint``, ``entropy_norm``, ``zoom`` (None when no model runs), ``mean_j`` and ``mean_jf`` (means over all (sequence, object) entries;
         None if there is none), ``seconds`` (wall time, model loading included), ``machine``
         (:func:`machine_info`) and ``sequences``: one entry per (sequence, object) with ``name``, ``object``, ``domain``,
@@ -622,6 +624,8 @@ def run_benchmark(data_dir: Union[str, Path], method: str = "propagate", init: s
 
     result = {
         "model": model if needs_model else None,
+        # which weights made these figures (SHA-256 of the checkpoint; None without a model)
+        "weights_sha256": getattr(predictor, "napari_lit_checksum", None) if needs_model else None,
         "method": method,
         "init": init,
         "data_dir": str(data_dir),

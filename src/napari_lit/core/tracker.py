@@ -25,7 +25,7 @@ from .cpu import tune_allocator
 from .features import FeatureCache
 from .frames import FrameSource, check_window
 from .uncertainty import model_temperature
-from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box,
+from .zoom import (ZOOM_MODES, Window, ZoomConfig, click_window, contains, fit_window, follow, mask_box, object_box,
                    stability_score, whole_frame)
 
 __all__ = ["FrameResult", "Tracker", "DIRECTIONS"]
@@ -576,7 +576,7 @@ class Tracker:
                 y0, x0, y1, x1 = win
                 region = _resized(masks[k:k + 1], (y1 - y0, x1 - x0))
                 logits[row, y0:y1, x0:x1] = region
-                box = mask_box(region > 0)
+                box = object_box(region > 0)
                 view.boxes[frame_idx] = None if box is None else (box[0] + y0, box[1] + x0, box[2] + y0, box[3] + x0)
                 windows[int(oid)] = win
         return FrameResult(frame_idx, tuple(ids), logits, temperature=self.temperature, given=given, windows=windows)
@@ -688,7 +688,7 @@ class Tracker:
             view.set_window(frame_idx, win, obj_id, prompt=True)
             out = apply(view, win)
             for _ in range(cfg.click_refits):
-                box = mask_box(self._region(out[2], win) > 0)
+                box = object_box(self._region(out[2], win) > 0)
                 if box is None:
                     break
                 box = (box[0] + win[0], box[1] + win[1], box[2] + win[0], box[3] + win[1])

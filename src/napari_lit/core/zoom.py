@@ -48,7 +48,7 @@ import numpy as np
 from .frames import check_window
 
 __all__ = ["ZOOM_MODES", "ZoomConfig", "Window", "mask_box", "fit_window", "click_window", "follow",
-           "stability_score", "contains", "whole_frame", "check_window"]
+           "stability_score", "contains", "whole_frame", "check_window", "object_box"]
 
 #: ``auto``: small objects through their own windows; ``off``: every object through the whole frame.
 ZOOM_MODES = ("auto", "off")
@@ -142,6 +142,40 @@ def mask_box(mask) -> Optional[Box]:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return float(rows[0]), float(cols[0]), float(rows[-1] + 1), float(cols[-1] + 1)
+
+
+def object_box(mask, min_share: float = 0.1) -> Optional[Box]:
+    """Bounding box of a predicted object, without the specks a model leaves away from it.
+
+    A mask predicted through a window may hold, besides the object, a few scattered pixels
+    (a speck on a neighbour, noise at the window's edge); the plain bounding box
+    (:func:`mask_box`) spans them, and a window refitted to it grows towards the whole frame
+    and loses the object. Here only the connected parts (8-connectivity) that hold at least
+    ``min_share`` of the mask's area count -- always the largest -- so an object that splits
+    (a dividing cell, an occluded car) keeps both halves.
+
+    Parameters
+    ----------
+    mask : (Y, X) array-like of bool
+    min_share : float
+        Share of the mask's pixels a connected part needs to count, in [0, 1].
+
+    Returns
+    -------
+    (y0, x0, y1, x1) floats or None
+        Half-open pixel box of the parts kept; None for an empty mask.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 1:
+        return mask_box(mask)
+    sizes = np.bincount(parts.ravel())[1:]
+    keep = (sizes >= min_share * sizes.sum()) | (sizes == sizes.max())
+    return mask_box(keep[parts - 1] & mask)
 
 
 def _fitted_side(box: Box, image_size: int, config: ZoomConfig) -> float:
