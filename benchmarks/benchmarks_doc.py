@@ -1016,10 +1016,9 @@ def gpu_section(results: Path) -> str:
 def weights_part(results: Path) -> str:
     """Which weights made which results: the shipped lit-tiny's SHA-256 against the one each
     result records (``weights_sha256``; results written before it was recorded have none)."""
-    import hashlib
+    from napari_lit.models.catalogue import LIT_TINY_WEIGHTS, sha256sum
 
-    weights = Path(__file__).resolve().parents[1] / "src" / "napari_lit" / "models" / "weights" / "lit_tiny.pt"
-    shipped = hashlib.sha256(weights.read_bytes()).hexdigest()
+    shipped = sha256sum(LIT_TINY_WEIGHTS)
     now, other = [], []
     for f in sorted(results.rglob("*.json")):
         try:
