@@ -90,6 +90,12 @@ def test_object_box_leaves_out_specks_but_keeps_a_split_object():
     m[100:120, 130:145] = True  # a second half of 300 px (a dividing cell): kept
     assert object_box(m) == (100.0, 100.0, 120.0, 145.0)
     assert object_box(np.zeros((5, 5), bool)) is None
+    # a speck next to the object counts: the plain box is at most `spread` times longer
+    near = np.zeros((400, 400), bool)
+    near[100:120, 100:120] = True
+    near[125:127, 110:112] = True
+    assert object_box(near) == mask_box(near) == (100.0, 100.0, 127.0, 120.0)
+    assert object_box(near, spread=1.2) == (100.0, 100.0, 120.0, 120.0)
     # the largest part always counts, whatever the share asked
     assert object_box(m, min_share=1.0) == (100.0, 100.0, 120.0, 120.0)
 

@@ -688,7 +688,9 @@ class Tracker:
             view.set_window(frame_idx, win, obj_id, prompt=True)
             out = apply(view, win)
             for _ in range(cfg.click_refits):
-                box = object_box(self._region(out[2], win) > 0)
+                # the click's answer refits with all its parts (held-back clicks: 0.417 mean J
+                # vs 0.396 without far parts); tracking follows object_box
+                box = mask_box(self._region(out[2], win) > 0)
                 if box is None:
                     break
                 box = (box[0] + win[0], box[1] + win[1], box[2] + win[0], box[3] + win[1])
