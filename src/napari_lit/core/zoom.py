@@ -31,7 +31,8 @@ The rules (:class:`ZoomConfig` holds the numbers):
   frame's mask, moved by the object's last displacement (constant velocity). It is kept --
   so that SAM2's memory sees a steady view -- until the object comes within
   ``margin * side`` of a window edge (one that is not the frame's edge) or its fitted window
-  side leaves ``[side / band, side * band]``; then it is refitted around the predicted box. A
+  side leaves ``[side / band, side * band]``; then it is refitted around the predicted box
+  (:func:`object_box`: the mask's bounding box, without specks far from its main parts). A
   frame where the object is absent keeps the window.
 
 Windows are ``(y0, x0, y1, x1)`` half-open integer pixel boxes of the full-resolution frame.
