@@ -96,6 +96,8 @@ def test_object_box_leaves_out_specks_but_keeps_a_split_object():
     near[125:127, 110:112] = True
     assert object_box(near) == mask_box(near) == (100.0, 100.0, 127.0, 120.0)
     assert object_box(near, spread=1.2) == (100.0, 100.0, 120.0, 120.0)
+    with pytest.raises(ValueError, match="spread >= 1"):
+        object_box(near, spread=0.5)
     # the largest part always counts, whatever the share asked
     assert object_box(m, min_share=1.0) == (100.0, 100.0, 120.0, 120.0)
 

@@ -170,9 +170,17 @@ def object_box(mask, min_share: float = 0.1, spread: float = 2.0) -> Optional[Bo
     -------
     (y0, x0, y1, x1) floats or None
         Half-open pixel box: the plain box or the main parts'; None for an empty mask.
+
+    Raises
+    ------
+    ValueError
+        If ``min_share`` is outside [0, 1] or ``spread`` is below 1.
     """
     from scipy import ndimage
 
+    if not (0 <= min_share <= 1 and spread >= 1):
+        raise ValueError(f"object_box needs 0 <= min_share <= 1 and spread >= 1, got min_share={min_share!r}, "
+                         f"spread={spread!r}")
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
