@@ -31,7 +31,6 @@ rule: ``results/zoom_follow_box.txt``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import tempfile
